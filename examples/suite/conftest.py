@@ -1,0 +1,45 @@
+"""Expensive, deterministic state, as real suites build it: a generated corpus, an index parsed
+from it, a model fitted to it, and a parametrized data table read from a data file."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pytest_statemigrate import state
+
+import textstats
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="session")
+def corpus() -> list[str]:
+    """About 0.8 s: 100,000 pseudo-sentences from a seeded generator."""
+    rng = random.Random(1234)
+    words = (HERE / "words.txt").read_text().split()
+    return [" ".join(rng.choices(words, k=12)) for _ in range(100_000)]
+
+
+@pytest.fixture(scope="session")
+def vocabulary(corpus: list[str]) -> Counter[str]:
+    """About 0.5 s: word counts over the whole corpus."""
+    return textstats.count_words(corpus)
+
+
+@state
+@pytest.fixture(scope="session")
+def model(corpus: list[str], vocabulary: Counter[str]) -> textstats.BigramModel:
+    """About 1 s: a bigram model fitted to the corpus; it keeps a reference to the corpus."""
+    return textstats.BigramModel.fit(corpus, vocabulary)
+
+
+@state(inputs=["words.txt"])
+@pytest.fixture(scope="module", params=[1, 2, 3], ids=["short", "medium", "long"])
+def table(request: pytest.FixtureRequest) -> list[tuple[int, float]]:
+    """About 0.3 s each: a parametrized table of seeded samples."""
+    rng = random.Random(request.param)
+    return [(i, rng.gauss(0, request.param)) for i in range(100_000 * request.param)]

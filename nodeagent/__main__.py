@@ -1,0 +1,112 @@
+"""``python -m nodeagent``: run one node agent until SHUTDOWN or its parent exits."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from typing import Final
+
+from nodeagent.protocol import BindRefused, check_endpoint
+
+#: Every default and its unit, in one place.
+DEFAULTS: Final = {
+    "ram_bytes": 2**30,  # 1 GiB: T1 budget; least recently used entries spill to disk
+    "disk_bytes": 4 * 2**30,  # 4 GiB: T2 diskcache size_limit (always passed explicitly)
+    "log_level": "WARNING",  # logging level name for the agent's stderr
+}
+
+_SUFFIXES: Final = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+_SIZE = re.compile(r"^\s*([0-9]+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Parse a byte count: ``1048576``, ``512M``, ``2G``, ``64KiB`` (binary multiples).
+
+    :raises argparse.ArgumentTypeError: with a one-line message for anything else.
+    """
+    match = _SIZE.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid size {text!r}: use a byte count or a number with K, M, G or T (e.g. 512M)"
+        )
+    return int(match[1]) * _SUFFIXES[match[2].upper()]
+
+
+def _pid(text: str) -> int:
+    try:
+        pid = int(text)
+    except ValueError:
+        pid = 0
+    if pid <= 0:
+        raise argparse.ArgumentTypeError(f"invalid pid {text!r}: use a positive integer")
+    return pid
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m nodeagent",
+        description="Hold storage tiers for pytest-statemigrate and serve them over zmq.",
+    )
+    parser.add_argument("--bind", required=True, metavar="ENDPOINT",
+                        help="ipc://PATH or loopback tcp://127.0.0.1:PORT (PORT may be *)")
+    parser.add_argument("--ram-bytes", type=parse_size, default=DEFAULTS["ram_bytes"],
+                        metavar="SIZE", help="RAM tier budget (default 1G)")
+    disk = parser.add_mutually_exclusive_group(required=True)
+    disk.add_argument("--disk-dir", metavar="DIR", help="directory of the disk tier")
+    disk.add_argument("--no-disk", action="store_true", help="run without a disk tier")
+    parser.add_argument("--disk-bytes", type=parse_size, default=DEFAULTS["disk_bytes"],
+                        metavar="SIZE", help="disk tier size limit (default 4G)")
+    parser.add_argument("--store", metavar="DIR", help="directory of the persistent tier")
+    parser.add_argument("--parent-pid", type=_pid, metavar="PID",
+                        help="exit when this process is gone")
+    parser.add_argument("--log-level", default=DEFAULTS["log_level"],
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        type=str.upper, help="stderr log level (default WARNING)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run an agent; returns the exit status (2: usage error or refused bind)."""
+    args = build_parser().parse_args(argv)
+    try:
+        check_endpoint(args.bind)
+    except BindRefused as exc:
+        print(f"nodeagent: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    logging.basicConfig(
+        level=args.log_level,
+        stream=sys.stderr,
+        format="nodeagent[%(process)d] %(levelname)s %(message)s",
+    )
+
+    import zmq
+
+    from nodeagent.leases import LeaseTable
+    from nodeagent.server import AgentServer
+    from nodeagent.tiers import DiskTier, RamTier, StoreTier, TieredStore
+
+    disk = None if args.no_disk else DiskTier(args.disk_dir, args.disk_bytes)
+    store = None if args.store is None else StoreTier(args.store)
+    tiers = TieredStore(RamTier(args.ram_bytes), disk, store)
+    server = AgentServer(args.bind, tiers, LeaseTable(), parent_pid=args.parent_pid)
+    try:
+        try:
+            endpoint = server.bind()
+        except zmq.ZMQError as exc:
+            print(f"nodeagent: error: cannot bind {args.bind}: {exc}", file=sys.stderr, flush=True)
+            return 1
+        print(f"nodeagent ready {endpoint}", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            return 130
+    finally:
+        server.close()
+        tiers.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

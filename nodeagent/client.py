@@ -1,0 +1,256 @@
+"""AgentClient: one DEALER socket to one agent, one request at a time.
+
+The client owns its zmq context; :meth:`AgentClient.close` closes the socket, terminates the
+context and stops pyzmq's zero-copy garbage-collector thread when it is idle, so no zmq thread
+is left in the process afterwards (invariant 6: tests may fork).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import zmq
+
+from nodeagent.protocol import (
+    BindRefused,
+    Op,
+    ProtocolError,
+    check_endpoint,
+    decode_reply,
+    encode_request,
+)
+
+__all__ = ["AgentClient", "AgentError", "Fetched", "LeaseReply"]
+
+GC_IDLE_WAIT = 1.0  # s: longest wait for pyzmq's gc thread to release our sent buffers
+
+
+class AgentError(Exception):
+    """Anything that went wrong talking to an agent; the message names the endpoint.
+
+    :param error: the agent's error name for an error reply (``bad-field`` ...), else a local
+        name: ``timeout``, ``refused``, ``protocol``, ``closed``, ``zmq``.
+    """
+
+    def __init__(self, endpoint: str, error: str, message: str) -> None:
+        super().__init__(f"agent {endpoint}: {error}: {message}")
+        self.endpoint = endpoint
+        self.error = error
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A GET hit: payload frames (buffer-protocol objects), meta, version and tier."""
+
+    frames: list[memoryview]
+    meta: dict[str, Any]
+    version: int
+    tier: str
+
+
+@dataclass(frozen=True)
+class LeaseReply:
+    granted: bool
+    present: bool
+    holder: str | None
+    expires_in: float
+
+
+def _stop_idle_zmq_gc() -> None:
+    """Stop pyzmq's garbage-collector thread once it holds no buffer.
+
+    Zero-copy sends (``copy=False`` of frames >= ``zmq.COPY_THRESHOLD``) start a process-wide
+    thread that outlives every context. It is stopped only when idle: stopping it while a
+    buffer is still referenced by another context's message would free memory zmq uses.
+    """
+    from zmq.utils.garbage import gc
+
+    if not gc.is_alive():
+        return
+    deadline = time.monotonic() + GC_IDLE_WAIT
+    while gc.refs and time.monotonic() < deadline:
+        time.sleep(0.001)
+    if not gc.refs:
+        gc.stop()
+
+
+class AgentClient:
+    """Talk to the agent at ``endpoint``.
+
+    :param timeout: seconds to wait for each reply.
+    """
+
+    def __init__(self, endpoint: str, timeout: float = 5.0) -> None:
+        try:
+            check_endpoint(endpoint)
+        except BindRefused as exc:
+            raise AgentError(endpoint, "refused", str(exc)) from None
+        if "*" in endpoint:
+            raise AgentError(endpoint, "refused", "cannot connect to a wildcard port")
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._next_id = 0
+        self._context: zmq.Context[zmq.Socket[bytes]] | None = zmq.Context()
+        self._socket: zmq.Socket[bytes] | None = None
+        self._open_socket()
+
+    # -- lifecycle
+
+    def _open_socket(self) -> None:
+        assert self._context is not None
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise AgentError(self.endpoint, "zmq", str(exc)) from None
+        self._socket = sock
+
+    def _close_socket(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def close(self) -> None:
+        """Close the socket and the context; no zmq thread remains afterwards."""
+        self._close_socket()
+        if self._context is not None:
+            self._context.term()
+            self._context = None
+            _stop_idle_zmq_gc()
+
+    @property
+    def closed(self) -> bool:
+        return self._context is None
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- one request
+
+    def _request(
+        self,
+        op: Op,
+        fields: Mapping[str, Any] | None = None,
+        frames: Sequence[Any] = (),
+    ) -> tuple[dict[str, Any], list[memoryview]]:
+        if self._context is None:
+            raise AgentError(self.endpoint, "closed", "the client is closed")
+        if self._socket is None:
+            self._open_socket()
+        sock = self._socket
+        assert sock is not None
+        self._next_id += 1
+        req_id = self._next_id
+        try:
+            header = encode_request(op, req_id, fields)
+        except ProtocolError as exc:
+            raise AgentError(self.endpoint, exc.error, exc.message) from None
+        deadline = time.monotonic() + self.timeout
+        try:
+            sock.send_multipart([header, *frames], copy=False, flags=zmq.NOBLOCK)
+            while True:
+                remaining_ms = int((deadline - time.monotonic()) * 1000)
+                if remaining_ms <= 0 or not sock.poll(remaining_ms, zmq.POLLIN):
+                    break
+                parts = sock.recv_multipart(copy=False)
+                try:
+                    reply = decode_reply(parts[0].buffer)
+                except ProtocolError as exc:
+                    raise AgentError(self.endpoint, "protocol", exc.message) from None
+                if reply["id"] is not None and reply["id"] != req_id:
+                    continue  # a stale reply to an earlier request
+                if not reply["ok"]:
+                    raise AgentError(self.endpoint, reply["error"], reply["message"])
+                return reply, [p.buffer for p in parts[1:]]
+        except zmq.Again:
+            self._close_socket()
+            raise AgentError(self.endpoint, "timeout", f"cannot send {op.value}") from None
+        except zmq.ZMQError as exc:
+            self._close_socket()
+            raise AgentError(self.endpoint, "zmq", f"{op.value}: {exc}") from None
+        # Timed out: a fresh socket next time, so a late reply cannot be taken for another.
+        self._close_socket()
+        raise AgentError(
+            self.endpoint, "timeout", f"no reply to {op.value} within {self.timeout:g} s"
+        )
+
+    # -- ops
+
+    def ping(self) -> dict[str, Any]:
+        return self._request(Op.PING)[0]
+
+    def stats(self) -> dict[str, Any]:
+        return self._request(Op.STATS)[0]
+
+    def has(self, key: str) -> str | None:
+        tier = self._request(Op.HAS, {"key": key})[0]["tier"]
+        return None if tier is None else str(tier)
+
+    def get(self, key: str) -> Fetched | None:
+        reply, frames = self._request(Op.GET, {"key": key})
+        if not reply["found"]:
+            return None
+        return Fetched(frames, dict(reply["meta"]), int(reply["version"]), str(reply["tier"]))
+
+    def put(
+        self,
+        key: str,
+        frames: Sequence[Any],
+        meta: Mapping[str, Any],
+        expect_version: int | None = None,
+    ) -> int:
+        """Store ``frames`` (buffer-protocol objects, sent zero-copy) under ``key``.
+
+        :returns: the new version.
+        """
+        fields: dict[str, Any] = {"key": key, "meta": dict(meta)}
+        if expect_version is not None:
+            fields["expect_version"] = expect_version
+        return int(self._request(Op.PUT, fields, frames)[0]["version"])
+
+    def evict(self, key: str) -> bool:
+        return bool(self._request(Op.EVICT, {"key": key})[0]["removed"])
+
+    def clear(self) -> int:
+        return int(self._request(Op.CLEAR)[0]["removed"])
+
+    def lease(
+        self,
+        key: str,
+        holder: str,
+        ttl: float,
+        pid: int | None = None,
+        host: str | None = None,
+    ) -> LeaseReply:
+        fields: dict[str, Any] = {"key": key, "holder": holder, "ttl": ttl}
+        if pid is not None:
+            fields["pid"] = pid
+        if host is not None:
+            fields["host"] = host
+        reply = self._request(Op.LEASE, fields)[0]
+        return LeaseReply(
+            bool(reply["granted"]),
+            bool(reply["present"]),
+            reply["holder"],
+            float(reply["expires_in"]),
+        )
+
+    def release(self, key: str, holder: str) -> bool:
+        return bool(self._request(Op.RELEASE, {"key": key, "holder": holder})[0]["released"])
+
+    def shutdown(self) -> None:
+        self._request(Op.SHUTDOWN)

@@ -1,0 +1,196 @@
+"""Start and stop ``python -m nodeagent`` processes, without threads in the caller.
+
+The ready line is read from the agent's stdout with a selector and a deadline; the agent's
+stderr goes to ``log_file`` or, when none is given, to a file in the agent's private temp
+directory so a failed start can report its tail (DEVNULL would lose the reason).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from types import TracebackType
+from typing import IO, Final
+
+from nodeagent.client import AgentClient, AgentError
+
+__all__ = ["AgentProcess", "start_agent"]
+
+READY_PREFIX: Final = "nodeagent ready "
+STDERR_TAIL_BYTES: Final = 2000  # bytes of the agent's stderr quoted in a start failure
+_PACKAGE_ROOT: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tail(path: str | None) -> str:
+    if path is None:
+        return ""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - STDERR_TAIL_BYTES))
+            text = fh.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+    return f"; stderr: {text}" if text else ""
+
+
+class AgentProcess:
+    """A running agent started by :func:`start_agent`."""
+
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        endpoint: str,
+        temp_dir: str,
+        log_path: str,
+    ) -> None:
+        self.process = process
+        self.endpoint = endpoint
+        self.pid = process.pid
+        self.log_path = log_path
+        self._temp_dir: str | None = temp_dir
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SHUTDOWN the agent, then terminate, then kill; remove its temp directory.
+
+        :returns: the exit status.
+        """
+        proc = self.process
+        if proc.poll() is None:
+            with contextlib.suppress(AgentError), AgentClient(
+                self.endpoint, timeout=min(timeout, 2.0)
+            ) as client:
+                client.shutdown()
+            for stop in (None, proc.terminate, proc.kill):
+                if stop is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        stop()
+                try:
+                    proc.wait(timeout)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        if proc.stdout is not None:
+            proc.stdout.close()
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._temp_dir = None
+        return proc.returncode
+
+    def __enter__(self) -> AgentProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _read_ready_line(proc: subprocess.Popen[bytes], deadline: float) -> str | None:
+    """Read stdout until a newline or the deadline; None if the agent exited or timed out."""
+    stdout = proc.stdout
+    assert stdout is not None
+    buf = b""
+    if sys.platform == "win32":  # pragma: no cover - selectors do not support pipes there
+        line = stdout.readline()
+        return line.decode("utf-8", "replace") if line else None
+    with selectors.DefaultSelector() as selector:
+        selector.register(stdout, selectors.EVENT_READ)
+        while b"\n" not in buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(remaining):
+                return None
+            chunk = os.read(stdout.fileno(), 4096)
+            if not chunk:
+                return None
+            buf += chunk
+    return buf.split(b"\n", 1)[0].decode("utf-8", "replace")
+
+
+def start_agent(
+    *,
+    bind: str | None = None,
+    disk_dir: str | None,
+    ram_bytes: int | None = None,
+    disk_bytes: int | None = None,
+    store: str | None = None,
+    parent_pid: int | None = None,
+    timeout: float = 10.0,
+    python: str = sys.executable,
+    log_file: str | None = None,
+    log_level: str | None = None,
+) -> AgentProcess:
+    """Start an agent process and wait until it answers PING.
+
+    :param bind: endpoint; default an ipc socket in a fresh temp dir (loopback tcp on Windows).
+    :param disk_dir: disk tier directory; None runs the agent without a disk tier.
+    :raises AgentError: with the agent's stderr tail when it exits or misses the deadline.
+    """
+    deadline = time.monotonic() + timeout
+    temp_dir = tempfile.mkdtemp(prefix="sm-")
+    if bind is None:
+        bind = "tcp://127.0.0.1:*" if os.name == "nt" else f"ipc://{temp_dir}/agent.sock"
+    log_path = log_file or os.path.join(temp_dir, "agent.log")
+    cmd = [python, "-m", "nodeagent", "--bind", bind]
+    cmd += ["--no-disk"] if disk_dir is None else ["--disk-dir", disk_dir]
+    if ram_bytes is not None:
+        cmd += ["--ram-bytes", str(ram_bytes)]
+    if disk_bytes is not None:
+        cmd += ["--disk-bytes", str(disk_bytes)]
+    if store is not None:
+        cmd += ["--store", store]
+    if parent_pid is not None:
+        cmd += ["--parent-pid", str(parent_pid)]
+    if log_level is not None:
+        cmd += ["--log-level", log_level]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p
+    )
+    log_fh: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log_fh,
+            close_fds=True,
+            start_new_session=os.name != "nt",
+            env=env,
+        )
+    except OSError as exc:
+        log_fh.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise AgentError(bind, "start", f"cannot run {python}: {exc}") from None
+    log_fh.close()
+    agent = AgentProcess(proc, bind, temp_dir, log_path)
+
+    def fail(problem: str) -> AgentError:
+        agent.stop(timeout=2.0)
+        return AgentError(bind, "start", f"{problem}{_tail(log_path)}")
+
+    line = _read_ready_line(proc, deadline)
+    if line is None or not line.startswith(READY_PREFIX):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(0.2)
+        if proc.returncode is not None:
+            raise fail(f"agent exited with status {proc.returncode}") from None
+        raise fail(f"agent not ready within {timeout:g} s")
+    agent.endpoint = line[len(READY_PREFIX):].strip()
+    assert proc.stdout is not None
+    proc.stdout.close()
+    try:
+        with AgentClient(agent.endpoint, timeout=max(0.5, deadline - time.monotonic())) as client:
+            client.ping()
+    except AgentError as exc:
+        raise fail(f"agent does not answer PING: {exc}") from None
+    return agent

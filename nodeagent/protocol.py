@@ -1,0 +1,376 @@
+"""Wire protocol of the node agent: message layout, validation, encode/decode.
+
+Pure: no sockets, no zmq. The transport (``server.py``, ``client.py``) moves frames; this module
+turns header frames into validated Python values and back.
+
+Frame layout
+============
+
+Every message is a zmq multipart message::
+
+    frame 0      header: a msgpack map (see below)
+    frame 1..n   payload: raw bytes, opaque to the agent, sent and received zero-copy
+
+(On the agent's ROUTER socket the routing identity, and an empty delimiter frame when the peer
+is a REQ socket, come before frame 0; they are transport, not protocol.)
+
+Request header::
+
+    {"v": PROTOCOL_VERSION, "op": "<op name>", "id": <int request id>, ...op fields}
+
+Reply header::
+
+    {"v": PROTOCOL_VERSION, "id": <request id, or None if it could not be read>,
+     "ok": True, ...reply fields}
+    {"v": PROTOCOL_VERSION, "id": ..., "ok": False, "error": "<short name>",
+     "message": "<one human line>"}
+
+Error names: ``bad-header`` (frame 0 is not a msgpack map with ``v``/``op``/``id``),
+``bad-version``, ``unknown-op``, ``bad-field`` (the message names the field), ``not-found``,
+``version-conflict``, ``internal`` (a bug in the agent; the agent keeps serving).
+
+Ops (request fields → reply fields; payload frames):
+
+=========  ==========================================  ==========================================
+op         request fields                              reply fields (payload frames)
+=========  ==========================================  ==========================================
+ping       -                                           pid, version, protocol
+stats      -                                           pid, host, tiers, leases, mem_total,
+                                                       mem_available, cpu_load
+has        key                                         tier (str or None)
+get        key                                         found, tier, version, meta (entry frames)
+put        key, meta, expect_version? (entry frames)   version
+evict      key                                         removed (bool)
+clear      -                                           removed (int)
+lease      key, holder, ttl, pid?, host?               granted, present, holder, expires_in
+release    key, holder                                 released
+shutdown   -                                           - (the agent then exits)
+=========  ==========================================  ==========================================
+
+Unknown request fields are ignored (forward compatibility within one protocol version);
+``decode_request`` returns only the fields it knows. The protocol version is independent of the
+package version and changes whenever a field changes meaning.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Callable, Mapping
+from enum import Enum
+from typing import Any, Final
+
+import msgpack
+
+PROTOCOL_VERSION: Final = 1
+
+MAX_KEY_CHARS: Final = 512
+MAX_HOLDER_CHARS: Final = 256
+MAX_HOST_CHARS: Final = 256
+MAX_REQUEST_ID: Final = 2**63 - 1
+
+__all__ = [
+    "MAX_KEY_CHARS",
+    "PROTOCOL_VERSION",
+    "BindRefused",
+    "Op",
+    "ProtocolError",
+    "check_endpoint",
+    "decode_reply",
+    "decode_request",
+    "encode_error",
+    "encode_reply",
+    "encode_request",
+]
+
+
+class Op(str, Enum):
+    """Request operations; the value is the wire name."""
+
+    PING = "ping"
+    STATS = "stats"
+    HAS = "has"
+    GET = "get"
+    PUT = "put"
+    EVICT = "evict"
+    CLEAR = "clear"
+    LEASE = "lease"
+    RELEASE = "release"
+    SHUTDOWN = "shutdown"
+
+
+class ProtocolError(Exception):
+    """A message that does not follow the protocol.
+
+    :param error: short error name sent on the wire (``bad-header``, ``bad-field`` ...).
+    :param message: one human line.
+    :param req_id: the request id, when it could be read (so the reply can carry it).
+    """
+
+    def __init__(self, error: str, message: str, req_id: int | None = None) -> None:
+        super().__init__(message)
+        self.error = error
+        self.message = message
+        self.req_id = req_id
+
+
+class BindRefused(ValueError):
+    """An endpoint the agent must not bind (or a client must not use) without CURVE."""
+
+
+Buffer = bytes | bytearray | memoryview
+
+
+# --------------------------------------------------------------------------- field validation
+
+Validator = Callable[[Any], str | None]  # returns a reason when the value is bad
+
+
+def _str_field(max_chars: int) -> Validator:
+    def check(value: Any) -> str | None:
+        if not isinstance(value, str):
+            return "must be a string"
+        if not value:
+            return "must not be empty"
+        if len(value) > max_chars:
+            return f"must be at most {max_chars} characters"
+        return None
+
+    return check
+
+
+def _map_field(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return "must be a map"
+    if not all(isinstance(k, str) for k in value):
+        return "must have string keys"
+    return None
+
+
+def _positive_number(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "must be a number"
+    if not math.isfinite(value) or value <= 0:
+        return "must be a positive finite number"
+    return None
+
+
+def _optional(check: Validator) -> Validator:
+    def optional(value: Any) -> str | None:
+        return None if value is None else check(value)
+
+    return optional
+
+
+def _non_negative_int(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return "must be an integer"
+    if not 0 <= value <= MAX_REQUEST_ID:
+        return "must be a non-negative 64-bit integer"
+    return None
+
+
+def _positive_int(value: Any) -> str | None:
+    reason = _non_negative_int(value)
+    if reason is None and value == 0:
+        return "must be positive"
+    return reason
+
+
+_KEY = _str_field(MAX_KEY_CHARS)
+_HOLDER = _str_field(MAX_HOLDER_CHARS)
+
+#: op -> field name -> (validator, required). Optional fields default to None.
+FIELDS: Final[Mapping[Op, Mapping[str, tuple[Validator, bool]]]] = {
+    Op.PING: {},
+    Op.STATS: {},
+    Op.HAS: {"key": (_KEY, True)},
+    Op.GET: {"key": (_KEY, True)},
+    Op.PUT: {
+        "key": (_KEY, True),
+        "meta": (_map_field, True),
+        "expect_version": (_optional(_non_negative_int), False),
+    },
+    Op.EVICT: {"key": (_KEY, True)},
+    Op.CLEAR: {},
+    Op.LEASE: {
+        "key": (_KEY, True),
+        "holder": (_HOLDER, True),
+        "ttl": (_positive_number, True),
+        "pid": (_optional(_positive_int), False),
+        "host": (_optional(_str_field(MAX_HOST_CHARS)), False),
+    },
+    Op.RELEASE: {"key": (_KEY, True), "holder": (_HOLDER, True)},
+    Op.SHUTDOWN: {},
+}
+
+_RESERVED: Final = frozenset({"v", "op", "id", "ok"})
+
+
+def validate_fields(op: Op, fields: Mapping[str, Any], req_id: int | None = None) -> dict[str, Any]:
+    """Check ``fields`` against the table for ``op``; return only the known fields.
+
+    :raises ProtocolError: ``bad-field`` naming the first bad or missing field.
+    """
+    out: dict[str, Any] = {}
+    for name, (check, required) in FIELDS[op].items():
+        if name not in fields:
+            if required:
+                raise ProtocolError("bad-field", f"{op.value}: field {name!r} is missing", req_id)
+            out[name] = None
+            continue
+        reason = check(fields[name])
+        if reason is not None:
+            raise ProtocolError("bad-field", f"{op.value}: field {name!r} {reason}", req_id)
+        out[name] = fields[name]
+    return out
+
+
+# --------------------------------------------------------------------------- encode / decode
+
+
+def _unpack_map(frame: Buffer, what: str) -> dict[Any, Any]:
+    try:
+        value = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises many types for malformed input
+        raise ProtocolError("bad-header", f"{what} is not valid msgpack: {exc}") from None
+    if not isinstance(value, dict):
+        raise ProtocolError("bad-header", f"{what} is not a msgpack map")
+    return value
+
+
+def _pack(header: Mapping[str, Any]) -> bytes:
+    packed = msgpack.packb(header, use_bin_type=True)
+    assert isinstance(packed, bytes)
+    return packed
+
+
+def encode_request(op: Op | str, req_id: int, fields: Mapping[str, Any] | None = None) -> bytes:
+    """Encode a request header frame.
+
+    :raises ProtocolError: if ``op`` is unknown, ``req_id`` is not a valid id, or a field
+        uses a reserved name.
+    """
+    try:
+        op = Op(op)
+    except ValueError:
+        raise ProtocolError("unknown-op", f"unknown op {op!r}") from None
+    if _non_negative_int(req_id) is not None:
+        raise ProtocolError("bad-header", f"request id {req_id!r} is not a 64-bit integer")
+    fields = dict(fields or {})
+    clash = _RESERVED.intersection(fields)
+    if clash:
+        raise ProtocolError("bad-field", f"field name {sorted(clash)[0]!r} is reserved")
+    validate_fields(op, fields, req_id)
+    return _pack({"v": PROTOCOL_VERSION, "op": op.value, "id": req_id, **fields})
+
+
+def decode_request(frame: Buffer) -> tuple[Op, int, dict[str, Any]]:
+    """Decode and validate a request header frame.
+
+    :returns: ``(op, request id, fields)``; fields holds every field of the op's table
+        (optional ones absent on the wire are None) and nothing else.
+    :raises ProtocolError: for any malformed input, and only that.
+    """
+    header = _unpack_map(frame, "request header")
+    req_id = header.get("id")
+    if isinstance(req_id, bool) or not isinstance(req_id, int) or not 0 <= req_id <= MAX_REQUEST_ID:
+        raise ProtocolError("bad-header", "request header has no valid 'id'")
+    version = header.get("v")
+    if version != PROTOCOL_VERSION or isinstance(version, bool):
+        raise ProtocolError(
+            "bad-version",
+            f"protocol version {version!r} is not supported (agent speaks {PROTOCOL_VERSION})",
+            req_id,
+        )
+    op_name = header.get("op")
+    if not isinstance(op_name, str):
+        raise ProtocolError("bad-header", "request header has no valid 'op'", req_id)
+    try:
+        op = Op(op_name)
+    except ValueError:
+        raise ProtocolError("unknown-op", f"unknown op {op_name[:64]!r}", req_id) from None
+    return op, req_id, validate_fields(op, header, req_id)
+
+
+def encode_reply(req_id: int | None, ok: bool = True, **fields: Any) -> bytes:
+    """Encode a reply header frame carrying ``fields``."""
+    clash = _RESERVED.intersection(fields)
+    if clash:
+        raise ValueError(f"reply field name {sorted(clash)[0]!r} is reserved")
+    return _pack({"v": PROTOCOL_VERSION, "id": req_id, "ok": ok, **fields})
+
+
+def encode_error(req_id: int | None, error: str, message: str) -> bytes:
+    """Encode an error reply: ``ok`` False, a short ``error`` name and a one-line ``message``."""
+    line = " ".join(message.split())  # one line, whatever the exception text was
+    return encode_reply(req_id, ok=False, error=error, message=line)
+
+
+def decode_reply(frame: Buffer) -> dict[str, Any]:
+    """Decode a reply header frame.
+
+    :returns: the header map (``v``, ``id``, ``ok`` and the reply fields).
+    :raises ProtocolError: for any malformed input, and only that.
+    """
+    header = _unpack_map(frame, "reply header")
+    if header.get("v") != PROTOCOL_VERSION or isinstance(header.get("v"), bool):
+        raise ProtocolError("bad-version", f"reply protocol version {header.get('v')!r}")
+    req_id = header.get("id")
+    if req_id is not None and (isinstance(req_id, bool) or not isinstance(req_id, int)):
+        raise ProtocolError("bad-header", "reply header has no valid 'id'")
+    if not isinstance(header.get("ok"), bool):
+        raise ProtocolError("bad-header", "reply header has no boolean 'ok'", req_id)
+    if not header["ok"] and not (
+        isinstance(header.get("error"), str) and isinstance(header.get("message"), str)
+    ):
+        raise ProtocolError("bad-header", "error reply lacks 'error' or 'message'", req_id)
+    if not all(isinstance(k, str) for k in header):
+        raise ProtocolError("bad-header", "reply header has non-string keys", req_id)
+    return header
+
+
+# --------------------------------------------------------------------------- endpoints
+
+_TCP = re.compile(r"^tcp://(?P<host>\[[^\]]*\]|[^:\[\];/]+):(?P<port>\*|[0-9]{1,5})$")
+
+
+def check_endpoint(endpoint: str) -> None:
+    """Refuse endpoints reachable from other machines (invariant 4).
+
+    Accepted: ``ipc://<path>``, ``tcp://127.x.x.x:PORT``, ``tcp://localhost:PORT``,
+    ``tcp://[::1]:PORT``, where PORT is a number or ``*`` (a random free port).
+
+    :raises BindRefused: with a one-line message, for anything else.
+    """
+    shown = endpoint if isinstance(endpoint, str) and endpoint.isprintable() else repr(endpoint)
+    refused = BindRefused(
+        f"refusing to bind {shown}: only ipc:// and loopback tcp:// are allowed "
+        "until CURVE authentication exists"
+    )
+    if not isinstance(endpoint, str) or any(c in endpoint for c in "\r\n\0"):
+        raise refused
+    if endpoint.startswith("ipc://"):
+        if len(endpoint) > len("ipc://"):
+            return
+        raise refused
+    match = _TCP.match(endpoint)
+    if match is None:
+        raise refused
+    host, port = match["host"], match["port"]
+    if port != "*" and not 0 < int(port) < 65536:
+        raise refused
+    if host == "localhost":
+        return
+    try:
+        address = ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
+    except ValueError:
+        raise refused from None
+    if host.startswith("[") != (address.version == 6):
+        raise refused
+    if address.version == 4 and address in ipaddress.ip_network("127.0.0.0/8"):
+        return
+    if address.version == 6 and address == ipaddress.ip_address("::1"):
+        return
+    raise refused

@@ -1,0 +1,230 @@
+"""The agent's ROUTER loop: decode ▸ handler ▸ encode.
+
+Any failure while handling a message (bad header, bad field, a bug in a handler) becomes an
+error reply and one log line; the server keeps serving. A message without a routing identity
+cannot be answered and is dropped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import zmq
+
+from nodeagent import __version__
+from nodeagent.leases import LeaseTable, pid_alive
+from nodeagent.protocol import (
+    PROTOCOL_VERSION,
+    BindRefused,
+    Op,
+    ProtocolError,
+    check_endpoint,
+    decode_request,
+    encode_error,
+    encode_reply,
+)
+from nodeagent.tiers import TieredStore, VersionConflict
+
+__all__ = ["AgentServer", "BindRefused", "check_endpoint"]
+
+log = logging.getLogger("nodeagent")
+
+POLL_MS: Final = 200  # ms between checks of the parent process and the stop flag
+
+Payload = Sequence[Any]  # buffers: bytes, memoryview, zmq.Frame
+Reply = tuple[dict[str, Any], Payload]
+Handler = Callable[[dict[str, Any], list[memoryview]], Reply]
+
+
+class AgentServer:
+    """Serve ``tiers`` and ``leases`` on ``endpoint``.
+
+    :param endpoint: an ``ipc://`` or loopback ``tcp://`` endpoint (see ``check_endpoint``).
+    :param parent_pid: when given, the loop exits once that process is gone.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        tiers: TieredStore,
+        leases: LeaseTable,
+        parent_pid: int | None = None,
+    ) -> None:
+        check_endpoint(endpoint)
+        self.requested_endpoint = endpoint
+        self.tiers = tiers
+        self.leases = leases
+        self.parent_pid = parent_pid
+        self.endpoint: str | None = None
+        self._running = False
+        self._context: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._socket: zmq.Socket[bytes] | None = None
+        self._handlers: dict[Op, Handler] = {
+            Op.PING: self._ping,
+            Op.STATS: self._stats,
+            Op.HAS: self._has,
+            Op.GET: self._get,
+            Op.PUT: self._put,
+            Op.EVICT: self._evict,
+            Op.CLEAR: self._clear,
+            Op.LEASE: self._lease,
+            Op.RELEASE: self._release,
+            Op.SHUTDOWN: self._shutdown,
+        }
+
+    # -- lifecycle
+
+    def bind(self) -> str:
+        """Bind the ROUTER socket; returns the real endpoint (a ``*`` port resolved)."""
+        self._context = zmq.Context()
+        sock = self._context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        self._socket = sock
+        try:
+            sock.bind(self.requested_endpoint)
+        except zmq.ZMQError:
+            self.close()
+            raise
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        return self.endpoint
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+        if self._context is not None:
+            self._context.term()
+            self._context = None
+
+    def _parent_gone(self) -> bool:
+        if self.parent_pid is None:
+            return False
+        return not pid_alive(self.parent_pid)
+
+    def serve_forever(self) -> None:
+        """Answer requests until SHUTDOWN or the parent process is gone."""
+        if self._socket is None:
+            self.bind()
+        sock = self._socket
+        assert sock is not None
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        self._running = True
+        next_check = time.monotonic() + POLL_MS / 1000
+        while self._running:
+            if poller.poll(POLL_MS):
+                frames = sock.recv_multipart(copy=False)
+                self._handle(sock, frames)
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + POLL_MS / 1000
+                if self._parent_gone():
+                    log.warning("parent process %s is gone; exiting", self.parent_pid)
+                    break
+
+    # -- one message
+
+    def _handle(self, sock: zmq.Socket[bytes], frames: list[zmq.Frame]) -> None:
+        if len(frames) < 1 or len(frames[0].bytes) == 0:
+            log.error("dropped a message without a routing identity")
+            return
+        # A DEALER peer sends [identity, header, payload...]; a REQ peer adds an empty delimiter
+        # after the identity. A header is never empty, so the two cannot be confused.
+        split = 2 if len(frames) > 1 and len(frames[1]) == 0 else 1
+        envelope: list[Any] = frames[:split]
+        body = frames[split:]
+        req_id: int | None = None
+        try:
+            if not body:
+                raise ProtocolError("bad-header", "message has no header frame")
+            op, req_id, fields = decode_request(body[0].buffer)
+            reply, payload = self._handlers[op](fields, [f.buffer for f in body[1:]])
+            out = [encode_reply(req_id, **reply), *payload]
+        except ProtocolError as exc:
+            req_id = exc.req_id if exc.req_id is not None else req_id
+            log.error("request %s refused: %s: %s", req_id, exc.error, exc.message)
+            out = [encode_error(req_id, exc.error, exc.message)]
+        except VersionConflict as exc:
+            log.info("request %s: version conflict: %s", req_id, exc)
+            out = [encode_error(req_id, VersionConflict.error, str(exc))]
+        except Exception as exc:
+            log.error("request %s failed: %s: %s", req_id, type(exc).__name__, exc)
+            log.debug("traceback", exc_info=True)
+            out = [encode_error(req_id, "internal", f"{type(exc).__name__}: {exc}")]
+        try:
+            sock.send_multipart([*envelope, *out], copy=False)
+        except zmq.ZMQError as exc:  # e.g. the peer vanished; nothing to answer
+            log.error("could not send reply to request %s: %s", req_id, exc)
+
+    # -- handlers: (fields, payload frames) -> (reply fields, payload frames)
+
+    def _ping(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
+        return {"pid": os.getpid(), "version": __version__, "protocol": PROTOCOL_VERSION}, ()
+
+    def _stats(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
+        psutil: Any = importlib.import_module("psutil")  # lazy: only STATS needs it
+
+        memory = psutil.virtual_memory()
+        try:
+            cpu_load: float | None = os.getloadavg()[0]
+        except (AttributeError, OSError):  # Windows
+            cpu_load = None
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "tiers": self.tiers.stats(),
+            "leases": len(self.leases),
+            "mem_total": int(memory.total),
+            "mem_available": int(memory.available),
+            "cpu_load": cpu_load,
+        }, ()
+
+    def _has(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
+        return {"tier": self.tiers.has(fields["key"])}, ()
+
+    def _get(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
+        found = self.tiers.get(fields["key"])
+        if found is None:
+            return {"found": False, "tier": None, "version": None, "meta": None}, ()
+        entry, tier = found
+        reply = {"found": True, "tier": tier, "version": entry.version, "meta": dict(entry.meta)}
+        return reply, entry.frames
+
+    def _put(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
+        key = fields["key"]
+        version = self.tiers.put(key, payload, fields["meta"], fields["expect_version"])
+        self.leases.drop(key)
+        return {"version": version}, ()
+
+    def _evict(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
+        return {"removed": self.tiers.evict(fields["key"])}, ()
+
+    def _clear(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
+        return {"removed": self.tiers.clear()}, ()
+
+    def _lease(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
+        key = fields["key"]
+        if self.tiers.has(key) is not None:
+            return {"granted": False, "present": True, "holder": None, "expires_in": 0.0}, ()
+        result = self.leases.acquire(
+            key, fields["holder"], float(fields["ttl"]), fields["pid"], fields["host"]
+        )
+        return {
+            "granted": result.granted,
+            "present": False,
+            "holder": result.holder,
+            "expires_in": result.expires_in,
+        }, ()
+
+    def _release(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
+        return {"released": self.leases.release(fields["key"], fields["holder"])}, ()
+
+    def _shutdown(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
+        self._running = False
+        return {}, ()

@@ -1,0 +1,569 @@
+"""Storage tiers of the node agent: T1 RAM, T2 local disk (diskcache), T3 persistent store.
+
+An entry is ``(frames, meta, version)``: payload frames that stay opaque bytes (the agent never
+unpickles), a small msgpack-able ``meta`` map, and a per-key version. Entries written to disk
+use one ``bytes`` value in this module's own framing, so diskcache never pickles and never
+unpickles (``_BytesOnlyDisk`` refuses both)::
+
+    b"SMe1" | u32 header length (big endian) | msgpack header | frame 0 | frame 1 | ...
+    header = {"key": str, "meta": map, "version": int, "sizes": [int, ...]}
+
+A value that does not decode (or names another key) is corrupt: it is deleted, counted, and
+the read is a miss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import struct
+import tempfile
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import diskcache
+import msgpack
+
+__all__ = [
+    "DiskTier",
+    "Entry",
+    "RamTier",
+    "StoreTier",
+    "TieredStore",
+    "VersionConflict",
+    "decode_entry",
+    "encode_entry",
+    "write_raw_disk_value",
+]
+
+_MAGIC: Final = b"SMe1"
+_LEN: Final = struct.Struct(">I")
+
+BufferLike = bytes | bytearray | memoryview
+
+
+def _nbytes(frame: BufferLike) -> int:
+    return memoryview(frame).nbytes
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored value: payload frames, opaque meta and version."""
+
+    frames: tuple[BufferLike, ...]
+    meta: Mapping[str, Any]
+    version: int
+    nbytes: int = field(default=-1)
+
+    def __post_init__(self) -> None:
+        if self.nbytes < 0:
+            object.__setattr__(self, "nbytes", sum(_nbytes(f) for f in self.frames))
+
+
+class VersionConflict(Exception):
+    """A PUT's ``expect_version`` differs from the stored version."""
+
+    error: Final = "version-conflict"
+
+
+class CorruptEntry(ValueError):
+    """Bytes that are not an entry in this module's framing."""
+
+
+def encode_entry(key: str, entry: Entry) -> bytes:
+    """Serialise ``entry`` to one bytes value (one copy of the payload)."""
+    header = msgpack.packb(
+        {
+            "key": key,
+            "meta": dict(entry.meta),
+            "version": entry.version,
+            "sizes": [_nbytes(f) for f in entry.frames],
+        },
+        use_bin_type=True,
+    )
+    return b"".join([_MAGIC, _LEN.pack(len(header)), header, *entry.frames])
+
+
+def decode_entry(key: str, blob: bytes) -> Entry:
+    """Parse a value written by :func:`encode_entry`; frames are zero-copy slices of ``blob``.
+
+    :raises CorruptEntry: when ``blob`` is not a well-formed entry for ``key``.
+    """
+    view = memoryview(blob)
+    start = len(_MAGIC) + _LEN.size
+    if len(view) < start or bytes(view[: len(_MAGIC)]) != _MAGIC:
+        raise CorruptEntry("bad magic")
+    (hlen,) = _LEN.unpack(view[len(_MAGIC) : start])
+    if start + hlen > len(view):
+        raise CorruptEntry("truncated header")
+    try:
+        header = msgpack.unpackb(view[start : start + hlen], raw=False)
+    except Exception as exc:
+        raise CorruptEntry(f"bad header: {exc}") from None
+    if not isinstance(header, dict):
+        raise CorruptEntry("header is not a map")
+    sizes, meta, version = header.get("sizes"), header.get("meta"), header.get("version")
+    if header.get("key") != key:
+        raise CorruptEntry("entry belongs to another key")
+    if not isinstance(meta, dict) or isinstance(version, bool) or not isinstance(version, int):
+        raise CorruptEntry("bad meta or version")
+    if not isinstance(sizes, list) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in sizes
+    ):
+        raise CorruptEntry("bad frame sizes")
+    offset = start + hlen
+    if offset + sum(sizes) != len(view):
+        raise CorruptEntry("frame sizes do not match the value length")
+    frames = []
+    for size in sizes:
+        frames.append(view[offset : offset + size])
+        offset += size
+    return Entry(tuple(frames), meta, version)
+
+
+@dataclass
+class _Counters:
+    hits: int = 0
+    misses: int = 0
+    corrupt: int = 0
+    evictions: int = 0
+    spills: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "corrupt": self.corrupt,
+            "evictions": self.evictions,
+            "spills": self.spills,
+        }
+
+
+# --------------------------------------------------------------------------- T1 RAM
+
+
+class RamTier:
+    """Entries in a dict, least recently used first, within ``budget_bytes``.
+
+    Frames are kept as received (zmq frame memoryviews), never copied.
+    """
+
+    name: Final = "ram"
+
+    def __init__(self, budget_bytes: int) -> None:
+        if budget_bytes < 0:
+            raise ValueError("budget_bytes must be >= 0")
+        self.budget_bytes = budget_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self.counters = _Counters()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> Entry | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            self.counters.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.counters.hits += 1
+        return entry
+
+    def put(self, key: str, entry: Entry) -> list[tuple[str, Entry]]:
+        """Keep ``entry``, evicting least recently used entries to fit the budget.
+
+        An entry larger than the whole budget is not kept (and evicts nothing).
+
+        :returns: the evicted ``(key, entry)`` pairs, for the caller to spill.
+        """
+        self.remove(key)
+        if entry.nbytes > self.budget_bytes:
+            return []
+        evicted: list[tuple[str, Entry]] = []
+        while self.bytes + entry.nbytes > self.budget_bytes:
+            old_key, old = self._entries.popitem(last=False)
+            self.bytes -= old.nbytes
+            evicted.append((old_key, old))
+        self._entries[key] = entry
+        self.bytes += entry.nbytes
+        self.counters.evictions += len(evicted)
+        return evicted
+
+    def remove(self, key: str) -> bool:
+        old = self._entries.pop(key, None)
+        if old is None:
+            return False
+        self.bytes -= old.nbytes
+        return True
+
+    def clear(self) -> int:
+        count = len(self._entries)
+        self._entries.clear()
+        self.bytes = 0
+        return count
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "entries": len(self._entries),
+            "bytes": self.bytes,
+            "budget": self.budget_bytes,
+            **self.counters.as_dict(),
+        }
+
+
+# --------------------------------------------------------------------------- T2 disk
+
+
+class _BytesOnlyDisk(diskcache.Disk):  # type: ignore[misc]
+    """A diskcache Disk that stores and returns ``bytes`` and ``str`` only.
+
+    diskcache pickles any other value and unpickles it on read; the agent must never unpickle
+    (invariant 4), so a pickled value found in the directory is refused, not loaded.
+    """
+
+    def put(self, key: Any) -> Any:
+        if type(key) is not str:
+            raise TypeError("disk tier keys must be str")
+        return super().put(key)
+
+    def get(self, key: Any, raw: bool) -> Any:
+        if not raw:
+            raise CorruptEntry("pickled key in the disk tier")
+        return super().get(key, raw)
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.UNKNOWN) -> Any:
+        if type(value) is not bytes:
+            raise TypeError("disk tier values must be bytes")
+        return super().store(value, read, key=key)
+
+    def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
+        if mode == diskcache.core.MODE_PICKLE:
+            raise CorruptEntry("pickled value in the disk tier")
+        return super().fetch(mode, filename, value, read)
+
+
+def _open_cache(directory: str, **settings: Any) -> diskcache.Cache:
+    return diskcache.Cache(directory, disk=_BytesOnlyDisk, **settings)
+
+
+def write_raw_disk_value(directory: str, key: str, raw: bytes) -> None:
+    """Store ``raw`` as the disk tier value of ``key`` in ``directory``, bypassing the framing.
+
+    For tests and fault injection (a corrupt entry); safe while an agent uses the directory.
+    """
+    cache = _open_cache(directory)
+    try:
+        cache.set(DiskTier.internal_key(key), raw)
+    finally:
+        cache.close()
+
+
+class DiskTier:
+    """T2: a diskcache directory with an explicit size limit and LRU eviction."""
+
+    name: Final = "disk"
+
+    def __init__(self, directory: str, size_limit_bytes: int) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.directory = directory
+        self.size_limit_bytes = size_limit_bytes
+        # size_limit is always explicit: diskcache's default silently evicts beyond 1 GiB.
+        self._cache = _open_cache(
+            directory, size_limit=size_limit_bytes, eviction_policy="least-recently-used"
+        )
+        self.counters = _Counters()
+
+    @staticmethod
+    def internal_key(key: str) -> str:
+        """The diskcache key under which ``key`` is stored."""
+        return key
+
+    def __contains__(self, key: str) -> bool:
+        return self.internal_key(key) in self._cache
+
+    def get(self, key: str) -> Entry | None:
+        ikey = self.internal_key(key)
+        try:
+            blob = self._cache.get(ikey, default=None)
+            if blob is None:
+                self.counters.misses += 1
+                return None
+            if not isinstance(blob, bytes):
+                raise CorruptEntry("value is not bytes")
+            entry = decode_entry(key, blob)
+        except CorruptEntry:
+            self.counters.corrupt += 1
+            self.counters.misses += 1
+            self._cache.delete(ikey)
+            return None
+        self.counters.hits += 1
+        return entry
+
+    def put(self, key: str, entry: Entry) -> None:
+        self._cache.set(self.internal_key(key), encode_entry(key, entry))
+
+    def remove(self, key: str) -> bool:
+        return bool(self._cache.delete(self.internal_key(key)))
+
+    def clear(self) -> int:
+        return int(self._cache.clear())
+
+    def close(self) -> None:
+        self._cache.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "entries": len(self._cache),
+            "bytes": int(self._cache.volume()),
+            "limit": self.size_limit_bytes,
+            "directory": self.directory,
+            **self.counters.as_dict(),
+        }
+
+
+# --------------------------------------------------------------------------- T3 store
+
+
+class StoreTier:
+    """T3: one file per key (``sha256(key).hex()``), written atomically, never evicted."""
+
+    name: Final = "store"
+    _TMP_PREFIX: Final = ".tmp-"
+
+    def __init__(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.directory = directory
+        self.counters = _Counters()
+
+    def path(self, key: str) -> str:
+        return os.path.join(self.directory, hashlib.sha256(key.encode()).hexdigest())
+
+    def __contains__(self, key: str) -> bool:
+        return os.path.exists(self.path(key))
+
+    def get(self, key: str) -> Entry | None:
+        path = self.path(key)
+        try:
+            with open(path, "rb") as fh:
+                blob = fh.read()
+        except FileNotFoundError:
+            self.counters.misses += 1
+            return None
+        try:
+            entry = decode_entry(key, blob)
+        except CorruptEntry:
+            self.counters.corrupt += 1
+            self.counters.misses += 1
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return None
+        self.counters.hits += 1
+        return entry
+
+    def put(self, key: str, entry: Entry) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=self._TMP_PREFIX)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(encode_entry(key, entry))
+            os.replace(tmp, self.path(key))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def remove(self, key: str) -> bool:
+        try:
+            os.unlink(self.path(key))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _files(self) -> Iterable[os.DirEntry[str]]:
+        with os.scandir(self.directory) as it:
+            return [e for e in it if e.is_file() and not e.name.startswith(self._TMP_PREFIX)]
+
+    def clear(self) -> int:
+        count = 0
+        for item in self._files():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(item.path)
+                count += 1
+        return count
+
+    def stats(self) -> dict[str, Any]:
+        files = list(self._files())
+        total = 0
+        for item in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += item.stat().st_size
+        return {
+            "entries": len(files),
+            "bytes": total,
+            "limit": None,
+            "directory": self.directory,
+            **self.counters.as_dict(),
+        }
+
+
+# --------------------------------------------------------------------------- the tiers together
+
+
+class TieredStore:
+    """RAM in front of disk in front of an optional persistent store.
+
+    Writes go to RAM and through to disk (and to the store when configured). Don't write the
+    same bytes twice to the same local disk by default: when the store directory is on the
+    same device as the disk tier, the store is written and the disk tier skipped (a store hit
+    is then served from the store, promoted to RAM).
+
+    RAM evictions are spilled to disk if no lower tier holds them (the disk tier may have
+    evicted them under its own size limit). ``ram`` stats count ``evictions`` (entries pushed
+    out of RAM) and ``spills`` (those still served by a lower tier afterwards); ``disk``
+    ``spills`` counts the spill writes it received.
+    """
+
+    def __init__(
+        self, ram: RamTier, disk: DiskTier | None, store: StoreTier | None = None
+    ) -> None:
+        self.ram = ram
+        self.disk = disk
+        self.store = store
+        self.write_disk = disk is not None and not (
+            store is not None
+            and os.stat(store.directory).st_dev == os.stat(disk.directory).st_dev
+        )
+        # Highest version handed out per key in this process; kept after evict/clear so a
+        # version number is never reused for different bytes while the agent runs.
+        self._versions: dict[str, int] = {}
+
+    # -- reads
+
+    def _lower(self, key: str) -> tuple[Entry, str] | None:
+        if self.disk is not None:
+            entry = self.disk.get(key)
+            if entry is not None:
+                return entry, "disk"
+        if self.store is not None:
+            entry = self.store.get(key)
+            if entry is not None:
+                return entry, "store"
+        return None
+
+    def get(self, key: str) -> tuple[Entry, str] | None:
+        """Find ``key``; a disk or store hit is promoted into RAM.
+
+        :returns: ``(entry, tier name)`` or None.
+        """
+        entry = self.ram.get(key)
+        if entry is not None:
+            return entry, "ram"
+        found = self._lower(key)
+        if found is None:
+            return None
+        entry, tier = found
+        if tier == "store" and self.write_disk and self.disk is not None:
+            self.disk.put(key, entry)
+        self._spill(self.ram.put(key, entry))
+        return entry, tier
+
+    def has(self, key: str) -> str | None:
+        """The name of the highest tier that holds ``key`` (no promotion, no decoding)."""
+        if key in self.ram:
+            return "ram"
+        if self.disk is not None and key in self.disk:
+            return "disk"
+        if self.store is not None and key in self.store:
+            return "store"
+        return None
+
+    def version(self, key: str) -> int:
+        """The stored version of ``key``, 0 when no tier holds it."""
+        if key in self.ram:
+            return self.ram._entries[key].version
+        found = self._lower(key)
+        return 0 if found is None else found[0].version
+
+    # -- writes
+
+    def put(
+        self,
+        key: str,
+        frames: Sequence[BufferLike],
+        meta: Mapping[str, Any],
+        expect_version: int | None = None,
+    ) -> int:
+        """Store a new version of ``key`` in every tier it belongs to.
+
+        :param expect_version: when given, the stored version (0: absent) must equal it.
+        :returns: the new version.
+        :raises VersionConflict: when ``expect_version`` does not match.
+        """
+        current: int | None = None
+        if expect_version is not None or key not in self._versions:
+            current = self.version(key) if self.has(key) is not None else 0
+        if expect_version is not None and current != expect_version:
+            raise VersionConflict(
+                f"key {key[:80]!r} is at version {current}, not {expect_version}"
+            )
+        new = max(self._versions.get(key, 0), current or 0) + 1
+        entry = Entry(tuple(frames), dict(meta), new)
+        if self.write_disk and self.disk is not None:
+            self.disk.put(key, entry)
+        if self.store is not None:
+            self.store.put(key, entry)
+        self._spill(self.ram.put(key, entry))
+        self._versions[key] = new
+        return new
+
+    def _spill(self, evicted: list[tuple[str, Entry]]) -> None:
+        for key, entry in evicted:
+            if (self.disk is not None and key in self.disk) or (
+                self.store is not None and key in self.store
+            ):
+                self.ram.counters.spills += 1
+            elif self.disk is not None:
+                self.disk.put(key, entry)
+                self.disk.counters.spills += 1
+                self.ram.counters.spills += 1
+            # else: no lower tier; the entry is gone (counted as an eviction only)
+
+    def evict(self, key: str) -> bool:
+        """Remove ``key`` from every tier; True if any tier held it."""
+        removed = self.ram.remove(key)
+        if self.disk is not None:
+            removed = self.disk.remove(key) or removed
+        if self.store is not None:
+            removed = self.store.remove(key) or removed
+        return removed
+
+    def clear(self) -> int:
+        """Empty every tier.
+
+        :returns: the number of entries removed, counted in the tier that held the most (a
+            sum would count write-through copies twice).
+        """
+        counts = [self.ram.clear()]
+        if self.disk is not None:
+            counts.append(self.disk.clear())
+        if self.store is not None:
+            counts.append(self.store.clear())
+        return max(counts)
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {"ram": self.ram.stats()}
+        if self.disk is not None:
+            out["disk"] = {**self.disk.stats(), "write_through": self.write_disk}
+        if self.store is not None:
+            out["store"] = self.store.stats()
+        return out
+
+    def close(self) -> None:
+        if self.disk is not None:
+            self.disk.close()

@@ -1,0 +1,187 @@
+"""Values on the wire: pickle protocol 5 with out-of-band buffers, signed and digested.
+
+A stored entry is a list of frames::
+
+    frame 0   meta     msgpack map: format, kind, digest of the payload, build seconds, warnings,
+                       fingerprints, ... (see :func:`seal`)
+    frame 1   sig      HMAC-SHA256(secret, key ‖ meta)
+    frame 2   body     the pickle stream (kind "value" only)
+    frame 3.. buffers  its out-of-band buffers (large arrays travel without a copy)
+
+Readers check the signature over the meta, then the payload's SHA-256 against the digest the
+meta carries, and only then unpickle (DESIGN.md, invariant 4). A "build" entry has no payload:
+it records that this value is to be built in-process (it does not pickle, is too large, or
+loads slower than it builds) and why.
+
+Values that refer to the value of a fixture they depend on keep that reference: such objects
+are pickled as persistent ids and resolved, on load, to the live object the dependency gave the
+loading test (invariant 5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import os
+import pickle
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import msgpack
+
+from .keys import FORMAT_VERSION
+
+SECRET_ENV: Final = "STATEMIGRATE_SECRET"
+_IMMUTABLE: Final = (str, bytes, int, float, bool, complex, type(None))
+
+Buffer = bytes | bytearray | memoryview | pickle.PickleBuffer
+
+
+class Unverified(Exception):
+    """An entry whose signature, digest or format does not check out."""
+
+
+class Unpicklable(Exception):
+    """The value cannot be pickled; the message says why."""
+
+
+def load_secret(store_dir: Path) -> bytes:
+    """The project's signing secret: ``$STATEMIGRATE_SECRET``, or ``<store_dir>/secret``.
+
+    The file is created on first use with mode 0600, atomically, so concurrent workers agree.
+    """
+    env = os.environ.get(SECRET_ENV)
+    if env:
+        return env.encode()
+    path = store_dir / "secret"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    store_dir.mkdir(parents=True, exist_ok=True)
+    ignore = store_dir / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# created by pytest-statemigrate\n*\n")
+    tmp = store_dir / f".secret-{os.getpid()}-{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, secrets.token_hex(32).encode())
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)  # fails if another process won the race: then use theirs
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_bytes()
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(
+        self, file: io.BytesIO, resolve: Callable[[str], Any], buffers: Sequence[Any]
+    ) -> None:
+        super().__init__(file, buffers=buffers)
+        self._resolve = resolve
+
+    def persistent_load(self, pid: Any) -> Any:
+        if isinstance(pid, str):
+            return self._resolve(pid)
+        raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
+
+
+def _prologue(names: Sequence[str]) -> bytes:
+    """Opcodes that put each dependency's live value into the unpickler's memo, in order.
+
+    The body is pickled with those objects pre-memoised at the same indices, so a reference
+    to a dependency is a plain memo GET: the C pickler runs at full speed, with no Python
+    callback per object (a ``persistent_id`` method made pickling 2-3x slower).
+    """
+    out = bytearray(pickle.PROTO + b"\x05")
+    for name in names:
+        raw = name.encode()
+        out += pickle.BINUNICODE + len(raw).to_bytes(4, "little") + raw
+        out += pickle.BINPERSID + pickle.MEMOIZE + pickle.POP
+    return bytes(out)
+
+
+def dump(value: Any, deps: Mapping[str, Any]) -> list[Buffer]:
+    """Pickle ``value`` into a body and its out-of-band buffers.
+
+    :param deps: the values of the fixtures it depends on, by name; references to them are
+        kept as references (resolved on load by :func:`load`'s ``resolve``).
+    """
+    names = [name for name, v in deps.items() if not isinstance(v, _IMMUTABLE)]
+    buffers: list[Any] = []
+    stream = io.BytesIO()
+    stream.write(_prologue(names))
+    pickler = pickle.Pickler(stream, protocol=5, buffer_callback=buffers.append)
+    pickler.memo = {id(deps[n]): (i, deps[n]) for i, n in enumerate(names)}  # type: ignore[assignment]
+    try:
+        pickler.dump(value)
+    except Exception as exc:
+        raise Unpicklable(f"{type(value).__name__} value cannot be pickled ({exc})") from None
+    frames: list[Buffer] = [stream.getbuffer()]
+    for buf in buffers:
+        raw = buf.raw()
+        frames.append(raw if raw.contiguous else bytes(raw))
+    return frames
+
+
+def load(frames: Sequence[Any], resolve: Callable[[str], Any]) -> Any:
+    """Unpickle a body and its buffers. Buffers are copied, so every array comes out writable."""
+    body, *buffers = frames
+    own = [bytearray(memoryview(b)) for b in buffers]
+    return _Unpickler(io.BytesIO(memoryview(body)), resolve, own).load()
+
+
+def payload_digest(frames: Sequence[Any]) -> str:
+    h = hashlib.sha256()
+    for frame in frames:
+        view = memoryview(frame)
+        h.update(view.nbytes.to_bytes(8, "little"))
+        h.update(view)
+    return h.hexdigest()
+
+
+def _sign(secret: bytes, key: str, meta: bytes) -> bytes:
+    return hmac.new(secret, key.encode() + b"\0" + meta, hashlib.sha256).digest()
+
+
+def seal(secret: bytes, key: str, meta: Mapping[str, Any], payload: Sequence[Any]) -> list[Any]:
+    """Frames for an entry: meta (with format and payload digest), signature, payload."""
+    full = {**meta, "fmt": FORMAT_VERSION, "digest": payload_digest(payload)}
+    packed = msgpack.packb(full, use_bin_type=True)
+    return [packed, _sign(secret, key, packed), *payload]
+
+
+@dataclass(frozen=True)
+class Opened:
+    meta: dict[str, Any]
+    payload: list[Any]
+
+
+def open_sealed(secret: bytes, key: str, frames: Sequence[Any]) -> Opened:
+    """Check an entry's signature and format; the payload digest is checked by :func:`verify`."""
+    if len(frames) < 2:
+        raise Unverified("entry has too few frames")
+    packed = bytes(memoryview(frames[0]))
+    if not hmac.compare_digest(_sign(secret, key, packed), bytes(memoryview(frames[1]))):
+        raise Unverified("bad signature (another project's secret, or tampered)")
+    try:
+        meta = msgpack.unpackb(packed, raw=False)
+    except Exception as exc:
+        raise Unverified(f"unreadable meta ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("fmt") != FORMAT_VERSION:
+        raise Unverified("entry of another format version")
+    return Opened(meta=meta, payload=list(frames[2:]))
+
+
+def verify(opened: Opened) -> None:
+    """Check the payload against the signed digest."""
+    if payload_digest(opened.payload) != opened.meta.get("digest"):
+        raise Unverified("payload digest mismatch (corrupt entry)")

@@ -1,0 +1,192 @@
+"""Which fixtures can be managed, and the key material of one fixture value.
+
+This is the one module besides plugin.py that reads pytest's fixture objects; it turns them
+into plain data for :mod:`keys`. The rules (DESIGN.md, invariant 3, and docs/keys.md):
+
+* only functions that return a value: yield and async fixtures are refused;
+* a fixture read from ``request`` only what its key can see: ``param`` and friends; reading
+  ``request.node`` (or ``function``, ``cls``, ``module``...) adds the requesting node's id to
+  the key; anything else (``config``, ``getfixturevalue``, ``addfinalizer``...) is refused;
+* every fixture it depends on is managed, or is a plain-return fixture of the project itself
+  (below the rootdir), whose code then enters the key; a dependency on a fixture with side
+  effects (``tmp_path``, ``monkeypatch``, any yield fixture, anything from pytest or a plugin)
+  that is not managed is refused.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import inspect
+import os
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import CodeType
+from typing import Any, Final
+
+from ._spec import StateSpec, spec_of
+from .keys import KeyParts, Unkeyable, code_digest, param_token
+
+#: ``request`` attributes that cannot change a value beyond what the key holds already.
+_REQUEST_PURE: Final = frozenset({"param", "param_index", "fixturename", "scope"})
+#: ``request`` attributes that tie the value to the requesting node: its id enters the key.
+_REQUEST_NODE: Final = frozenset(
+    {"node", "function", "cls", "instance", "module", "path", "fspath", "keywords"}
+)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What is statically known about one fixture definition."""
+
+    name: str
+    fixture_id: str  # "tests/conftest.py::dataset"-like: where it is defined
+    code: str  # code digest
+    own_code: CodeType | None
+    spec: StateSpec | None
+    refused: str | None  # why it cannot be managed, or None
+    uses_node: bool = False
+
+
+def unwrap(func: Any) -> Any:
+    return inspect.unwrap(getattr(func, "__func__", func))
+
+
+def is_selected(name: str, func: Any, patterns: Sequence[str]) -> bool:
+    """Managed by opt-in: a name pattern matches or the function carries ``@state``."""
+    return spec_of(func) is not None or any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _request_use(func: Any) -> tuple[set[str], bool]:
+    """Attributes read from a ``request`` parameter, and whether ``request`` escapes whole."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
+    except (OSError, TypeError, SyntaxError):
+        return set(), True
+    attrs: set[str] = set()
+    bare = 0
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            if node.value.id == "request":
+                attrs.add(node.attr)
+        elif isinstance(node, ast.Name) and node.id == "request":
+            bare += 1
+    # Each ``request.attr`` holds one Name "request" (the parameter itself is an ast.arg):
+    # any further Name means the request object itself is passed on or stored.
+    escapes = bare > sum(
+        1
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "request"
+    )
+    return attrs, escapes
+
+
+def _relative(filename: str, rootdir: Path) -> str | None:
+    try:
+        rel = os.path.relpath(filename, rootdir)
+    except ValueError:
+        return None
+    return None if rel.startswith("..") else rel.replace(os.sep, "/")
+
+
+def analyse(name: str, func: Any, argnames: Sequence[str], rootdir: Path) -> Analysis:
+    """Static analysis of a fixture function selected for management."""
+    raw = unwrap(func)
+    spec = spec_of(func) or spec_of(raw)
+    code: CodeType | None = getattr(raw, "__code__", None)
+    filename = code.co_filename if code is not None else "?"
+    rel = _relative(filename, rootdir)
+    fixture_id = f"{rel or filename}::{getattr(raw, '__qualname__', name)}"
+    digest = code_digest(raw, rootdir)
+
+    def refuse(why: str) -> Analysis:
+        return Analysis(name, fixture_id, digest, code, spec, why)
+
+    if inspect.isgeneratorfunction(raw):
+        return refuse("yield fixture: its teardown cannot run for a loaded value")
+    if inspect.iscoroutinefunction(raw) or inspect.isasyncgenfunction(raw):
+        return refuse("async fixture: only plain functions that return a value can be managed")
+    if rel is None and spec is None:
+        return refuse("defined outside the rootdir (by pytest or a plugin), so its code and "
+                      "side effects are not the project's")
+    uses_node = False
+    if "request" in argnames:
+        attrs, escapes = _request_use(raw)
+        if escapes:
+            return refuse("passes `request` on, so its key cannot see what is read from it")
+        other = attrs - _REQUEST_PURE - _REQUEST_NODE
+        if other:
+            first = sorted(other)[0]
+            return refuse(f"uses request.{first}, which its key cannot see")
+        uses_node = bool(attrs & _REQUEST_NODE)
+    return Analysis(name, fixture_id, digest, code, spec, None, uses_node)
+
+
+def unmanaged_dependency_refusal(dep_name: str, func: Any, rootdir: Path) -> str | None:
+    """Why a fixture that is not managed may not feed a managed one, or None if it may."""
+    raw = unwrap(func)
+    code = getattr(raw, "__code__", None)
+    if inspect.isgeneratorfunction(raw) or inspect.isasyncgenfunction(raw):
+        return f"depends on {dep_name}, a yield fixture that is not managed"
+    if code is None or _relative(code.co_filename, rootdir) is None:
+        return (
+            f"depends on {dep_name}, a fixture with side effects (from pytest or a plugin) "
+            "that is not managed"
+        )
+    if "request" in inspect.signature(raw).parameters:
+        attrs, escapes = _request_use(raw)
+        if escapes or attrs - _REQUEST_PURE:
+            return f"depends on {dep_name}, which reads `request` and is not managed"
+    return None
+
+
+def param_part(request: Any, fixturedef: Any) -> str | None:
+    """The param token of this request, or None when the fixture is not parametrized."""
+    if not hasattr(request, "param"):
+        return None
+    ids = getattr(fixturedef, "ids", None)
+    given: str | None = None
+    if isinstance(ids, (list, tuple)):
+        index = getattr(request, "param_index", 0)
+        if 0 <= index < len(ids) and ids[index] is not None:
+            given = str(ids[index])
+    elif callable(ids):
+        try:
+            made = ids(request.param)
+        except Exception:
+            made = None
+        given = None if made is None else str(made)
+    return param_token(request.param, given)
+
+
+def key_parts(
+    analysis: Analysis,
+    *,
+    param: str | None,
+    deps: tuple[tuple[str, str], ...],
+    inputs: str | None,
+    env: str | None,
+    node: str | None,
+) -> KeyParts:
+    return KeyParts(
+        fixture=analysis.fixture_id,
+        code=analysis.code,
+        param=param,
+        deps=deps,
+        inputs=inputs,
+        env=env,
+        node=node,
+    )
+
+
+__all__ = [
+    "Analysis",
+    "Unkeyable",
+    "analyse",
+    "is_selected",
+    "key_parts",
+    "param_part",
+    "unmanaged_dependency_refusal",
+]

@@ -1,0 +1,280 @@
+"""Dynamic inputs: what a value's build runs and reads, beyond what its key names.
+
+While a managed value builds, :class:`BuildRecorder` notes every file opened for reading (an
+audit hook, installed once and idle outside builds) and, on Python 3.12+, every code object
+that starts (``sys.monitoring`` with a per-code ``DISABLE``: nearly free). :func:`fingerprint`
+turns those into the entry's fingerprints: project files by content digest, installed packages
+by distribution version. A stored value is valid only while :meth:`Fingerprints.changed` finds
+nothing.
+
+Before Python 3.12 there is no cheap way to see which code runs: ``sys.settrace`` turns off the
+specialising interpreter and made a build 3.5x slower (bench/, docs/benchmarks.md). There the
+recorder takes a superset instead: every project module loaded when the build ends (test
+modules and conftest files aside), the files of the project objects the fixture's code names,
+and the packages it names. Over-invalidation costs a rebuild; it never serves a stale value.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+import threading
+import inspect
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import CodeType
+from typing import Any, Final
+
+from .keys import FileDigests
+
+_SKIP_DIRS: Final = ("__pycache__", ".git", ".tox", ".nox", ".venv", "node_modules")
+_PKG_DIRS: Final = ("site-packages", "dist-packages")
+
+
+class _Audit:
+    """One audit hook for the whole process (they cannot be removed), idle unless recording."""
+
+    installed = False
+    sink: set[str] | None = None
+    thread: int | None = None
+
+    @classmethod
+    def hook(cls, event: str, args: tuple[Any, ...]) -> None:
+        sink = cls.sink
+        if sink is None or event != "open" or threading.get_ident() != cls.thread:
+            return
+        path, mode, flags = args
+        if not isinstance(path, (str, bytes)) or isinstance(path, bytes):
+            return
+        if mode is not None and any(c in mode for c in "wax+"):
+            return
+        if mode is None and flags & (os.O_WRONLY | os.O_RDWR):
+            return
+        sink.add(os.path.abspath(path))
+
+
+class BuildRecorder:
+    """Context manager: the code objects that ran and the files opened while it was active."""
+
+    _tool: int | None = None
+
+    def __init__(self) -> None:
+        self.codes: set[CodeType] = set()
+        self.opened: set[str] = set()
+        self.traced = False
+
+    def __enter__(self) -> BuildRecorder:
+        if not _Audit.installed:
+            sys.addaudithook(_Audit.hook)
+            _Audit.installed = True
+        _Audit.sink, _Audit.thread = self.opened, threading.get_ident()
+        self.traced = self._start_monitoring()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _Audit.sink = _Audit.thread = None
+        self._stop()
+
+    # -- sys.monitoring (3.12+) ---------------------------------------------------------
+    def _start_monitoring(self) -> bool:
+        mon = getattr(sys, "monitoring", None)
+        if mon is None:
+            return False
+        for tool in (4, 3):
+            if mon.get_tool(tool) is None:
+                mon.use_tool_id(tool, "statemigrate")
+                break
+        else:
+            return False
+        add, disable = self.codes.add, mon.DISABLE
+
+        def on_start(code: CodeType, offset: int) -> Any:
+            add(code)
+            return disable
+
+        mon.register_callback(tool, mon.events.PY_START, on_start)
+        mon.set_events(tool, mon.events.PY_START)
+        # Code that ran in an earlier build was disabled for this tool: turn it back on.
+        mon.restart_events()
+        self._tool = tool
+        return True
+
+    def _stop(self) -> None:
+        if self._tool is not None:
+            mon = sys.monitoring  # type: ignore[attr-defined]
+            mon.set_events(self._tool, 0)
+            mon.register_callback(self._tool, mon.events.PY_START, None)
+            mon.free_tool_id(self._tool)
+            self._tool = None
+
+
+@dataclass
+class Fingerprints:
+    """Files (rootdir-relative path → digest) and distributions (name → version)."""
+
+    files: dict[str, str] = field(default_factory=dict)
+    dists: dict[str, str] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, dict[str, str]]:
+        return {"files": self.files, "dists": self.dists}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> Fingerprints:
+        return cls(files=dict(data.get("files", {})), dists=dict(data.get("dists", {})))
+
+    def changed(self, rootdir: Path, files: FileDigests, dists: Distributions) -> str | None:
+        """The first input that differs now, as a short phrase, or None when all are unchanged."""
+        for rel, want in self.files.items():
+            if files.digest(str(rootdir / rel)) != want:
+                return f"{rel} changed"
+        for name, version in self.dists.items():
+            if dists.version(name) != version:
+                return f"package {name} is now {dists.version(name)}"
+        return None
+
+
+class Distributions:
+    """Installed distributions: import name → distribution, and their versions (memoised)."""
+
+    def __init__(self) -> None:
+        self._by_top: dict[str, list[str]] | None = None
+        self._versions: dict[str, str] = {}
+
+    def for_top_level(self, name: str) -> list[str]:
+        if self._by_top is None:
+            from importlib.metadata import packages_distributions
+
+            self._by_top = {k: list(v) for k, v in packages_distributions().items()}
+        return self._by_top.get(name, [])
+
+    def version(self, dist: str) -> str:
+        if dist not in self._versions:
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                self._versions[dist] = version(dist)
+            except PackageNotFoundError:
+                self._versions[dist] = "absent"
+        return self._versions[dist]
+
+
+_STDLIB: Final = tuple(
+    os.path.realpath(p) + os.sep
+    for p in {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]}
+)
+
+
+def _package_top(path: str) -> str | None:
+    parts = Path(path).parts
+    for marker in _PKG_DIRS:
+        if marker in parts:
+            idx = len(parts) - 1 - parts[::-1].index(marker)
+            if idx + 1 < len(parts):
+                return parts[idx + 1].split(".")[0]
+    return None
+
+
+def _is_test_file(path: str) -> bool:
+    base = os.path.basename(path)
+    return base == "conftest.py" or base.startswith("test_") or base.endswith("_test.py")
+
+
+def _named_objects(code: CodeType, namespace: dict[str, Any]) -> Iterator[Any]:
+    """Objects the code (and the code nested in it) names from its module's namespace."""
+    stack = [code]
+    while stack:
+        current = stack.pop()
+        for name in current.co_names:
+            if name in namespace:
+                yield namespace[name]
+        stack.extend(c for c in current.co_consts if isinstance(c, CodeType))
+
+
+def static_paths(func: Any, rootdir: Path) -> set[str]:
+    """The superset of what a build may run, for interpreters that cannot trace it cheaply.
+
+    Every project module loaded now (test modules and conftest files aside), plus the source
+    files of the project functions, classes and modules the fixture's code names.
+    """
+    root = str(rootdir) + os.sep
+    paths: set[str] = set()
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path and path.startswith(root) and not _is_test_file(path):
+            paths.add(path)
+    code = getattr(func, "__code__", None)
+    namespace = getattr(func, "__globals__", None)
+    if code is None or namespace is None:
+        return paths
+    for obj in _named_objects(code, namespace):
+        target = obj if inspect.ismodule(obj) else inspect.getmodule(obj)
+        if target is None and callable(obj):
+            continue
+        path = getattr(target, "__file__", None) or ""
+        if inspect.isfunction(obj) or inspect.isclass(obj):
+            try:
+                path = inspect.getsourcefile(obj) or path
+            except TypeError:
+                pass
+        if path:
+            paths.add(path)
+    return paths
+
+
+def fingerprint(
+    *,
+    codes: Iterable[CodeType],
+    opened: Iterable[str],
+    rootdir: Path,
+    exclude: Iterable[str],
+    own_code: CodeType | None,
+    files: FileDigests,
+    dists: Distributions,
+) -> Fingerprints:
+    """Fingerprints of what a build ran and read.
+
+    :param exclude: directories whose files never count (the store directory).
+    :param own_code: the fixture function's code: its own file counts only when code other
+        than the fixture itself ran from it (the fixture's source is already in the key).
+    """
+    root = str(rootdir) + os.sep
+    skip = tuple(str(p) + os.sep for p in exclude)
+    own_file = own_code.co_filename if own_code is not None else None
+    own_lines = _line_span(own_code)
+    paths: set[str] = set()
+    for code in codes:
+        filename = code.co_filename
+        if filename == own_file and own_lines[0] <= code.co_firstlineno <= own_lines[1]:
+            continue
+        paths.add(filename)
+    paths.update(opened)
+    result = Fingerprints()
+    for path in sorted(paths):
+        if not path or path.startswith("<") or path.endswith((".pyc", ".pyo")):
+            continue
+        top = _package_top(path)
+        if top is not None:
+            for dist in dists.for_top_level(top):
+                result.dists[dist] = dists.version(dist)
+            continue
+        real = os.path.realpath(path)
+        if real.startswith(_STDLIB) or path.startswith(skip):
+            continue
+        if not path.startswith(root):
+            continue
+        rel = path[len(root) :]
+        if any(part in _SKIP_DIRS for part in rel.split(os.sep)):
+            continue
+        if os.path.isfile(path):
+            result.files[rel.replace(os.sep, "/")] = files.digest(path)
+    return result
+
+
+def _line_span(code: CodeType | None) -> tuple[int, int]:
+    if code is None:
+        return (0, -1)
+    lines = [line for _, _, line in code.co_lines() if line is not None]
+    last = max(lines, default=code.co_firstlineno)
+    return (code.co_firstlineno, last)

@@ -1,0 +1,312 @@
+"""The state access proxy: find a value, fetch it, verify it, hand it over; or say "build it".
+
+Pure of pytest: it takes keys, dependency resolvers and built values. Every agent or entry
+trouble turns into a miss plus one line in the run's fallbacks (DESIGN.md, invariant 1); the
+caller then builds the value in-process.
+
+No zmq context outlives a call into the proxy: :meth:`StateProxy.close_link` runs after every
+fixture setup, so no thread lives while a test body runs (invariant 6).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import codec
+from .inputs import Distributions, Fingerprints
+from .keys import FileDigests
+from .report import RunStats
+
+if TYPE_CHECKING:
+    from nodeagent.client import AgentClient
+
+
+@dataclass(frozen=True)
+class Hit:
+    value: Any
+    warnings: list[Any]
+
+
+@dataclass(frozen=True)
+class Miss:
+    """Build the value. ``store`` says whether the result should then be offered to the agent."""
+
+    store: bool = True
+    holder: str | None = None  # the lease this process holds, if any
+
+
+@dataclass
+class BuildRecord:
+    """What the caller learnt while building a value."""
+
+    seconds: float
+    warnings: list[Any] = field(default_factory=list)
+    fingerprints: Fingerprints = field(default_factory=Fingerprints)
+
+
+class AgentLink:
+    """A lazily opened client to the agent; once the agent fails, it stays down for the run."""
+
+    def __init__(self, endpoint: Callable[[], str], timeout: float) -> None:
+        self.endpoint = endpoint
+        self._timeout = timeout
+        self._client: AgentClient | None = None
+        self.down: str | None = None
+
+    def client(self) -> AgentClient | None:
+        if self.down is not None:
+            return None
+        if self._client is None:
+            from nodeagent.client import AgentClient
+
+            try:
+                self._client = AgentClient(self.endpoint(), timeout=self._timeout)
+            except Exception as exc:
+                self.fail(exc)
+                return None
+        return self._client
+
+    def fail(self, exc: BaseException) -> None:
+        self.down = f"agent unavailable ({exc}); values were built in-process"
+        self.close()
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+class StateProxy:
+    """Locate, fetch, verify and deserialise managed values; store built ones."""
+
+    def __init__(
+        self,
+        *,
+        link: AgentLink,
+        secret: Callable[[], bytes],
+        rootdir: Path,
+        stats: RunStats,
+        refresh: bool,
+        max_value_bytes: int,
+        lease_seconds: float,
+    ) -> None:
+        self.link = link
+        self._secret_source = secret
+        self._secret: bytes | None = None
+        self.rootdir = rootdir
+        self.stats = stats
+        self.refresh = refresh
+        self.max_value_bytes = max_value_bytes
+        self.lease_seconds = lease_seconds
+        self.files = FileDigests()
+        self.dists = Distributions()
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._build_only: dict[str, str] = {}  # key → why; decided earlier in this run
+
+    @property
+    def secret(self) -> bytes:
+        if self._secret is None:
+            self._secret = self._secret_source()
+        return self._secret
+
+    def close_link(self) -> None:
+        self.link.close()
+
+    def _call(self, what: Callable[[AgentClient], Any]) -> Any:
+        """Run one agent call; on failure mark the agent down and return None."""
+        client = self.link.client()
+        if client is None:
+            return None
+        try:
+            return what(client)
+        except Exception as exc:
+            self.link.fail(exc)
+            self.stats.fallback(self.link.down or str(exc))
+            return None
+
+    # -- reading ---------------------------------------------------------------------------
+    def lookup(self, key: str, name: str, resolve: Callable[[str], Any]) -> Hit | Miss:
+        """The value for ``key`` if a valid entry exists; otherwise a miss to build.
+
+        On a miss this process takes the build lease, or waits for the process that holds it.
+        """
+        if key in self._build_only:
+            return Miss(store=False)
+        if not self.refresh:
+            found = self._load(key, name, resolve)
+            if found is not None:
+                return found
+        if self.link.down is not None:
+            return Miss(store=False)
+        return self._claim(key, name, resolve)
+
+    def _load(self, key: str, name: str, resolve: Callable[[str], Any]) -> Hit | Miss | None:
+        start = time.perf_counter()
+        fetched = self._call(lambda c: c.get(key))
+        if fetched is None:
+            return None
+        try:
+            opened = codec.open_sealed(self.secret, key, fetched.frames)
+        except codec.Unverified as exc:
+            self.stats.fallback(f"unverifiable entry for {name}: {exc}; rebuilt")
+            return None
+        meta = opened.meta
+        changed = Fingerprints.from_wire(meta.get("inputs", {})).changed(
+            self.rootdir, self.files, self.dists
+        )
+        if changed is not None:
+            self.stats.stale[name] = changed
+            return None
+        if meta.get("kind") == "build":
+            why = str(meta.get("reason", "decided earlier"))
+            self._build_only[key] = why
+            self.stats.built_instead[name] = why
+            return Miss(store=False)
+        try:
+            codec.verify(opened)
+            value = codec.load(opened.payload, resolve)
+        except Exception as exc:
+            self.stats.fallback(f"unreadable entry for {name}: {exc}; rebuilt")
+            return None
+        load_s = time.perf_counter() - start
+        build_s = float(meta.get("build_s", 0.0))
+        nbytes = sum(memoryview(f).nbytes for f in opened.payload)
+        self.stats.hits[str(getattr(fetched, "tier", "agent"))] += 1
+        self.stats.bytes_loaded += nbytes
+        self.stats.load_seconds += load_s
+        self.stats.saved_seconds += build_s - load_s
+        if load_s > build_s:
+            why = f"loading took {load_s * 1e3:.1f} ms, building {build_s * 1e3:.1f} ms"
+            self._mark_build(key, name, why, Fingerprints.from_wire(meta.get("inputs", {})))
+        return Hit(value=value, warnings=list(meta.get("warnings", [])))
+
+    def _claim(self, key: str, name: str, resolve: Callable[[str], Any]) -> Hit | Miss:
+        """Take the build lease, or wait for whoever holds it to store the value."""
+        deadline = time.monotonic() + self.lease_seconds
+        delay = 0.005
+        slept = False
+        while True:
+            reply = self._call(
+                lambda c: c.lease(
+                    key,
+                    self.holder,
+                    self.lease_seconds,
+                    pid=os.getpid(),
+                    host=socket.gethostname(),
+                )
+            )
+            if reply is None:
+                return Miss(store=False)
+            if reply.granted:
+                return Miss(store=True, holder=self.holder)
+            if reply.present and not self.refresh:
+                found = self._load(key, name, resolve)
+                if found is not None:
+                    self.stats.waited += slept
+                    return found
+                return Miss(store=True)  # present but unusable: build and overwrite
+            if time.monotonic() > deadline:
+                self.stats.fallback(f"waited {self.lease_seconds:.0f}s for {name}; built it too")
+                return Miss(store=False)
+            # Close the link while waiting: no zmq thread idles in a sleeping test process.
+            self.link.close()
+            time.sleep(delay)
+            slept = True
+            delay = min(delay * 2, 0.2)
+
+    # -- writing ---------------------------------------------------------------------------
+    def store(
+        self,
+        key: str,
+        name: str,
+        value: Any,
+        deps: Mapping[str, Any],
+        record: BuildRecord,
+        miss: Miss,
+    ) -> None:
+        """Offer a freshly built value to the agent (or record why it is built in-process)."""
+        self.stats.builds += 1
+        self.stats.build_seconds += record.seconds
+        if not miss.store:
+            return
+        start = time.perf_counter()
+        try:
+            payload = codec.dump(value, deps)
+        except codec.Unpicklable as exc:
+            self.stats.refused[name] = str(exc)
+            self._mark_build(key, name, str(exc), record.fingerprints, refused=True)
+            return
+        nbytes = sum(memoryview(f).nbytes for f in payload)
+        if nbytes > self.max_value_bytes:
+            why = (
+                f"its value is {nbytes / 2**20:.1f} MiB, over statemigrate_max_value_bytes "
+                f"({self.max_value_bytes / 2**20:.0f} MiB)"
+            )
+            self._mark_build(key, name, why, record.fingerprints)
+            return
+        meta = {
+            "kind": "value",
+            "fixture": name,
+            "build_s": record.seconds,
+            "warnings": record.warnings,
+            "inputs": record.fingerprints.to_wire(),
+        }
+        frames = codec.seal(self.secret, key, meta, payload)
+        if self._call(lambda c: c.put(key, frames, {"fixture": name, "nbytes": nbytes})) is None:
+            return
+        self.stats.bytes_stored += nbytes
+        self.stats.store_seconds += time.perf_counter() - start
+
+    def abandon(self, key: str, miss: Miss) -> None:
+        """The build failed: let the next process build it."""
+        if miss.holder is not None:
+            self._call(lambda c: c.release(key, miss.holder))
+
+    def _mark_build(
+        self, key: str, name: str, why: str, prints: Fingerprints, *, refused: bool = False
+    ) -> None:
+        self._build_only[key] = why
+        if not refused:
+            self.stats.built_instead[name] = why
+        meta = {"kind": "build", "fixture": name, "reason": why, "inputs": prints.to_wire()}
+        frames = codec.seal(self.secret, key, meta, [])
+        self._call(lambda c: c.put(key, frames, {"fixture": name, "nbytes": 0}))
+
+
+def warning_to_wire(message: Any, rootdir: Path) -> list[Any]:
+    """A recorded ``warnings.WarningMessage`` as plain data."""
+    category = message.category
+    return [
+        f"{category.__module__}:{category.__qualname__}",
+        str(message.message),
+        str(message.filename),
+        int(message.lineno or 0),
+    ]
+
+
+def warnings_from_wire(items: Sequence[Any]) -> list[tuple[type[Warning], str, str, int]]:
+    """Stored warnings back as (category, text, filename, lineno); unknown categories as
+    UserWarning."""
+    import importlib
+
+    out: list[tuple[type[Warning], str, str, int]] = []
+    for cat, text, filename, lineno in items:
+        module, _, qualname = str(cat).partition(":")
+        category: Any = UserWarning
+        try:
+            obj: Any = importlib.import_module(module)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+            if isinstance(obj, type) and issubclass(obj, Warning):
+                category = obj
+        except Exception:
+            pass
+        out.append((category, str(text), str(filename), int(lineno)))
+    return out

@@ -1,0 +1,261 @@
+"""The run's state: one object per pytest process, registered by plugin.py.
+
+It owns the agent (embedded or external), the proxy and the run's stats, and turns each managed
+fixture setup into: key → lookup → (hit: hand the value over) | (miss: build, record, store).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from . import fixtures as fx
+from .codec import load_secret
+from .inputs import BuildRecorder, fingerprint, static_paths
+from .keys import (
+    Unkeyable,
+    code_digest,
+    digest,
+    env_digest,
+    inputs_digest,
+    make_key,
+    param_token,
+)
+from .proxy import AgentLink, BuildRecord, Hit, Miss, StateProxy, warning_to_wire, warnings_from_wire
+from .report import RunStats
+from .settings import Settings
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_NOTHING = object()
+
+
+class EmbeddedAgent:
+    """An agent started for this run on first use, stopped at the end (unless shared)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.process: Any = None
+        self.error: str | None = None
+
+    def endpoint(self) -> str:
+        if self.process is None:
+            from nodeagent.launcher import start_agent
+
+            s = self.settings
+            s.store_dir.mkdir(parents=True, exist_ok=True)
+            self.process = start_agent(
+                disk_dir=str(s.disk_dir),
+                ram_bytes=s.ram_bytes,
+                disk_bytes=s.disk_bytes,
+                store=s.store,
+                parent_pid=os.getpid(),
+                log_file=str(s.store_dir / "agent.log"),
+            )
+        return str(self.process.endpoint)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None:
+            process.stop()
+
+
+class StateMigrateSession:
+    """Registered as plugin ``statemigrate-session``; see plugin.py for the hooks."""
+
+    def __init__(self, settings: Settings, rootdir: Path, agent_endpoint: str | None) -> None:
+        self.settings = settings
+        self.rootdir = rootdir
+        self.stats = RunStats()
+        self.embedded: EmbeddedAgent | None = None
+        if agent_endpoint is None:
+            self.embedded = EmbeddedAgent(settings)
+            endpoint = self.embedded.endpoint
+        else:
+            endpoint = lambda: agent_endpoint  # noqa: E731
+        self.proxy = StateProxy(
+            link=AgentLink(endpoint, settings.timeout),
+            secret=lambda: load_secret(settings.store_dir),
+            rootdir=rootdir,
+            stats=self.stats,
+            refresh=settings.refresh,
+            max_value_bytes=settings.max_value_bytes,
+            lease_seconds=settings.lease_seconds,
+        )
+        self._analysis: dict[Any, fx.Analysis | None] = {}
+        self._keys: dict[Any, str] = {}  # fixturedef → key of its current value
+        self._pending: dict[Any, Any] = {}  # fixturedef → loaded value, for the tryfirst impl
+        self._exclude = (str(settings.store_dir), _PACKAGE_DIR)
+        self.active = bool(settings.patterns) or _decorated()
+
+    # -- analysis --------------------------------------------------------------------------
+    def analysis(self, fixturedef: Any) -> fx.Analysis | None:
+        """The analysis of a managed fixturedef; None when it is not selected."""
+        try:
+            return self._analysis[fixturedef]
+        except KeyError:
+            pass
+        result: fx.Analysis | None = None
+        if fx.is_selected(fixturedef.argname, fixturedef.func, self.settings.patterns):
+            result = fx.analyse(
+                fixturedef.argname, fixturedef.func, fixturedef.argnames, self.rootdir
+            )
+        self._analysis[fixturedef] = result
+        return result
+
+    def _dep_token(self, request: Any, argname: str, seen: frozenset[str]) -> str:
+        """Key material for one dependency: its key if managed, else its code and param."""
+        dep = request._get_active_fixturedef(argname)
+        if dep in self._keys:
+            return self._keys[dep]
+        managed = self.analysis(dep)
+        if managed is not None:
+            raise Unkeyable(
+                f"depends on {argname}, which runs unmanaged ({managed.refused or 'no key'})"
+            )
+        why = fx.unmanaged_dependency_refusal(argname, dep.func, self.rootdir)
+        if why is not None:
+            raise Unkeyable(why)
+        if argname in seen:
+            return "cycle"
+        parts = [code_digest(fx.unwrap(dep.func), self.rootdir)]
+        cached = dep.cached_result
+        if cached is not None and cached[1] is not None:
+            parts.append(param_token(cached[1]))
+        for sub in dep.argnames:
+            if sub != "request":
+                parts.append(self._dep_token(request, sub, seen | {argname}))
+        return digest(*parts)
+
+    def key_for(self, fixturedef: Any, request: Any, analysis: fx.Analysis) -> str:
+        param = fx.param_part(request, fixturedef)
+        deps = tuple(
+            (name, self._dep_token(request, name, frozenset({analysis.name})))
+            for name in fixturedef.argnames
+            if name != "request"
+        )
+        spec = analysis.spec
+        inputs = env = None
+        if spec is not None and spec.inputs:
+            inputs = inputs_digest(spec.inputs, self.rootdir, self.proxy.files)
+        if spec is not None and spec.env:
+            env = env_digest(spec.env)
+        node = request.node.nodeid if analysis.uses_node else None
+        parts = fx.key_parts(analysis, param=param, deps=deps, inputs=inputs, env=env, node=node)
+        return make_key(parts)
+
+    # -- the setup of one managed fixture --------------------------------------------------
+    def setup(self, fixturedef: Any, request: Any) -> Generator[None, Any, Any]:
+        """Body of the ``pytest_fixture_setup`` wrapper (see plugin.py)."""
+        analysis = self.analysis(fixturedef) if self.active else None
+        if analysis is None:
+            return (yield)
+        name = analysis.name
+        if analysis.refused is not None:
+            self.stats.refused[name] = analysis.refused
+            return (yield)
+        try:
+            key = self.key_for(fixturedef, request, analysis)
+        except Unkeyable as exc:
+            self.stats.refused[name] = str(exc)
+            return (yield)
+        self.stats.managed.add(name)
+        self._keys[fixturedef] = key
+        deps = {n: request.getfixturevalue(n) for n in fixturedef.argnames if n != "request"}
+        try:
+            found = self.proxy.lookup(key, name, deps.__getitem__)
+            if isinstance(found, Hit):
+                _replay(found.warnings)
+                self._pending[fixturedef] = found.value
+                return (yield)
+            return (yield from self._build(fixturedef, key, name, deps, found, analysis))
+        finally:
+            self.proxy.close_link()
+
+    def _build(
+        self, fixturedef: Any, key: str, name: str, deps: dict[str, Any], miss: Miss,
+        analysis: fx.Analysis,
+    ) -> Generator[None, Any, Any]:
+        recorder = BuildRecorder()
+        start = time.perf_counter()
+        try:
+            with _recording_warnings() as log, recorder:
+                value = yield
+        except BaseException:
+            self.proxy.abandon(key, miss)
+            raise
+        seconds = time.perf_counter() - start
+        record = BuildRecord(
+            seconds=seconds,
+            warnings=[warning_to_wire(w, self.rootdir) for w in log],
+            fingerprints=fingerprint(
+                codes=recorder.codes,
+                opened=recorder.opened
+                if recorder.traced
+                else recorder.opened | static_paths(fx.unwrap(fixturedef.func), self.rootdir),
+                rootdir=self.rootdir,
+                exclude=self._exclude,
+                own_code=analysis.own_code,
+                files=self.proxy.files,
+                dists=self.proxy.dists,
+            ),
+        )
+        self.proxy.store(key, name, value, deps, record, miss)
+        return value
+
+    def shared_endpoint(self) -> str | None:
+        """The endpoint xdist workers should use: started here, once, on the first call."""
+        try:
+            return self.proxy.link.endpoint()
+        except Exception as exc:
+            self.stats.fallback(f"agent could not start ({exc}); workers build in-process")
+            return None
+
+    def merge_worker(self, data: dict[str, Any]) -> None:
+        self.stats.merge(RunStats.from_json(data))
+
+    def take_pending(self, fixturedef: Any) -> Any:
+        return self._pending.pop(fixturedef, _NOTHING)
+
+    def close(self) -> None:
+        self.proxy.close_link()
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
+def is_nothing(value: object) -> bool:
+    return value is _NOTHING
+
+
+def _decorated() -> bool:
+    from . import _spec
+
+    return _spec.decorated_count > 0
+
+
+@contextmanager
+def _recording_warnings() -> Iterator[list[warnings.WarningMessage]]:
+    """Record warnings a build raises, under the filters in force, then raise them again.
+
+    The filters are kept (an ``error`` filter still turns the warning into the exception plain
+    pytest would see); after the build every recorded warning is re-issued, so pytest's own
+    capture sees the same warnings as without the plugin.
+    """
+    catcher = warnings.catch_warnings(record=True)
+    log = catcher.__enter__()
+    try:
+        yield log
+    finally:
+        catcher.__exit__(None, None, None)
+        for w in log:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+def _replay(items: list[Any]) -> None:
+    """Raise again the warnings stored with a value, as its build raised them."""
+    for category, text, filename, lineno in warnings_from_wire(items):
+        warnings.warn_explicit(text, category, filename, lineno)

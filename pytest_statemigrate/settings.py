@@ -1,0 +1,157 @@
+"""Settings: one frozen object built from command-line options and ini keys.
+
+Every tunable, its default and its unit sits in :data:`DEFAULTS`; docs/options.md and the README
+list the same table. Bad values fail with one line naming the option and the fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+DEFAULTS: Final[Mapping[str, Any]] = {
+    "dir": ".statemigrate",  # store directory, relative to the rootdir
+    "max_value_bytes": 256 * 2**20,  # 256 MiB: larger values are built, not stored
+    "ram_bytes": 2**30,  # 1 GiB: RAM tier of the embedded agent
+    "disk_bytes": 4 * 2**30,  # 4 GiB: diskcache tier of the embedded agent
+    "lease_seconds": 600.0,  # how long another process waits for a value being built
+    "timeout": 30.0,  # seconds one agent request may take before the agent counts as down
+}
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_UNITS: Final = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+class SettingsError(ValueError):
+    """A bad option or ini value; the message is one line naming it and the fix."""
+
+
+def parse_size(text: str) -> int:
+    """``"512M"`` → 536870912. Units are binary (K, M, G, T; ``MiB`` and ``MB`` alike)."""
+    match = _SIZE.match(str(text))
+    if match is None:
+        raise ValueError(f"{text!r} is not a size; use bytes or a number with K, M, G or T")
+    number, unit, _ = match.groups()
+    return int(float(number) * _UNITS[unit.lower()])
+
+
+def parse_patterns(text: str) -> tuple[str, ...]:
+    """``"data*, model"`` → ``("data*", "model")``."""
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        value = kind(text)
+        if value <= 0:
+            raise ValueError(f"{text!r} must be positive")
+        return value
+
+    return convert
+
+
+def arg_type(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Wrap a converter for argparse, so a bad flag is one line from pytest itself."""
+
+    def parse(text: str) -> Any:
+        try:
+            return convert(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one run."""
+
+    patterns: tuple[str, ...]
+    agent: str | None
+    store_dir: Path
+    store: str | None
+    refresh: bool
+    stats_json: Path | None
+    max_value_bytes: int
+    ram_bytes: int
+    disk_bytes: int
+    lease_seconds: float
+    timeout: float
+
+    @property
+    def disk_dir(self) -> Path:
+        """Where the embedded agent keeps its diskcache tier."""
+        return self.store_dir / "agent-disk"
+
+
+def _convert(name: str, raw: str, convert: Callable[[str], Any]) -> Any:
+    try:
+        return convert(raw)
+    except ValueError as exc:
+        raise SettingsError(f"statemigrate: bad value for {name}: {exc}") from None
+
+
+def build(
+    *,
+    rootdir: Path,
+    ini: Callable[[str], Any],
+    option: Callable[[str], Any],
+) -> Settings:
+    """Build settings from the run's ini keys and options.
+
+    :param ini: ``config.getini``; :param option: ``config.getoption``.
+    """
+    cli_patterns = option("sm_fixtures")
+    patterns: Sequence[str] = (
+        cli_patterns if cli_patterns is not None else [p.strip() for p in ini("statemigrate_fixtures")]
+    )
+    agent = option("sm_agent") or (ini("statemigrate_agent") or "").strip() or None
+    if agent is not None:
+        from nodeagent.protocol import check_endpoint
+
+        try:
+            check_endpoint(agent)
+        except ValueError as exc:
+            raise SettingsError(f"statemigrate: bad agent endpoint: {exc}") from None
+
+    def ini_or_default(key: str, convert: Callable[[str], Any]) -> Any:
+        raw = (ini(f"statemigrate_{key}") or "").strip()
+        return _convert(f"statemigrate_{key}", raw, convert) if raw else DEFAULTS[key]
+
+    store_dir = Path(option("sm_dir") or ini_or_default("dir", str))
+    if not store_dir.is_absolute():
+        store_dir = rootdir / store_dir
+    store = (ini("statemigrate_store") or "").strip() or None
+    stats_json = option("sm_stats_json")
+    return Settings(
+        patterns=tuple(p for p in patterns if p),
+        agent=agent,
+        store_dir=store_dir,
+        store=store,
+        refresh=bool(option("sm_refresh")),
+        stats_json=Path(stats_json) if stats_json else None,
+        max_value_bytes=ini_or_default("max_value_bytes", parse_size),
+        ram_bytes=ini_or_default("ram_bytes", parse_size),
+        disk_bytes=ini_or_default("disk_bytes", parse_size),
+        lease_seconds=ini_or_default("lease_seconds", _positive(float)),
+        timeout=ini_or_default("timeout", _positive(float)),
+    )
+
+
+#: ini keys: name → (help, type for ``parser.addini``). Sizes take K/M/G/T suffixes.
+INI: Final[Mapping[str, tuple[str, str]]] = {
+    "statemigrate_fixtures": ("fnmatch patterns of fixture names to manage, one per line", "linelist"),
+    "statemigrate_agent": ("endpoint of a long-lived node agent (default: start one per run)", "string"),
+    "statemigrate_dir": (f"store directory, relative to the rootdir (default {DEFAULTS['dir']})", "string"),
+    "statemigrate_store": ("directory of a persistent tier-3 store for the embedded agent", "string"),
+    "statemigrate_max_value_bytes": ("values larger than this are built, not stored (default 256M)", "string"),
+    "statemigrate_ram_bytes": ("RAM tier budget of the embedded agent (default 1G)", "string"),
+    "statemigrate_disk_bytes": ("disk tier size limit of the embedded agent (default 4G)", "string"),
+    "statemigrate_lease_seconds": ("longest wait for a value another process builds (default 600)", "string"),
+    "statemigrate_timeout": ("seconds an agent request may take (default 30)", "string"),
+}

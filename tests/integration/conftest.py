@@ -1,0 +1,42 @@
+"""Fixtures that start real ``python -m nodeagent`` processes and always stop them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nodeagent.client import AgentClient
+from nodeagent.launcher import AgentProcess, start_agent
+
+StartAgent = Callable[..., AgentProcess]
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[StartAgent]:
+    """``start(**kwargs)`` starts an agent (disk tier under tmp_path unless given)."""
+    agents: list[AgentProcess] = []
+
+    def _start(**kwargs: Any) -> AgentProcess:
+        kwargs.setdefault("disk_dir", str(tmp_path / "disk"))
+        kwargs.setdefault("log_file", str(tmp_path / f"agent{len(agents)}.log"))
+        agent = start_agent(**kwargs)
+        agents.append(agent)
+        return agent
+
+    yield _start
+    for agent in agents:
+        agent.stop()
+
+
+@pytest.fixture
+def agent(start: StartAgent) -> AgentProcess:
+    return start()
+
+
+@pytest.fixture
+def client(agent: AgentProcess) -> Iterator[AgentClient]:
+    with AgentClient(agent.endpoint, timeout=10) as c:
+        yield c

@@ -1,0 +1,253 @@
+"""nodeagent.protocol: round trips, arbitrary input, field validation, endpoints."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nodeagent import PROTOCOL_VERSION
+from nodeagent.protocol import (
+    FIELDS,
+    BindRefused,
+    Op,
+    ProtocolError,
+    check_endpoint,
+    decode_reply,
+    decode_request,
+    encode_error,
+    encode_reply,
+    encode_request,
+)
+
+keys = st.text(min_size=1, max_size=512)
+holders = st.text(min_size=1, max_size=256)
+metas = st.dictionaries(
+    st.text(max_size=8),
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=8),
+              st.binary(max_size=8), st.lists(st.integers(0, 9), max_size=3)),
+    max_size=4,
+)
+ttls = st.one_of(st.integers(1, 10**6), st.floats(min_value=1e-3, max_value=1e6))
+req_ids = st.integers(0, 2**63 - 1)
+
+FIELD_STRATEGIES: dict[Op, st.SearchStrategy[dict[str, Any]]] = {
+    Op.PING: st.just({}),
+    Op.STATS: st.just({}),
+    Op.CLEAR: st.just({}),
+    Op.SHUTDOWN: st.just({}),
+    Op.HAS: st.fixed_dictionaries({"key": keys}),
+    Op.GET: st.fixed_dictionaries({"key": keys}),
+    Op.EVICT: st.fixed_dictionaries({"key": keys}),
+    Op.PUT: st.fixed_dictionaries(
+        {"key": keys, "meta": metas},
+        optional={"expect_version": st.one_of(st.none(), st.integers(0, 2**63 - 1))},
+    ),
+    Op.LEASE: st.fixed_dictionaries(
+        {"key": keys, "holder": holders, "ttl": ttls},
+        optional={
+            "pid": st.one_of(st.none(), st.integers(1, 2**31)),
+            "host": st.one_of(st.none(), st.text(min_size=1, max_size=64)),
+        },
+    ),
+    Op.RELEASE: st.fixed_dictionaries({"key": keys, "holder": holders}),
+}
+
+
+def test_every_op_has_a_field_table_and_a_strategy() -> None:
+    assert set(FIELDS) == set(Op) == set(FIELD_STRATEGIES)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(data=st.data(), op=st.sampled_from(list(Op)), req_id=req_ids)
+def test_request_round_trip(data: st.DataObject, op: Op, req_id: int) -> None:
+    fields = data.draw(FIELD_STRATEGIES[op])
+    got_op, got_id, got_fields = decode_request(encode_request(op, req_id, fields))
+    assert (got_op, got_id) == (op, req_id)
+    expected = {name: fields.get(name) for name in FIELDS[op]}
+    assert got_fields == expected
+
+
+@settings(database=None)
+@given(req_id=st.one_of(st.none(), req_ids), fields=metas)
+def test_reply_round_trip(req_id: int | None, fields: dict[str, Any]) -> None:
+    fields = {f"f_{k}": v for k, v in fields.items()}
+    reply = decode_reply(encode_reply(req_id, **fields))
+    assert reply == {"v": PROTOCOL_VERSION, "id": req_id, "ok": True, **fields}
+
+
+@settings(database=None)
+@given(req_id=st.one_of(st.none(), req_ids), error=st.text(max_size=20), message=st.text())
+def test_error_round_trip_is_one_line(req_id: int | None, error: str, message: str) -> None:
+    reply = decode_reply(encode_error(req_id, error, message))
+    assert reply["ok"] is False and reply["id"] == req_id and reply["error"] == error
+    assert "\n" not in reply["message"] and "\r" not in reply["message"]
+
+
+@settings(max_examples=500, database=None)
+@given(st.binary())
+def test_decode_request_of_any_bytes_raises_only_protocol_error(blob: bytes) -> None:
+    try:
+        decode_request(blob)
+    except ProtocolError as exc:
+        assert exc.error in {"bad-header", "bad-version", "unknown-op", "bad-field"}
+
+
+@settings(max_examples=500, database=None)
+@given(st.binary())
+def test_decode_reply_of_any_bytes_raises_only_protocol_error(blob: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        decode_reply(blob)
+
+
+msgpack_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(),
+              st.text(max_size=10), st.binary(max_size=10)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.text(max_size=6), inner, max_size=4)),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, database=None)
+@given(
+    header=st.dictionaries(
+        st.sampled_from(["v", "op", "id", "key", "meta", "ttl", "holder", "pid", "host",
+                         "expect_version"]),
+        st.one_of(msgpack_values, st.sampled_from([op.value for op in Op]), st.just(1)),
+    )
+)
+def test_decode_request_of_any_msgpack_map_raises_only_protocol_error(
+    header: dict[str, Any],
+) -> None:
+    with contextlib.suppress(ProtocolError):
+        decode_request(msgpack.packb(header))
+
+
+def raw(**header: Any) -> bytes:
+    packed: bytes = msgpack.packb({"v": 1, "id": 7, **header})
+    return packed
+
+
+@pytest.mark.parametrize(
+    ("frame", "error", "needle"),
+    [
+        (b"", "bad-header", "msgpack"),
+        (b"\xc1", "bad-header", "msgpack"),
+        (msgpack.packb([1, 2]), "bad-header", "map"),
+        (msgpack.packb({"v": 1, "op": "ping"}), "bad-header", "'id'"),
+        (msgpack.packb({"v": 1, "op": "ping", "id": True}), "bad-header", "'id'"),
+        (msgpack.packb({"v": 1, "op": "ping", "id": -1}), "bad-header", "'id'"),
+        (raw(op="ping", v=2), "bad-version", "version 2"),
+        (raw(op="ping", v=True), "bad-version", "version"),
+        (raw(op=3), "bad-header", "'op'"),
+        (raw(op="frobnicate"), "unknown-op", "frobnicate"),
+        (raw(op="get"), "bad-field", "'key' is missing"),
+        (raw(op="get", key=""), "bad-field", "'key' must not be empty"),
+        (raw(op="get", key=5), "bad-field", "'key' must be a string"),
+        (raw(op="get", key="x" * 513), "bad-field", "'key' must be at most 512"),
+        (raw(op="put", key="k", meta=[1]), "bad-field", "'meta' must be a map"),
+        (raw(op="put", key="k", meta={}, expect_version=-1), "bad-field", "'expect_version'"),
+        (raw(op="lease", key="k", holder="h", ttl=0), "bad-field", "'ttl'"),
+        (raw(op="lease", key="k", holder="h", ttl=float("inf")), "bad-field", "'ttl'"),
+        (raw(op="lease", key="k", holder="h", ttl=True), "bad-field", "'ttl'"),
+        (raw(op="lease", key="k", holder="h", ttl=1, pid=0), "bad-field", "'pid'"),
+        (raw(op="lease", key="k", holder="h", ttl=1, host=3), "bad-field", "'host'"),
+        (raw(op="release", key="k"), "bad-field", "'holder' is missing"),
+    ],
+)
+def test_bad_requests_are_named(frame: bytes, error: str, needle: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode_request(frame)
+    assert info.value.error == error
+    assert needle in info.value.message
+    if error != "bad-header":
+        assert info.value.req_id == 7
+
+
+def test_unknown_fields_are_ignored() -> None:
+    assert decode_request(raw(op="has", key="k", future=1)) == (Op.HAS, 7, {"key": "k"})
+
+
+def test_encode_request_validates() -> None:
+    with pytest.raises(ProtocolError, match="'key'"):
+        encode_request(Op.GET, 1, {"key": ""})
+    with pytest.raises(ProtocolError) as info:
+        encode_request("nope", 1, {})
+    assert info.value.error == "unknown-op"
+    with pytest.raises(ProtocolError, match="reserved"):
+        encode_request(Op.PING, 1, {"op": "x"})
+
+
+def test_decode_reply_requires_ok_and_error_fields() -> None:
+    with pytest.raises(ProtocolError):
+        decode_reply(msgpack.packb({"v": 1, "id": 1}))
+    with pytest.raises(ProtocolError):
+        decode_reply(msgpack.packb({"v": 1, "id": 1, "ok": False}))
+    with pytest.raises(ProtocolError):
+        decode_reply(msgpack.packb({"v": 2, "id": 1, "ok": True}))
+
+
+def test_decode_accepts_memoryview() -> None:
+    assert decode_request(memoryview(encode_request(Op.PING, 3)))[:2] == (Op.PING, 3)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "ipc:///tmp/sm-x/agent.sock",
+        "ipc://@abstract",
+        "tcp://127.0.0.1:*",
+        "tcp://127.0.0.1:5555",
+        "tcp://127.1.2.3:1",
+        "tcp://localhost:65535",
+        "tcp://[::1]:*",
+    ],
+)
+def test_check_endpoint_accepts_local(endpoint: str) -> None:
+    check_endpoint(endpoint)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "tcp://0.0.0.0:*",
+        "tcp://*:5555",
+        "tcp://192.168.1.2:5555",
+        "tcp://[::]:5555",
+        "tcp://::1:5555",
+        "tcp://[127.0.0.1]:5",
+        "tcp://example.com:80",
+        "tcp://eth0:5555",
+        "tcp://127.0.0.1:0",
+        "tcp://127.0.0.1:70000",
+        "tcp://127.0.0.1",
+        "tcp://127.0.0.1:5;192.168.0.1:6",
+        "tcp://10.0.0.1;127.0.0.1:5",
+        "ipc://",
+        "inproc://x",
+        "pgm://eth0;239.192.1.1:5555",
+        "udp://127.0.0.1:5",
+        "",
+    ],
+)
+def test_check_endpoint_refuses_the_rest(endpoint: str) -> None:
+    with pytest.raises(BindRefused) as info:
+        check_endpoint(endpoint)
+    message = str(info.value)
+    assert message == (
+        f"refusing to bind {endpoint}: only ipc:// and loopback tcp:// are allowed "
+        "until CURVE authentication exists"
+    )
+
+
+def test_check_endpoint_message_stays_one_line() -> None:
+    with pytest.raises(BindRefused) as info:
+        check_endpoint("ipc:///tmp/x\nmore")
+    assert "\n" not in str(info.value) and "refusing to bind 'ipc:///tmp/x\\nmore'" in str(
+        info.value
+    )

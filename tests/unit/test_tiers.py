@@ -1,0 +1,381 @@
+"""nodeagent.tiers: RAM LRU, disk and store tiers, the tiered store against a dict model."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import diskcache
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from nodeagent.tiers import (
+    CorruptEntry,
+    DiskTier,
+    Entry,
+    RamTier,
+    StoreTier,
+    TieredStore,
+    VersionConflict,
+    decode_entry,
+    encode_entry,
+    write_raw_disk_value,
+)
+
+
+def entry(*frames: bytes | memoryview, version: int = 1, **meta: object) -> Entry:
+    return Entry(tuple(frames), meta, version)
+
+
+def payload(e: Entry) -> list[bytes]:
+    return [bytes(f) for f in e.frames]
+
+
+# --------------------------------------------------------------------------- framing
+
+
+def test_entry_nbytes_sums_frames() -> None:
+    assert entry(b"ab", memoryview(b"cde"), b"").nbytes == 5
+
+
+def test_encode_decode_round_trip() -> None:
+    e = entry(b"head", b"", b"x" * 1000, version=9, a=1, b=[1, "x"])
+    got = decode_entry("k", encode_entry("k", e))
+    assert payload(got) == payload(e) and got.version == 9 and got.meta == {"a": 1, "b": [1, "x"]}
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda b: b[:-1],
+        lambda b: b + b"x",
+        lambda b: b"XXXX" + b[4:],
+        lambda b: b[:6],
+        lambda b: b"",
+        lambda b: b[:8] + b"\xc1" + b[9:],
+    ],
+)
+def test_decode_refuses_mangled(mangle: object) -> None:
+    blob = encode_entry("k", entry(b"abc", b"def"))
+    with pytest.raises(CorruptEntry):
+        decode_entry("k", mangle(blob))  # type: ignore[operator]
+
+
+def test_decode_refuses_other_key() -> None:
+    with pytest.raises(CorruptEntry, match="another key"):
+        decode_entry("b", encode_entry("a", entry(b"x")))
+
+
+# --------------------------------------------------------------------------- RAM
+
+
+def test_ram_lru_eviction_and_budget() -> None:
+    ram = RamTier(10)
+    assert ram.put("a", entry(b"1234")) == []
+    assert ram.put("b", entry(b"1234")) == []
+    assert ram.get("a") is not None  # a is now most recently used
+    evicted = ram.put("c", entry(b"1234"))
+    assert [k for k, _ in evicted] == ["b"]
+    assert "a" in ram and "c" in ram and "b" not in ram
+    assert ram.bytes == 8 <= ram.budget_bytes
+    stats = ram.stats()
+    assert stats["evictions"] == 1 and stats["hits"] == 1 and stats["entries"] == 2
+
+
+def test_ram_replacing_a_key_does_not_evict_it() -> None:
+    ram = RamTier(10)
+    ram.put("a", entry(b"12345678"))
+    assert ram.put("a", entry(b"87654321")) == []
+    assert ram.bytes == 8 and payload(ram.get("a") or entry()) == [b"87654321"]
+
+
+def test_ram_refuses_entry_larger_than_budget() -> None:
+    ram = RamTier(4)
+    ram.put("a", entry(b"12"))
+    assert ram.put("big", entry(b"12345")) == []
+    assert "big" not in ram and "a" in ram and ram.bytes == 2
+
+
+def test_ram_keeps_frames_without_copy() -> None:
+    buf = bytearray(b"abcd")
+    ram = RamTier(100)
+    ram.put("a", entry(memoryview(buf)))
+    buf[0] = ord("z")
+    got = ram.get("a")
+    assert got is not None and bytes(got.frames[0]) == b"zbcd"
+
+
+# --------------------------------------------------------------------------- disk
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[DiskTier]:
+    tier = DiskTier(str(tmp_path / "disk"), 1 << 24)
+    yield tier
+    tier.close()
+
+
+def test_disk_round_trip_and_reopen(tmp_path: Path) -> None:
+    d = str(tmp_path / "disk")
+    tier = DiskTier(d, 1 << 24)
+    tier.put("k", entry(b"a", b"b" * 100_000, version=3, m=1))
+    tier.close()
+    tier = DiskTier(d, 1 << 24)
+    try:
+        got = tier.get("k")
+        assert got is not None and payload(got) == [b"a", b"b" * 100_000] and got.version == 3
+        assert tier.stats()["entries"] == 1 and tier.stats()["limit"] == 1 << 24
+    finally:
+        tier.close()
+
+
+def test_disk_corrupt_entry_is_a_miss_and_deleted(disk: DiskTier) -> None:
+    disk.put("k", entry(b"abc"))
+    write_raw_disk_value(disk.directory, "k", b"garbage")
+    assert disk.get("k") is None
+    assert "k" not in disk
+    assert disk.stats()["corrupt"] == 1
+
+
+def test_disk_never_unpickles(disk: DiskTier) -> None:
+    cache = diskcache.Cache(disk.directory)  # a plain Cache pickles non-bytes values
+    try:
+        cache.set("k", {"pickled": True})
+    finally:
+        cache.close()
+    assert disk.get("k") is None
+    assert disk.stats()["corrupt"] == 1
+
+
+def test_disk_refuses_non_bytes_values(disk: DiskTier) -> None:
+    with pytest.raises(TypeError):
+        disk._cache.set("k", {"x": 1})
+    with pytest.raises(TypeError):
+        disk._cache.set(("tuple", "key"), b"x")
+
+
+def test_disk_size_limit_is_explicit(disk: DiskTier) -> None:
+    assert disk._cache.size_limit == 1 << 24
+    assert disk._cache.eviction_policy == "least-recently-used"
+
+
+# --------------------------------------------------------------------------- store
+
+
+def test_store_round_trip_atomic_and_corrupt(tmp_path: Path) -> None:
+    store = StoreTier(str(tmp_path / "store"))
+    store.put("k", entry(b"xyz", version=2))
+    assert os.listdir(store.directory) == [os.path.basename(store.path("k"))]
+    got = store.get("k")
+    assert got is not None and payload(got) == [b"xyz"] and got.version == 2
+    Path(store.path("k")).write_bytes(b"garbage")
+    assert store.get("k") is None and "k" not in store
+    assert store.stats()["corrupt"] == 1
+    store.put("a", entry(b"1"))
+    store.put("b", entry(b"2"))
+    assert store.clear() == 2 and store.stats()["entries"] == 0
+
+
+# --------------------------------------------------------------------------- tiered store
+
+
+def make_store(tmp_path: Path, ram: int = 10, store: bool = False) -> TieredStore:
+    return TieredStore(
+        RamTier(ram),
+        DiskTier(str(tmp_path / "disk"), 1 << 24),
+        StoreTier(str(tmp_path / "store")) if store else None,
+    )
+
+
+def test_spill_ram_to_disk(tmp_path: Path) -> None:
+    ts = make_store(tmp_path, ram=10)
+    try:
+        ts.put("a", [b"123456"], {})
+        ts.put("b", [b"123456"], {})  # evicts a from RAM; it is on disk already
+        assert ts.has("a") == "disk" and ts.has("b") == "ram"
+        ts.disk.remove("b")  # type: ignore[union-attr]  # as if diskcache had culled it
+        found = ts.get("a")  # promotes a, evicts b, which must be spilled to disk
+        assert found is not None and found[1] == "disk" and payload(found[0]) == [b"123456"]
+        assert ts.has("a") == "ram" and ts.has("b") == "disk"
+        stats = ts.stats()
+        assert stats["ram"]["evictions"] == 2 and stats["ram"]["spills"] == 2
+        assert stats["disk"]["spills"] == 1
+    finally:
+        ts.close()
+
+
+def test_versions_and_conflicts(tmp_path: Path) -> None:
+    ts = make_store(tmp_path)
+    try:
+        assert ts.put("k", [b"1"], {}, expect_version=0) == 1
+        assert ts.put("k", [b"2"], {}) == 2
+        with pytest.raises(VersionConflict):
+            ts.put("k", [b"3"], {}, expect_version=1)
+        assert ts.put("k", [b"3"], {}, expect_version=2) == 3
+        ts.evict("k")
+        assert ts.put("k", [b"4"], {}) == 4  # never reused within the process
+    finally:
+        ts.close()
+
+
+def test_version_survives_a_restart(tmp_path: Path) -> None:
+    ts = make_store(tmp_path)
+    ts.put("k", [b"1"], {})
+    ts.put("k", [b"2"], {})
+    ts.close()
+    ts = make_store(tmp_path)
+    try:
+        assert ts.put("k", [b"3"], {}) == 3
+    finally:
+        ts.close()
+
+
+def test_same_device_store_skips_the_disk_tier(tmp_path: Path) -> None:
+    ts = make_store(tmp_path, ram=4, store=True)
+    try:
+        assert ts.write_disk is False
+        ts.put("k", [b"12345"], {})  # too big for RAM
+        assert ts.has("k") == "store" and "k" not in ts.disk  # type: ignore[operator]
+        found = ts.get("k")
+        assert found is not None and found[1] == "store"
+        assert ts.evict("k") and ts.has("k") is None
+    finally:
+        ts.close()
+
+
+def test_other_device_store_writes_both(tmp_path: Path) -> None:
+    if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs a second file system (/dev/shm)")
+    store_dir = tempfile.mkdtemp(dir="/dev/shm", prefix="sm-test-")
+    ts = TieredStore(RamTier(4), DiskTier(str(tmp_path / "disk"), 1 << 24), StoreTier(store_dir))
+    try:
+        assert ts.write_disk is True
+        ts.put("k", [b"12345"], {})
+        assert "k" in ts.disk and "k" in ts.store  # type: ignore[operator]
+    finally:
+        ts.close()
+        shutil.rmtree(store_dir)
+
+
+def test_clear_counts_and_empties(tmp_path: Path) -> None:
+    ts = make_store(tmp_path, ram=100)
+    try:
+        for k in "abc":
+            ts.put(k, [k.encode()], {})
+        assert ts.clear() == 3
+        assert all(ts.has(k) is None for k in "abc")
+    finally:
+        ts.close()
+
+
+def test_tiers_never_pickle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pickle used")
+
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "dumps", refuse)
+    monkeypatch.setattr(pickle, "dump", refuse)
+    ts = make_store(tmp_path, ram=3, store=True)
+    try:
+        ts.put("k", [b"1234"], {"m": 1})
+        assert ts.get("k") is not None
+    finally:
+        ts.close()
+
+
+# --------------------------------------------------------------------------- model test
+
+frames_st = st.lists(st.binary(max_size=12), max_size=3)
+
+
+class TieredStoreModel(RuleBasedStateMachine):
+    """Every get returns exactly the last put for that key; RAM never exceeds its budget."""
+
+    keys = st.sampled_from(["a", "b", "c", "d", "e"])
+
+    @initialize(ram=st.integers(0, 30), with_store=st.booleans())
+    def setup(self, ram: int, with_store: bool) -> None:
+        self.dir = tempfile.mkdtemp(prefix="sm-model-")
+        self.ts = TieredStore(
+            RamTier(ram),
+            DiskTier(os.path.join(self.dir, "disk"), 1 << 24),
+            StoreTier(os.path.join(self.dir, "store")) if with_store else None,
+        )
+        self.model: dict[str, tuple[list[bytes], dict[str, int], int]] = {}
+
+    def teardown(self) -> None:
+        if hasattr(self, "ts"):
+            self.ts.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    @rule(key=keys, frames=frames_st, n=st.integers(0, 9))
+    def put(self, key: str, frames: list[bytes], n: int) -> None:
+        version = self.ts.put(key, [memoryview(f) for f in frames], {"n": n})
+        assert version > (self.model[key][2] if key in self.model else 0)
+        self.model[key] = (frames, {"n": n}, version)
+
+    @precondition(lambda self: bool(self.model))
+    @rule(data=st.data())
+    def put_expecting(self, data: st.DataObject) -> None:
+        key = data.draw(st.sampled_from(sorted(self.model)))
+        frames, meta, version = self.model[key]
+        new = self.ts.put(key, frames, meta, expect_version=version)
+        self.model[key] = (frames, meta, new)
+        with pytest.raises(VersionConflict):
+            self.ts.put(key, frames, meta, expect_version=version)
+
+    @rule(key=keys)
+    def get(self, key: str) -> None:
+        found = self.ts.get(key)
+        if key not in self.model:
+            assert found is None
+            return
+        assert found is not None
+        got, _tier = found
+        frames, meta, version = self.model[key]
+        assert [bytes(f) for f in got.frames] == frames
+        assert dict(got.meta) == meta and got.version == version
+
+    @rule(key=keys)
+    def has(self, key: str) -> None:
+        assert (self.ts.has(key) is not None) == (key in self.model)
+
+    @rule(key=keys)
+    def evict(self, key: str) -> None:
+        assert self.ts.evict(key) == (key in self.model)
+        self.model.pop(key, None)
+
+    @rule()
+    def clear(self) -> None:
+        self.ts.clear()
+        self.model.clear()
+
+    @invariant()
+    def ram_within_budget(self) -> None:
+        if hasattr(self, "ts"):
+            ram = self.ts.ram
+            assert ram.bytes <= ram.budget_bytes
+            assert ram.bytes == sum(e.nbytes for e in ram._entries.values())
+
+
+TieredStoreModel.TestCase.settings = settings(
+    max_examples=50,
+    stateful_step_count=20,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_tiered_store_against_dict_model = TieredStoreModel.TestCase

@@ -16,11 +16,11 @@ import sys
 import tempfile
 import time
 from types import TracebackType
-from typing import IO, Final
+from typing import IO, Any, Final
 
 from nodeagent.client import AgentClient, AgentError
 
-__all__ = ["AgentProcess", "start_agent"]
+__all__ = ["AgentProcess", "spawn_agent", "start_agent"]
 
 READY_PREFIX: Final = "nodeagent ready "
 STDERR_TAIL_BYTES: Final = 2000  # bytes of the agent's stderr quoted in a start failure
@@ -55,6 +55,39 @@ class AgentProcess:
         self.pid = process.pid
         self.log_path = log_path
         self._temp_dir: str | None = temp_dir
+        self.ready = False
+
+    def wait_ready(self, timeout: float = 10.0) -> AgentProcess:
+        """Wait for the ready line and a PING answer (once); stop the agent on failure.
+
+        :raises AgentError: with the agent's stderr tail when it exits or misses the deadline.
+        """
+        if self.ready:
+            return self
+        deadline = time.monotonic() + timeout
+        proc, bind = self.process, self.endpoint
+
+        def fail(problem: str) -> AgentError:
+            self.stop(timeout=2.0)
+            return AgentError(bind, "start", f"{problem}{_tail(self.log_path)}")
+
+        line = _read_ready_line(proc, deadline)
+        if line is None or not line.startswith(READY_PREFIX):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(0.2)
+            if proc.returncode is not None:
+                raise fail(f"agent exited with status {proc.returncode}") from None
+            raise fail(f"agent not ready within {timeout:g} s")
+        self.endpoint = line[len(READY_PREFIX) :].strip()
+        assert proc.stdout is not None
+        proc.stdout.close()
+        try:
+            with AgentClient(self.endpoint, timeout=max(0.5, deadline - time.monotonic())) as c:
+                c.ping()
+        except AgentError as exc:
+            raise fail(f"agent does not answer PING: {exc}") from None
+        self.ready = True
+        return self
 
     def stop(self, timeout: float = 5.0) -> int | None:
         """SHUTDOWN the agent, then terminate, then kill; remove its temp directory.
@@ -62,11 +95,12 @@ class AgentProcess:
         :returns: the exit status.
         """
         proc = self.process
-        if proc.poll() is None:
+        if proc.poll() is None and self.ready:
             with contextlib.suppress(AgentError), AgentClient(
                 self.endpoint, timeout=min(timeout, 2.0)
             ) as client:
                 client.shutdown()
+        if proc.poll() is None:
             for stop in (None, proc.terminate, proc.kill):
                 if stop is not None:
                     with contextlib.suppress(ProcessLookupError):
@@ -116,7 +150,15 @@ def _read_ready_line(proc: subprocess.Popen[bytes], deadline: float) -> str | No
     return buf.split(b"\n", 1)[0].decode("utf-8", "replace")
 
 
-def start_agent(
+def start_agent(*, timeout: float = 10.0, **options: Any) -> AgentProcess:
+    """Start an agent process and wait until it answers PING (see :func:`spawn_agent`).
+
+    :raises AgentError: with the agent's stderr tail when it exits or misses the deadline.
+    """
+    return spawn_agent(**options).wait_ready(timeout)
+
+
+def spawn_agent(
     *,
     bind: str | None = None,
     disk_dir: str | None,
@@ -124,18 +166,15 @@ def start_agent(
     disk_bytes: int | None = None,
     store: str | None = None,
     parent_pid: int | None = None,
-    timeout: float = 10.0,
     python: str = sys.executable,
     log_file: str | None = None,
     log_level: str | None = None,
 ) -> AgentProcess:
-    """Start an agent process and wait until it answers PING.
+    """Start an agent process without waiting for it: call :meth:`AgentProcess.wait_ready`.
 
     :param bind: endpoint; default an ipc socket in a fresh temp dir (loopback tcp on Windows).
     :param disk_dir: disk tier directory; None runs the agent without a disk tier.
-    :raises AgentError: with the agent's stderr tail when it exits or misses the deadline.
     """
-    deadline = time.monotonic() + timeout
     temp_dir = tempfile.mkdtemp(prefix="sm-")
     if bind is None:
         bind = "tcp://127.0.0.1:*" if os.name == "nt" else f"ipc://{temp_dir}/agent.sock"
@@ -172,25 +211,4 @@ def start_agent(
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise AgentError(bind, "start", f"cannot run {python}: {exc}") from None
     log_fh.close()
-    agent = AgentProcess(proc, bind, temp_dir, log_path)
-
-    def fail(problem: str) -> AgentError:
-        agent.stop(timeout=2.0)
-        return AgentError(bind, "start", f"{problem}{_tail(log_path)}")
-
-    line = _read_ready_line(proc, deadline)
-    if line is None or not line.startswith(READY_PREFIX):
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(0.2)
-        if proc.returncode is not None:
-            raise fail(f"agent exited with status {proc.returncode}") from None
-        raise fail(f"agent not ready within {timeout:g} s")
-    agent.endpoint = line[len(READY_PREFIX):].strip()
-    assert proc.stdout is not None
-    proc.stdout.close()
-    try:
-        with AgentClient(agent.endpoint, timeout=max(0.5, deadline - time.monotonic())) as client:
-            client.ping()
-    except AgentError as exc:
-        raise fail(f"agent does not answer PING: {exc}") from None
-    return agent
+    return AgentProcess(proc, bind, temp_dir, log_path)

@@ -35,20 +35,20 @@ _NOTHING = object()
 
 
 class EmbeddedAgent:
-    """An agent started for this run on first use, stopped at the end (unless shared)."""
+    """An agent for this run: spawned early (it boots while pytest collects), waited for on
+    first use, stopped at the end."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.process: Any = None
-        self.error: str | None = None
 
-    def endpoint(self) -> str:
+    def spawn(self) -> None:
         if self.process is None:
-            from nodeagent.launcher import start_agent
+            from nodeagent.launcher import spawn_agent
 
             s = self.settings
             s.store_dir.mkdir(parents=True, exist_ok=True)
-            self.process = start_agent(
+            self.process = spawn_agent(
                 disk_dir=str(s.disk_dir),
                 ram_bytes=s.ram_bytes,
                 disk_bytes=s.disk_bytes,
@@ -56,7 +56,10 @@ class EmbeddedAgent:
                 parent_pid=os.getpid(),
                 log_file=str(s.store_dir / "agent.log"),
             )
-        return str(self.process.endpoint)
+
+    def endpoint(self) -> str:
+        self.spawn()
+        return str(self.process.wait_ready(self.settings.timeout).endpoint)
 
     def stop(self) -> None:
         process, self.process = self.process, None
@@ -91,6 +94,8 @@ class StateMigrateSession:
         self._pending: dict[Any, Any] = {}  # fixturedef → loaded value, for the tryfirst impl
         self._exclude = (str(settings.store_dir), _PACKAGE_DIR)
         self.active = bool(settings.patterns) or _decorated()
+        if self.active and self.embedded is not None:
+            self.embedded.spawn()
 
     # -- analysis --------------------------------------------------------------------------
     def analysis(self, fixturedef: Any) -> fx.Analysis | None:

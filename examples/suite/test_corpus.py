@@ -6,7 +6,7 @@ import pytest
 
 
 def test_corpus_size(corpus: list[str]) -> None:
-    assert len(corpus) == 100_000
+    assert len(corpus) == 150_000
 
 
 def test_sentences_have_twelve_words(corpus: list[str]) -> None:

@@ -14,9 +14,9 @@ def test_probabilities_are_fractions(model, corpus) -> None:  # type: ignore[no-
 
 
 @pytest.mark.parametrize("n", range(10))
-def test_table_rows(table, n: int) -> None:  # type: ignore[no-untyped-def]
-    assert table[n][0] == n
+def test_walks_stay_near_the_origin(table, n: int) -> None:  # type: ignore[no-untyped-def]
+    assert abs(table[n]) < 30
 
 
-def test_table_is_long(table) -> None:  # type: ignore[no-untyped-def]
-    assert len(table) % 100_000 == 0
+def test_table_size(table) -> None:  # type: ignore[no-untyped-def]
+    assert len(table) % 2_000 == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from array import array
 from collections import Counter
 from dataclasses import dataclass
@@ -37,3 +38,15 @@ class BigramModel:
     def probability(self, first: str, second: str) -> float:
         n = len(self.index)
         return self.counts[self.index[first] * n + self.index[second]] / max(self.total, 1)
+
+
+def random_walks(seed: int, walks: int, steps: int) -> array:  # type: ignore[type-arg]
+    """The end point of each of ``walks`` seeded random walks of ``steps`` steps."""
+    rng = random.Random(seed)
+    ends = array("d")
+    for _ in range(walks):
+        position = 0.0
+        for _ in range(steps):
+            position += rng.random() - 0.5
+        ends.append(position)
+    return ends

@@ -109,6 +109,7 @@ class StateProxy:
         self.dists = Distributions()
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._build_only: dict[str, str] = {}  # key → why; decided earlier in this run
+        self._fresh: set[str] = set()  # keys stored by this process in this run
 
     @property
     def secret(self) -> bytes:
@@ -139,15 +140,21 @@ class StateProxy:
         """
         if key in self._build_only:
             return Miss(store=False)
-        if not self.refresh:
-            found = self._load(key, name, resolve)
-            if found is not None:
-                return found
+        if self.refresh and key not in self._fresh:
+            # Rebuild whatever is stored; once stored in this run, it is loaded as usual.
+            return Miss(store=self.link.down is None)
+        found = self._load(key, name, resolve)
+        if found is not None:
+            return found
         if self.link.down is not None:
             return Miss(store=False)
         return self._claim(key, name, resolve)
 
     def _load(self, key: str, name: str, resolve: Callable[[str], Any]) -> Hit | Miss | None:
+        # What loading costs: the GET, verification and unpickling. Connecting and checking
+        # the inputs are paid once per process and by a build too, so they do not count.
+        if self.link.client() is None:
+            return None
         start = time.perf_counter()
         fetched = self._call(lambda c: c.get(key))
         if fetched is None:
@@ -158,16 +165,18 @@ class StateProxy:
             self.stats.fallback(f"unverifiable entry for {name}: {exc}; rebuilt")
             return None
         meta = opened.meta
+        checking = time.perf_counter()
         changed = Fingerprints.from_wire(meta.get("inputs", {})).changed(
             self.rootdir, self.files, self.dists
         )
+        start += time.perf_counter() - checking
         if changed is not None:
             self.stats.stale[name] = changed
             return None
         if meta.get("kind") == "build":
             why = str(meta.get("reason", "decided earlier"))
             self._build_only[key] = why
-            self.stats.built_instead[name] = why
+            (self.stats.refused if meta.get("refused") else self.stats.built_instead)[name] = why
             return Miss(store=False)
         try:
             codec.verify(opened)
@@ -206,7 +215,7 @@ class StateProxy:
                 return Miss(store=False)
             if reply.granted:
                 return Miss(store=True, holder=self.holder)
-            if reply.present and not self.refresh:
+            if reply.present:
                 found = self._load(key, name, resolve)
                 if found is not None:
                     self.stats.waited += slept
@@ -261,6 +270,7 @@ class StateProxy:
         frames = codec.seal(self.secret, key, meta, payload)
         if self._call(lambda c: c.put(key, frames, {"fixture": name, "nbytes": nbytes})) is None:
             return
+        self._fresh.add(key)
         self.stats.bytes_stored += nbytes
         self.stats.store_seconds += time.perf_counter() - start
 
@@ -275,7 +285,13 @@ class StateProxy:
         self._build_only[key] = why
         if not refused:
             self.stats.built_instead[name] = why
-        meta = {"kind": "build", "fixture": name, "reason": why, "inputs": prints.to_wire()}
+        meta = {
+            "kind": "build",
+            "fixture": name,
+            "reason": why,
+            "refused": refused,
+            "inputs": prints.to_wire(),
+        }
         frames = codec.seal(self.secret, key, meta, [])
         self._call(lambda c: c.put(key, frames, {"fixture": name, "nbytes": 0}))
 

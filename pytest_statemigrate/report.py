@@ -106,7 +106,7 @@ class RunStats:
             + (f"; waited for another worker's build: {self.waited}" if self.waited else ""),
             f"loaded {_size(self.bytes_loaded)} in {self.load_seconds:.2f}s; "
             f"stored {_size(self.bytes_stored)} in {self.store_seconds:.2f}s; "
-            f"built in {self.build_seconds:.2f}s; saved ~{self.saved_seconds:.2f}s",
+            f"built in {self.build_seconds:.2f}s; saved ~{self.saved_seconds + 0.0:.2f}s",
         ]
         for name, why in sorted(self.stale.items()):
             out.append(f"rebuilt {name}: {why}")

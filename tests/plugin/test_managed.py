@@ -1,0 +1,403 @@
+"""Acceptance runs through pytester: every run is compared with a plain pytest run."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from tests.conftest import Suite
+
+pytestmark = pytest.mark.timeout(300)
+
+CONFTEST = '''
+import time
+import pytest
+from pathlib import Path
+
+LOG = Path(__file__).parent / "builds.log"
+
+def built(name):
+    """Log a build; the sleep makes building cost more than loading."""
+    with open(LOG, "a") as fh:
+        fh.write(name + "\\n")
+    time.sleep(0.05)
+
+@pytest.fixture(scope="session")
+def dataset():
+    built("dataset")
+    return {"rows": list(range(1000)), "name": "data"}
+
+@pytest.fixture
+def rows(dataset):
+    built("rows")
+    return list(dataset["rows"])
+'''
+
+TESTS = '''
+def test_dataset(dataset):
+    assert len(dataset["rows"]) == 1000
+
+def test_rows_mutated(rows):
+    rows.append("mine")
+    assert rows[-1] == "mine"
+
+def test_rows_fresh(rows):
+    assert "mine" not in rows
+    assert len(rows) == 1000
+'''
+
+
+def _project(suite: Suite, ini: str = "statemigrate_fixtures =\n    dataset\n    rows\n") -> None:
+    suite.pytester.makeini(f"[pytest]\nfilterwarnings = error\n{ini}")
+    suite.pytester.makeconftest(CONFTEST)
+    suite.pytester.makepyfile(test_data=TESTS)
+
+
+def test_cold_then_warm_builds_nothing(suite: Suite) -> None:
+    _project(suite)
+    cold = suite.same_as_plain()
+    plain_builds = suite.builds().count("dataset")
+    assert plain_builds == 2  # once in the plain run, once in the cold run
+    # rows is function-scoped: its second setup in the cold run is already a hit
+    assert cold.stats is not None and cold.stats["builds"] == 2
+    (suite.pytester.path / "builds.log").unlink()
+    warm = suite.run()
+    assert warm.outcomes == cold.outcomes
+    assert suite.builds() == []
+    assert warm.stats is not None
+    assert warm.stats["builds"] == 0 and warm.stats["hits_total"] == 3
+    warm.result.stdout.fnmatch_lines(["*statemigrate*", "managed fixtures: 2 (dataset, rows)"])
+
+
+def test_refresh_rebuilds(suite: Suite) -> None:
+    _project(suite)
+    suite.run()
+    (suite.pytester.path / "builds.log").unlink()
+    refreshed = suite.run("--sm-refresh")
+    assert sorted(suite.builds()) == ["dataset", "rows"]  # each key rebuilt once
+    assert refreshed.stats is not None and refreshed.stats["builds"] == 2
+    (suite.pytester.path / "builds.log").unlink()
+    suite.run()
+    assert suite.builds() == []
+
+
+def test_decorator_in_either_order(suite: Suite) -> None:
+    suite.pytester.makeconftest(
+        CONFTEST
+        + textwrap.dedent('''
+        from pytest_statemigrate import state
+
+        @state
+        @pytest.fixture(scope="session")
+        def below():
+            built("below")
+            return [1, 2]
+
+        @pytest.fixture(scope="session")
+        @state(env=["SM_TEST_SEED"])
+        def above():
+            built("above")
+            return [3, 4]
+        ''')
+    )
+    suite.pytester.makepyfile("def test_both(below, above):\n    assert below + above == [1, 2, 3, 4]\n")
+    suite.same_as_plain()
+    (suite.pytester.path / "builds.log").unlink()
+    warm = suite.run()
+    assert suite.builds() == []
+    assert warm.stats is not None and sorted(warm.stats["managed"]) == ["above", "below"]
+
+
+def test_params_and_overrides_get_their_own_values(suite: Suite) -> None:
+    suite.pytester.makeini("[pytest]\nstatemigrate_fixtures = number\n")
+    suite.pytester.makeconftest('''
+import pytest
+
+@pytest.fixture(scope="session", params=[1, 2, 3])
+def number(request):
+    import time; time.sleep(0.05)
+    return request.param * 10
+''')
+    suite.pytester.makepyfile(
+        test_params='''
+def test_number(number, request):
+    assert number in (10, 20, 30)
+
+def test_ids(number, request):
+    assert number == {"1": 10, "2": 20, "3": 30}[request.node.callspec.id]
+''',
+        test_override='''
+import pytest
+
+@pytest.fixture(scope="session")
+def number():
+    return 99
+
+def test_overridden(number):
+    assert number == 99
+''',
+    )
+    cold = suite.same_as_plain()
+    warm = suite.same_as_plain()
+    assert cold.outcomes == warm.outcomes
+    assert set(warm.outcomes.values()) == {"passed"}
+    assert warm.stats is not None and warm.stats["builds"] == 0
+
+
+def test_identity_with_the_dependency_is_kept(suite: Suite) -> None:
+    suite.pytester.makeini("[pytest]\nstatemigrate_fixtures =\n    dataset\n    selection\n")
+    suite.pytester.makeconftest(
+        CONFTEST
+        + '''
+class Selection:
+    def __init__(self, source):
+        self.source = source
+        self.first = source["rows"][:3]
+
+@pytest.fixture(scope="session")
+def selection(dataset):
+    built("selection")
+    return Selection(dataset)
+'''
+    )
+    suite.pytester.makepyfile('''
+def test_selection_refers_to_dataset(selection, dataset):
+    assert selection.source is dataset
+    assert selection.first == [0, 1, 2]
+''')
+    suite.same_as_plain()
+    warm = suite.same_as_plain()
+    assert warm.outcomes == {"test_identity_with_the_dependency_is_kept.py::"
+                             "test_selection_refers_to_dataset": "passed"}
+    assert warm.stats is not None and warm.stats["hits_total"] == 2
+
+
+def test_mutation_does_not_reach_later_sessions(suite: Suite) -> None:
+    _project(suite)
+    suite.pytester.makepyfile(test_mutate='''
+def test_mutate_session_value(dataset):
+    dataset["rows"].clear()
+''')
+    suite.same_as_plain("-p", "no:randomly")
+    warm = suite.same_as_plain()
+    assert warm.stats is not None and warm.stats["hits_total"] >= 1
+
+
+REFUSALS = '''
+import threading
+import pytest
+
+@pytest.fixture
+def with_teardown():
+    yield 1
+
+@pytest.fixture
+def lock():
+    return threading.Lock()
+
+@pytest.fixture
+def in_tmp(tmp_path):
+    return str(tmp_path)
+
+@pytest.fixture
+def reads_config(request):
+    return request.config.getoption("verbose")
+
+@pytest.fixture
+def fine():
+    import time; time.sleep(0.05)
+    return 5
+'''
+
+
+def test_refusals_are_explained_and_run_unmanaged(suite: Suite) -> None:
+    suite.pytester.makeini("[pytest]\nfilterwarnings = error\nstatemigrate_fixtures = *\n")
+    suite.pytester.makeconftest(REFUSALS)
+    suite.pytester.makepyfile('''
+def test_all(with_teardown, lock, in_tmp, reads_config, fine):
+    assert with_teardown == 1 and fine == 5
+    assert lock.acquire() and in_tmp
+''')
+    run = suite.same_as_plain()
+    run.result.stdout.fnmatch_lines_random([
+        "refused with_teardown: yield fixture*; it runs unmanaged",
+        "refused lock: *cannot be pickled*; it runs unmanaged",
+        "refused in_tmp: depends on tmp_path*; it runs unmanaged",
+        "refused reads_config: uses request.config*; it runs unmanaged",
+        "refused tmp_path: *; it runs unmanaged",
+    ])
+    assert run.stats is not None and "fine" in run.stats["managed"]
+    again = suite.same_as_plain()
+    assert again.stats is not None and "lock" in again.stats["refused"]
+
+
+def test_staleness_fixture_helper_datafile_env(suite: Suite) -> None:
+    p = suite.pytester
+    p.makeini("[pytest]\nstatemigrate_fixtures = table\n")
+    p.makepyfile(helper="def scale():\n    return 2\n")
+    (p.path / "data.txt").write_text("1 2 3\n")
+    p.makeconftest('''
+import os
+import pytest
+import helper
+from pathlib import Path
+from pytest_statemigrate import state
+
+@pytest.fixture(scope="session")
+@state(env=["SM_TEST_OFFSET"])
+def table():
+    import time; time.sleep(0.05)
+    with open(Path(__file__).parent / "builds.log", "a") as fh:
+        fh.write("table\\n")
+    numbers = (Path(__file__).parent / "data.txt").read_text().split()
+    offset = int(os.environ.get("SM_TEST_OFFSET", "0"))
+    return [int(n) * helper.scale() + offset for n in numbers]
+''')
+    p.makepyfile(test_t='''
+import os
+
+def test_table(table):
+    expected = os.environ.get("SM_EXPECT")
+    assert table == [int(x) for x in expected.split(",")]
+''')
+
+    def check(expect: str, builds: int) -> None:
+        (p.path / "builds.log").unlink(missing_ok=True)
+        p.monkeypatch = getattr(p, "monkeypatch", None)  # keep mypy quiet about attrs
+        import os
+
+        os.environ["SM_EXPECT"] = expect
+        try:
+            run = suite.same_as_plain()
+        finally:
+            del os.environ["SM_EXPECT"]
+        assert set(run.outcomes.values()) == {"passed"}, run.text
+        # the plain run always builds once; the managed run builds `builds` times
+        assert suite.builds().count("table") == 1 + builds, run.text
+
+    check("2,4,6", builds=1)
+    check("2,4,6", builds=0)
+    p.makepyfile(helper="def scale():\n    return 3\n")  # a helper module changed
+    check("3,6,9", builds=1)
+    check("3,6,9", builds=0)
+    (p.path / "data.txt").write_text("1 2\n")  # a data file it reads changed
+    check("3,6", builds=1)
+    check("3,6", builds=0)
+    import os
+
+    os.environ["SM_TEST_OFFSET"] = "1"  # a declared env var changed
+    try:
+        check("4,7", builds=1)
+        check("4,7", builds=0)
+    finally:
+        del os.environ["SM_TEST_OFFSET"]
+    conftest = p.path / "conftest.py"
+    conftest.write_text(conftest.read_text().replace("offset for n", "offset + 100 for n"))
+    check("103,106", builds=1)  # the fixture's own code changed
+
+
+def test_editing_an_unrelated_test_does_not_rebuild(suite: Suite) -> None:
+    _project(suite)
+    suite.run()
+    suite.pytester.makepyfile(test_data=TESTS + "\ndef test_new():\n    pass\n")
+    (suite.pytester.path / "builds.log").unlink()
+    warm = suite.run()
+    assert suite.builds() == [], warm.text
+
+
+def test_warnings_are_replayed_on_hits(suite: Suite) -> None:
+    suite.pytester.makeini("[pytest]\nstatemigrate_fixtures = noisy\n")
+    suite.pytester.makeconftest('''
+import warnings
+import pytest
+
+@pytest.fixture(scope="session")
+def noisy():
+    import time; time.sleep(0.05)
+    warnings.warn("building noisy is deprecated", DeprecationWarning)
+    return 1
+''')
+    suite.pytester.makepyfile("def test_noisy(noisy):\n    assert noisy == 1\n")
+    cold = suite.same_as_plain()
+    cold.result.stdout.fnmatch_lines(["*building noisy is deprecated*"])
+    warm = suite.same_as_plain()
+    assert warm.stats is not None and warm.stats["hits_total"] == 1
+    warm.result.stdout.fnmatch_lines(["*DeprecationWarning: building noisy is deprecated*"])
+    # Under filterwarnings=error the warning fails the setup, loaded or not.
+    errors = suite.same_as_plain("-W", "error::DeprecationWarning")
+    assert set(errors.outcomes.values()) == {"error"}
+
+
+def test_strict_config_and_no_warnings_of_its_own(suite: Suite) -> None:
+    _project(suite, ini="statemigrate_fixtures = dataset\nstatemigrate_timeout = 20\n"
+                        "statemigrate_max_value_bytes = 64M\n")
+    run = suite.same_as_plain("--strict-config", "-W", "error")
+    assert set(run.outcomes.values()) == {"passed"}
+    assert "warnings summary" not in run.text
+
+
+def test_large_values_are_built_and_said_so(suite: Suite) -> None:
+    _project(suite, ini="statemigrate_fixtures = dataset\nstatemigrate_max_value_bytes = 1K\n")
+    cold = suite.same_as_plain()
+    cold.result.stdout.fnmatch_lines(["built dataset in-process: its value is *over "
+                                      "statemigrate_max_value_bytes*"])
+    (suite.pytester.path / "builds.log").unlink()
+    warm = suite.same_as_plain()
+    assert suite.builds().count("dataset") == 2
+    warm.result.stdout.fnmatch_lines(["built dataset in-process: *"])
+
+
+def test_cheap_values_are_built_when_loading_costs_more(suite: Suite) -> None:
+    suite.pytester.makeini("[pytest]\nstatemigrate_fixtures = tiny\n")
+    suite.pytester.makeconftest('''
+import pytest
+
+@pytest.fixture(scope="session")
+def tiny():
+    return 1
+''')
+    suite.pytester.makepyfile("def test_tiny(tiny):\n    assert tiny == 1\n")
+    suite.run()
+    warm = suite.same_as_plain()
+    warm.result.stdout.fnmatch_lines(["built tiny in-process: loading took *, building *"])
+    later = suite.same_as_plain()
+    assert later.stats is not None and later.stats["hits_total"] == 0
+    later.result.stdout.fnmatch_lines(["built tiny in-process: loading took *"])
+
+
+def test_bad_configuration_is_one_clear_line(suite: Suite) -> None:
+    _project(suite, ini="statemigrate_max_value_bytes = lots\n")
+    run = suite.run()
+    assert run.result.ret == pytest.ExitCode.USAGE_ERROR
+    run.result.stderr.fnmatch_lines(["*statemigrate: bad value for statemigrate_max_value_bytes:*"])
+    run = suite.run("--sm-agent", "tcp://10.1.2.3:5555")
+    assert run.result.ret == pytest.ExitCode.USAGE_ERROR
+    run.result.stderr.fnmatch_lines(["*refusing*10.1.2.3*"])
+
+
+def test_unreachable_agent_falls_back(suite: Suite) -> None:
+    _project(suite, ini="statemigrate_fixtures = dataset\nstatemigrate_timeout = 1\n")
+    missing = suite.pytester.path / "nowhere.sock"
+    run = suite.same_as_plain("--sm-agent", f"ipc://{missing}")
+    assert set(run.outcomes.values()) == {"passed"}
+    run.result.stdout.fnmatch_lines(["fallback: agent unavailable*built in-process*"])
+
+
+@pytest.mark.parametrize("store", ["cold", "warm"])
+def test_xdist_builds_each_session_value_once(suite: Suite, store: str) -> None:
+    pytest.importorskip("xdist")
+    _project(suite, ini="statemigrate_fixtures = dataset\n")
+    suite.pytester.makepyfile(
+        **{f"test_more{i}": "def test_a(dataset):\n    assert dataset\n" * 1 for i in range(6)}
+    )
+    if store == "warm":
+        suite.run()
+    (suite.pytester.path / "builds.log").unlink(missing_ok=True)
+    plain = suite.plain("-n", "2")
+    assert suite.builds().count("dataset") == 2  # plain pytest builds it in each worker
+    (suite.pytester.path / "builds.log").unlink()
+    run = suite.run("-n", "2")
+    assert run.outcomes == plain.outcomes, run.text
+    assert suite.builds().count("dataset") == (1 if store == "cold" else 0), run.text
+    assert run.stats is not None and run.stats["managed"] == ["dataset"]

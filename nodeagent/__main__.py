@@ -49,21 +49,40 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m nodeagent",
         description="Hold storage tiers for pytest-statemigrate and serve them over zmq.",
     )
-    parser.add_argument("--bind", required=True, metavar="ENDPOINT",
-                        help="ipc://PATH or loopback tcp://127.0.0.1:PORT (PORT may be *)")
-    parser.add_argument("--ram-bytes", type=parse_size, default=DEFAULTS["ram_bytes"],
-                        metavar="SIZE", help="RAM tier budget (default 1G)")
+    parser.add_argument(
+        "--bind",
+        required=True,
+        metavar="ENDPOINT",
+        help="ipc://PATH or loopback tcp://127.0.0.1:PORT (PORT may be *)",
+    )
+    parser.add_argument(
+        "--ram-bytes",
+        type=parse_size,
+        default=DEFAULTS["ram_bytes"],
+        metavar="SIZE",
+        help="RAM tier budget (default 1G)",
+    )
     disk = parser.add_mutually_exclusive_group(required=True)
     disk.add_argument("--disk-dir", metavar="DIR", help="directory of the disk tier")
     disk.add_argument("--no-disk", action="store_true", help="run without a disk tier")
-    parser.add_argument("--disk-bytes", type=parse_size, default=DEFAULTS["disk_bytes"],
-                        metavar="SIZE", help="disk tier size limit (default 4G)")
+    parser.add_argument(
+        "--disk-bytes",
+        type=parse_size,
+        default=DEFAULTS["disk_bytes"],
+        metavar="SIZE",
+        help="disk tier size limit (default 4G)",
+    )
     parser.add_argument("--store", metavar="DIR", help="directory of the persistent tier")
-    parser.add_argument("--parent-pid", type=_pid, metavar="PID",
-                        help="exit when this process is gone")
-    parser.add_argument("--log-level", default=DEFAULTS["log_level"],
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        type=str.upper, help="stderr log level (default WARNING)")
+    parser.add_argument(
+        "--parent-pid", type=_pid, metavar="PID", help="exit when this process is gone"
+    )
+    parser.add_argument(
+        "--log-level",
+        default=DEFAULTS["log_level"],
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="stderr log level (default WARNING)",
+    )
     return parser
 
 

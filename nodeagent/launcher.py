@@ -96,9 +96,10 @@ class AgentProcess:
         """
         proc = self.process
         if proc.poll() is None and self.ready:
-            with contextlib.suppress(AgentError), AgentClient(
-                self.endpoint, timeout=min(timeout, 2.0)
-            ) as client:
+            with (
+                contextlib.suppress(AgentError),
+                AgentClient(self.endpoint, timeout=min(timeout, 2.0)) as client,
+            ):
                 client.shutdown()
         if proc.poll() is None:
             for stop in (None, proc.terminate, proc.kill):
@@ -192,9 +193,7 @@ def spawn_agent(
     if log_level is not None:
         cmd += ["--log-level", log_level]
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p
-    )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
     log_fh: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
     try:
         proc = subprocess.Popen(

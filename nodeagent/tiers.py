@@ -429,15 +429,12 @@ class TieredStore:
     ``spills`` counts the spill writes it received.
     """
 
-    def __init__(
-        self, ram: RamTier, disk: DiskTier | None, store: StoreTier | None = None
-    ) -> None:
+    def __init__(self, ram: RamTier, disk: DiskTier | None, store: StoreTier | None = None) -> None:
         self.ram = ram
         self.disk = disk
         self.store = store
         self.write_disk = disk is not None and not (
-            store is not None
-            and os.stat(store.directory).st_dev == os.stat(disk.directory).st_dev
+            store is not None and os.stat(store.directory).st_dev == os.stat(disk.directory).st_dev
         )
         # Highest version handed out per key in this process; kept after evict/clear so a
         # version number is never reused for different bytes while the agent runs.
@@ -509,9 +506,7 @@ class TieredStore:
         if expect_version is not None or key not in self._versions:
             current = self.version(key) if self.has(key) is not None else 0
         if expect_version is not None and current != expect_version:
-            raise VersionConflict(
-                f"key {key[:80]!r} is at version {current}, not {expect_version}"
-            )
+            raise VersionConflict(f"key {key[:80]!r} is at version {current}, not {expect_version}")
         new = max(self._versions.get(key, 0), current or 0) + 1
         entry = Entry(tuple(frames), dict(meta), new)
         if self.write_disk and self.disk is not None:

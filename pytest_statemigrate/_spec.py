@@ -5,6 +5,7 @@ Kept apart from ``__init__`` so that importing the public API stays free of pyte
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar, overload
@@ -45,10 +46,8 @@ def _attach(obj: Any, spec: StateSpec) -> None:
     seen: set[int] = set()
     while obj is not None and id(obj) not in seen:
         seen.add(id(obj))
-        try:
+        with contextlib.suppress(AttributeError, TypeError):
             setattr(obj, ATTR, spec)
-        except (AttributeError, TypeError):
-            pass
         obj = getattr(obj, "__wrapped__", None)
 
 

@@ -120,7 +120,7 @@ def dump(value: Any, deps: Mapping[str, Any]) -> list[Buffer]:
     stream = io.BytesIO()
     stream.write(_prologue(names))
     pickler = pickle.Pickler(stream, protocol=5, buffer_callback=buffers.append)
-    pickler.memo = {id(deps[n]): (i, deps[n]) for i, n in enumerate(names)}  # type: ignore[assignment]
+    pickler.memo = {id(deps[n]): (i, deps[n]) for i, n in enumerate(names)}
     try:
         pickler.dump(value)
     except Exception as exc:

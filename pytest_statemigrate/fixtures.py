@@ -78,7 +78,9 @@ def _request_use(func: Any) -> tuple[set[str], bool]:
     escapes = bare > sum(
         1
         for n in ast.walk(tree)
-        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "request"
+        if isinstance(n, ast.Attribute)
+        and isinstance(n.value, ast.Name)
+        and n.value.id == "request"
     )
     return attrs, escapes
 
@@ -109,8 +111,10 @@ def analyse(name: str, func: Any, argnames: Sequence[str], rootdir: Path) -> Ana
     if inspect.iscoroutinefunction(raw) or inspect.isasyncgenfunction(raw):
         return refuse("async fixture: only plain functions that return a value can be managed")
     if rel is None and spec is None:
-        return refuse("defined outside the rootdir (by pytest or a plugin), so its code and "
-                      "side effects are not the project's")
+        return refuse(
+            "defined outside the rootdir (by pytest or a plugin), so its code and "
+            "side effects are not the project's"
+        )
     uses_node = False
     if "request" in argnames:
         attrs, escapes = _request_use(raw)

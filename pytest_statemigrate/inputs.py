@@ -16,11 +16,12 @@ and the packages it names. Over-invalidation costs a rebuild; it never serves a 
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import os
 import sys
 import sysconfig
 import threading
-import inspect
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,10 +215,8 @@ def static_paths(func: Any, rootdir: Path) -> set[str]:
             continue
         path = getattr(target, "__file__", None) or ""
         if inspect.isfunction(obj) or inspect.isclass(obj):
-            try:
+            with contextlib.suppress(TypeError):
                 path = inspect.getsourcefile(obj) or path
-            except TypeError:
-                pass
         if path:
             paths.add(path)
     return paths

@@ -85,11 +85,12 @@ def _canonical(value: Any, depth: int = 0) -> bytes | None:
     if isinstance(value, _PLAIN):
         return f"{type(value).__name__}:{value!r}".encode()
     if isinstance(value, (tuple, list, frozenset, set)):
-        items = [_canonical(v, depth + 1) for v in value]
-        if any(i is None for i in items):
+        maybe = [_canonical(v, depth + 1) for v in value]
+        items = [i for i in maybe if i is not None]
+        if len(items) != len(maybe):
             return None
         parts = sorted(items) if isinstance(value, (set, frozenset)) else items
-        return type(value).__name__.encode() + b"[" + b",".join(p or b"" for p in parts) + b"]"
+        return type(value).__name__.encode() + b"[" + b",".join(parts) + b"]"
     if isinstance(value, dict):
         pairs = [(_canonical(k, depth + 1), _canonical(v, depth + 1)) for k, v in value.items()]
         if any(k is None or v is None for k, v in pairs):

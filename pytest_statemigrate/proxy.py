@@ -276,8 +276,9 @@ class StateProxy:
 
     def abandon(self, key: str, miss: Miss) -> None:
         """The build failed: let the next process build it."""
-        if miss.holder is not None:
-            self._call(lambda c: c.release(key, miss.holder))
+        holder = miss.holder
+        if holder is not None:
+            self._call(lambda c: c.release(key, holder))
 
     def _mark_build(
         self, key: str, name: str, why: str, prints: Fingerprints, *, refused: bool = False

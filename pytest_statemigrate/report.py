@@ -100,7 +100,8 @@ class RunStats:
         out = [
             f"managed fixtures: {len(self.managed)}"
             + (f" ({', '.join(sorted(self.managed))})" if self.managed else ""),
-            f"hits: {hits}" + (f" ({by_tier})" if by_tier else "")
+            f"hits: {hits}"
+            + (f" ({by_tier})" if by_tier else "")
             + f"; builds: {self.builds}"
             + (f" ({len(self.stale)} fixtures rebuilt: an input changed)" if self.stale else "")
             + (f"; waited for another worker's build: {self.waited}" if self.waited else ""),

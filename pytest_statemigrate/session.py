@@ -26,7 +26,15 @@ from .keys import (
     make_key,
     param_token,
 )
-from .proxy import AgentLink, BuildRecord, Hit, Miss, StateProxy, warning_to_wire, warnings_from_wire
+from .proxy import (
+    AgentLink,
+    BuildRecord,
+    Hit,
+    Miss,
+    StateProxy,
+    warning_to_wire,
+    warnings_from_wire,
+)
 from .report import RunStats
 from .settings import Settings
 
@@ -182,7 +190,12 @@ class StateMigrateSession:
             self.proxy.close_link()
 
     def _build(
-        self, fixturedef: Any, key: str, name: str, deps: dict[str, Any], miss: Miss,
+        self,
+        fixturedef: Any,
+        key: str,
+        name: str,
+        deps: dict[str, Any],
+        miss: Miss,
         analysis: fx.Analysis,
     ) -> Generator[None, Any, Any]:
         recorder = BuildRecorder()

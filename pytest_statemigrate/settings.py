@@ -108,7 +108,9 @@ def build(
     """
     cli_patterns = option("sm_fixtures")
     patterns: Sequence[str] = (
-        cli_patterns if cli_patterns is not None else [p.strip() for p in ini("statemigrate_fixtures")]
+        cli_patterns
+        if cli_patterns is not None
+        else [p.strip() for p in ini("statemigrate_fixtures")]
     )
     agent = option("sm_agent") or (ini("statemigrate_agent") or "").strip() or None
     if agent is not None:
@@ -145,13 +147,22 @@ def build(
 
 #: ini keys: name → (help, type for ``parser.addini``). Sizes take K/M/G/T suffixes.
 INI: Final[Mapping[str, tuple[str, str]]] = {
-    "statemigrate_fixtures": ("fnmatch patterns of fixture names to manage, one per line", "linelist"),
-    "statemigrate_agent": ("endpoint of a long-lived node agent (default: start one per run)", "string"),
-    "statemigrate_dir": (f"store directory, relative to the rootdir (default {DEFAULTS['dir']})", "string"),
-    "statemigrate_store": ("directory of a persistent tier-3 store for the embedded agent", "string"),
-    "statemigrate_max_value_bytes": ("values larger than this are built, not stored (default 256M)", "string"),
+    "statemigrate_fixtures": ("fnmatch patterns of fixtures to manage, one a line", "linelist"),
+    "statemigrate_agent": ("endpoint of a long-lived node agent (default: one per run)", "string"),
+    "statemigrate_dir": (
+        "store directory, relative to the rootdir (default .statemigrate)",
+        "string",
+    ),
+    "statemigrate_store": ("tier-3 persistent store directory of the embedded agent", "string"),
+    "statemigrate_max_value_bytes": (
+        "larger values are built, not stored (default 256M)",
+        "string",
+    ),
     "statemigrate_ram_bytes": ("RAM tier budget of the embedded agent (default 1G)", "string"),
-    "statemigrate_disk_bytes": ("disk tier size limit of the embedded agent (default 4G)", "string"),
-    "statemigrate_lease_seconds": ("longest wait for a value another process builds (default 600)", "string"),
-    "statemigrate_timeout": ("seconds an agent request may take (default 30)", "string"),
+    "statemigrate_disk_bytes": ("disk tier limit of the embedded agent (default 4G)", "string"),
+    "statemigrate_lease_seconds": (
+        "longest wait for another process's build (default 600)",
+        "string",
+    ),
+    "statemigrate_timeout": ("seconds one agent request may take (default 30)", "string"),
 }

@@ -13,7 +13,7 @@ import pytest
 # Plugins installed next to ours that are slow to import and irrelevant to these runs.
 QUIET = ("-p", "no:hypothesispytest", "-p", "no:benchmark", "-p", "no:cacheprovider")
 
-OUTCOMES_PLUGIN = '''
+OUTCOMES_PLUGIN = """
 import json, os
 
 _outcomes = {}
@@ -36,7 +36,7 @@ def pytest_sessionfinish(session):
     if path:
         with open(path, "w") as fh:
             json.dump(_outcomes, fh)
-'''
+"""
 
 
 @dataclass

@@ -9,10 +9,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import textstats
 
 from pytest_statemigrate import state
-
-import textstats
 
 HERE = Path(__file__).parent
 

@@ -24,5 +24,5 @@ def test_mutating_a_copy_is_private(corpus: list[str]) -> None:
 
 @pytest.mark.parametrize("word_index", range(10))
 def test_common_words(vocabulary: Counter[str], word_index: int) -> None:
-    word, count = vocabulary.most_common(10)[word_index]
+    _, count = vocabulary.most_common(10)[word_index]
     assert count > 100

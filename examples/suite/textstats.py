@@ -6,6 +6,7 @@ import random
 from array import array
 from collections import Counter
 from dataclasses import dataclass
+from itertools import pairwise
 
 
 def count_words(corpus: list[str]) -> Counter[str]:
@@ -31,7 +32,7 @@ class BigramModel:
         counts = array("I", bytes(4 * n * n))
         for sentence in corpus:
             ids = [index[w] for w in sentence.split()]
-            for a, b in zip(ids, ids[1:]):
+            for a, b in pairwise(ids):
                 counts[a * n + b] += 1
         return cls(corpus=corpus, index=index, counts=counts, total=sum(vocabulary.values()))
 

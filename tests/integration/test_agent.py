@@ -85,7 +85,11 @@ def test_put_get_round_trip_with_a_20_mib_frame(client: AgentClient) -> None:
     got = client.get("k")
     assert got is not None
     assert [bytes(f) for f in got.frames] == [
-        b"pickle-5 body", big, b"", b"tail", b"out-of-band" * 10_000
+        b"pickle-5 body",
+        big,
+        b"",
+        b"tail",
+        b"out-of-band" * 10_000,
     ]
     assert got.meta == {"digest": "abc", "n": [1, 2]} and got.version == 1 and got.tier == "ram"
     assert client.put("k", [b"v2"], {}) == 2
@@ -273,7 +277,7 @@ def test_shutdown_stops_the_process(agent: AgentProcess) -> None:
 
 def test_stop_removes_the_ipc_directory(agent: AgentProcess) -> None:
     assert agent.endpoint.startswith("ipc://")
-    directory = os.path.dirname(agent.endpoint[len("ipc://"):])
+    directory = os.path.dirname(agent.endpoint[len("ipc://") :])
     assert os.path.isdir(directory)
     assert agent.stop() == 0
     assert not os.path.exists(directory)

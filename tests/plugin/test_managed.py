@@ -34,7 +34,7 @@ def rows(dataset):
     return list(dataset["rows"])
 '''
 
-TESTS = '''
+TESTS = """
 def test_dataset(dataset):
     assert len(dataset["rows"]) == 1000
 
@@ -45,7 +45,7 @@ def test_rows_mutated(rows):
 def test_rows_fresh(rows):
     assert "mine" not in rows
     assert len(rows) == 1000
-'''
+"""
 
 
 def _project(suite: Suite, ini: str = "statemigrate_fixtures =\n    dataset\n    rows\n") -> None:
@@ -85,7 +85,7 @@ def test_refresh_rebuilds(suite: Suite) -> None:
 def test_decorator_in_either_order(suite: Suite) -> None:
     suite.pytester.makeconftest(
         CONFTEST
-        + textwrap.dedent('''
+        + textwrap.dedent("""
         from pytest_statemigrate import state
 
         @state
@@ -99,9 +99,11 @@ def test_decorator_in_either_order(suite: Suite) -> None:
         def above():
             built("above")
             return [3, 4]
-        ''')
+        """)
     )
-    suite.pytester.makepyfile("def test_both(below, above):\n    assert below + above == [1, 2, 3, 4]\n")
+    suite.pytester.makepyfile(
+        "def test_both(below, above):\n    assert below + above == [1, 2, 3, 4]\n"
+    )
     suite.same_as_plain()
     (suite.pytester.path / "builds.log").unlink()
     warm = suite.run()
@@ -111,23 +113,23 @@ def test_decorator_in_either_order(suite: Suite) -> None:
 
 def test_params_and_overrides_get_their_own_values(suite: Suite) -> None:
     suite.pytester.makeini("[pytest]\nstatemigrate_fixtures = number\n")
-    suite.pytester.makeconftest('''
+    suite.pytester.makeconftest("""
 import pytest
 
 @pytest.fixture(scope="session", params=[1, 2, 3])
 def number(request):
     import time; time.sleep(0.05)
     return request.param * 10
-''')
+""")
     suite.pytester.makepyfile(
-        test_params='''
+        test_params="""
 def test_number(number, request):
     assert number in (10, 20, 30)
 
 def test_ids(number, request):
     assert number == {"1": 10, "2": 20, "3": 30}[request.node.callspec.id]
-''',
-        test_override='''
+""",
+        test_override="""
 import pytest
 
 @pytest.fixture(scope="session")
@@ -136,7 +138,7 @@ def number():
 
 def test_overridden(number):
     assert number == 99
-''',
+""",
     )
     cold = suite.same_as_plain()
     warm = suite.same_as_plain()
@@ -149,7 +151,7 @@ def test_identity_with_the_dependency_is_kept(suite: Suite) -> None:
     suite.pytester.makeini("[pytest]\nstatemigrate_fixtures =\n    dataset\n    selection\n")
     suite.pytester.makeconftest(
         CONFTEST
-        + '''
+        + """
 class Selection:
     def __init__(self, source):
         self.source = source
@@ -159,32 +161,35 @@ class Selection:
 def selection(dataset):
     built("selection")
     return Selection(dataset)
-'''
+"""
     )
-    suite.pytester.makepyfile('''
+    suite.pytester.makepyfile("""
 def test_selection_refers_to_dataset(selection, dataset):
     assert selection.source is dataset
     assert selection.first == [0, 1, 2]
-''')
+""")
     suite.same_as_plain()
     warm = suite.same_as_plain()
-    assert warm.outcomes == {"test_identity_with_the_dependency_is_kept.py::"
-                             "test_selection_refers_to_dataset": "passed"}
+    assert warm.outcomes == {
+        "test_identity_with_the_dependency_is_kept.py::test_selection_refers_to_dataset": "passed"
+    }
     assert warm.stats is not None and warm.stats["hits_total"] == 2
 
 
 def test_mutation_does_not_reach_later_sessions(suite: Suite) -> None:
     _project(suite)
-    suite.pytester.makepyfile(test_mutate='''
+    suite.pytester.makepyfile(
+        test_mutate="""
 def test_mutate_session_value(dataset):
     dataset["rows"].clear()
-''')
+"""
+    )
     suite.same_as_plain("-p", "no:randomly")
     warm = suite.same_as_plain()
     assert warm.stats is not None and warm.stats["hits_total"] >= 1
 
 
-REFUSALS = '''
+REFUSALS = """
 import threading
 import pytest
 
@@ -208,25 +213,27 @@ def reads_config(request):
 def fine():
     import time; time.sleep(0.05)
     return 5
-'''
+"""
 
 
 def test_refusals_are_explained_and_run_unmanaged(suite: Suite) -> None:
     suite.pytester.makeini("[pytest]\nfilterwarnings = error\nstatemigrate_fixtures = *\n")
     suite.pytester.makeconftest(REFUSALS)
-    suite.pytester.makepyfile('''
+    suite.pytester.makepyfile("""
 def test_all(with_teardown, lock, in_tmp, reads_config, fine):
     assert with_teardown == 1 and fine == 5
     assert lock.acquire() and in_tmp
-''')
+""")
     run = suite.same_as_plain()
-    run.result.stdout.fnmatch_lines_random([
-        "refused with_teardown: yield fixture*; it runs unmanaged",
-        "refused lock: *cannot be pickled*; it runs unmanaged",
-        "refused in_tmp: depends on tmp_path*; it runs unmanaged",
-        "refused reads_config: uses request.config*; it runs unmanaged",
-        "refused tmp_path: *; it runs unmanaged",
-    ])
+    run.result.stdout.fnmatch_lines_random(
+        [
+            "refused with_teardown: yield fixture*; it runs unmanaged",
+            "refused lock: *cannot be pickled*; it runs unmanaged",
+            "refused in_tmp: depends on tmp_path*; it runs unmanaged",
+            "refused reads_config: uses request.config*; it runs unmanaged",
+            "refused tmp_path: *; it runs unmanaged",
+        ]
+    )
     assert run.stats is not None and "fine" in run.stats["managed"]
     again = suite.same_as_plain()
     assert again.stats is not None and "lock" in again.stats["refused"]
@@ -237,7 +244,7 @@ def test_staleness_fixture_helper_datafile_env(suite: Suite) -> None:
     p.makeini("[pytest]\nstatemigrate_fixtures = table\n")
     p.makepyfile(helper="def scale():\n    return 2\n")
     (p.path / "data.txt").write_text("1 2 3\n")
-    p.makeconftest('''
+    p.makeconftest("""
 import os
 import pytest
 import helper
@@ -253,14 +260,16 @@ def table():
     numbers = (Path(__file__).parent / "data.txt").read_text().split()
     offset = int(os.environ.get("SM_TEST_OFFSET", "0"))
     return [int(n) * helper.scale() + offset for n in numbers]
-''')
-    p.makepyfile(test_t='''
+""")
+    p.makepyfile(
+        test_t="""
 import os
 
 def test_table(table):
     expected = os.environ.get("SM_EXPECT")
     assert table == [int(x) for x in expected.split(",")]
-''')
+"""
+    )
 
     def check(expect: str, builds: int) -> None:
         (p.path / "builds.log").unlink(missing_ok=True)
@@ -308,7 +317,7 @@ def test_editing_an_unrelated_test_does_not_rebuild(suite: Suite) -> None:
 
 def test_warnings_are_replayed_on_hits(suite: Suite) -> None:
     suite.pytester.makeini("[pytest]\nstatemigrate_fixtures = noisy\n")
-    suite.pytester.makeconftest('''
+    suite.pytester.makeconftest("""
 import warnings
 import pytest
 
@@ -317,7 +326,7 @@ def noisy():
     import time; time.sleep(0.05)
     warnings.warn("building noisy is deprecated", DeprecationWarning)
     return 1
-''')
+""")
     suite.pytester.makepyfile("def test_noisy(noisy):\n    assert noisy == 1\n")
     cold = suite.same_as_plain()
     cold.result.stdout.fnmatch_lines(["*building noisy is deprecated*"])
@@ -330,8 +339,11 @@ def noisy():
 
 
 def test_strict_config_and_no_warnings_of_its_own(suite: Suite) -> None:
-    _project(suite, ini="statemigrate_fixtures = dataset\nstatemigrate_timeout = 20\n"
-                        "statemigrate_max_value_bytes = 64M\n")
+    _project(
+        suite,
+        ini="statemigrate_fixtures = dataset\nstatemigrate_timeout = 20\n"
+        "statemigrate_max_value_bytes = 64M\n",
+    )
     run = suite.same_as_plain("--strict-config", "-W", "error")
     assert set(run.outcomes.values()) == {"passed"}
     assert "warnings summary" not in run.text
@@ -340,8 +352,9 @@ def test_strict_config_and_no_warnings_of_its_own(suite: Suite) -> None:
 def test_large_values_are_built_and_said_so(suite: Suite) -> None:
     _project(suite, ini="statemigrate_fixtures = dataset\nstatemigrate_max_value_bytes = 1K\n")
     cold = suite.same_as_plain()
-    cold.result.stdout.fnmatch_lines(["built dataset in-process: its value is *over "
-                                      "statemigrate_max_value_bytes*"])
+    cold.result.stdout.fnmatch_lines(
+        ["built dataset in-process: its value is *over statemigrate_max_value_bytes*"]
+    )
     (suite.pytester.path / "builds.log").unlink()
     warm = suite.same_as_plain()
     assert suite.builds().count("dataset") == 2
@@ -350,13 +363,13 @@ def test_large_values_are_built_and_said_so(suite: Suite) -> None:
 
 def test_cheap_values_are_built_when_loading_costs_more(suite: Suite) -> None:
     suite.pytester.makeini("[pytest]\nstatemigrate_fixtures = tiny\n")
-    suite.pytester.makeconftest('''
+    suite.pytester.makeconftest("""
 import pytest
 
 @pytest.fixture(scope="session")
 def tiny():
     return 1
-''')
+""")
     suite.pytester.makepyfile("def test_tiny(tiny):\n    assert tiny == 1\n")
     suite.run()
     warm = suite.same_as_plain()

@@ -28,8 +28,14 @@ keys = st.text(min_size=1, max_size=512)
 holders = st.text(min_size=1, max_size=256)
 metas = st.dictionaries(
     st.text(max_size=8),
-    st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=8),
-              st.binary(max_size=8), st.lists(st.integers(0, 9), max_size=3)),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**63 - 1),
+        st.text(max_size=8),
+        st.binary(max_size=8),
+        st.lists(st.integers(0, 9), max_size=3),
+    ),
     max_size=4,
 )
 ttls = st.one_of(st.integers(1, 10**6), st.floats(min_value=1e-3, max_value=1e6))
@@ -105,10 +111,17 @@ def test_decode_reply_of_any_bytes_raises_only_protocol_error(blob: bytes) -> No
 
 
 msgpack_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(),
-              st.text(max_size=10), st.binary(max_size=10)),
-    lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.text(max_size=6), inner, max_size=4)),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**64 - 1),
+        st.floats(),
+        st.text(max_size=10),
+        st.binary(max_size=10),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -116,8 +129,9 @@ msgpack_values = st.recursive(
 @settings(max_examples=300, database=None)
 @given(
     header=st.dictionaries(
-        st.sampled_from(["v", "op", "id", "key", "meta", "ttl", "holder", "pid", "host",
-                         "expect_version"]),
+        st.sampled_from(
+            ["v", "op", "id", "key", "meta", "ttl", "holder", "pid", "host", "expect_version"]
+        ),
         st.one_of(msgpack_values, st.sampled_from([op.value for op in Op]), st.just(1)),
     )
 )

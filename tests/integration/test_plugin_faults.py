@@ -1,0 +1,126 @@
+"""The plugin against real agents in trouble: killed mid-run, corrupt entries.
+
+Each run is compared with a plain pytest run of the same suite: trouble may cost a rebuild,
+never an outcome.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from nodeagent.tiers import _open_cache
+from tests.conftest import Suite
+from tests.integration.conftest import StartAgent
+
+pytestmark = pytest.mark.timeout(240)
+
+CONFTEST = """
+import time
+import pytest
+from pathlib import Path
+
+def built(name):
+    with open(Path(__file__).parent / "builds.log", "a") as fh:
+        fh.write(name + "\\n")
+    time.sleep(0.05)
+
+@pytest.fixture(scope="module")
+def dataset(request):
+    built("dataset")
+    return list(range(5000))
+
+@pytest.fixture
+def rows(dataset):
+    built("rows")
+    return dataset[:10]
+"""
+
+TESTS = """
+import os, signal
+
+def test_a(dataset, rows):
+    assert rows == list(range(10))
+
+def test_kill_agent():
+    pid = os.environ.get("SM_KILL_PID")
+    if pid:
+        os.kill(int(pid), signal.SIGKILL)
+
+def test_b(rows):
+    assert len(rows) == 10
+
+def test_c(dataset):
+    assert sum(dataset) == 5000 * 4999 // 2
+"""
+
+
+def _project(suite: Suite) -> None:
+    suite.pytester.makeini(
+        "[pytest]\nfilterwarnings = error\nstatemigrate_timeout = 2\n"
+        "statemigrate_fixtures =\n    dataset\n    rows\n"
+    )
+    suite.pytester.makeconftest(CONFTEST)
+    suite.pytester.makepyfile(test_one=TESTS, test_two=TESTS.replace("test_kill_agent", "test_x"))
+
+
+def test_agent_killed_mid_run(suite: Suite, start: StartAgent) -> None:
+    _project(suite)
+    agent = start(disk_dir=str(suite.pytester.path / "agent-disk"))
+    os.environ["SM_KILL_PID"] = str(agent.pid)
+    try:
+        run = suite.same_as_plain("--sm-agent", agent.endpoint)
+    finally:
+        del os.environ["SM_KILL_PID"]
+    assert agent.process.wait(10) is not None
+    assert set(run.outcomes.values()) == {"passed"}, run.text
+    run.result.stdout.fnmatch_lines(["fallback: agent unavailable*values were built in-process*"])
+
+
+def _entries(directory: str) -> list[str]:
+    cache = _open_cache(directory)
+    try:
+        return list(cache.iterkeys())
+    finally:
+        cache.close()
+
+
+def _rewrite(directory: str, change: bytes | None) -> int:
+    """Overwrite every disk entry: with ``change`` if given, else flip its last byte."""
+    cache = _open_cache(directory)
+    try:
+        keys = list(cache.iterkeys())
+        for key in keys:
+            raw = bytes(cache.get(key))
+            cache.set(key, change if change is not None else raw[:-1] + bytes([raw[-1] ^ 0xFF]))
+        return len(keys)
+    finally:
+        cache.close()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "bitflip"])
+def test_corrupt_entries_are_rebuilt(suite: Suite, damage: str) -> None:
+    _project(suite)
+    suite.run()  # cold: stores dataset (x2 modules) and rows
+    disk = str(suite.pytester.path / ".statemigrate" / "agent-disk")
+    assert _rewrite(disk, b"garbage" if damage == "garbage" else None) >= 2
+    (suite.pytester.path / "builds.log").unlink()
+    run = suite.same_as_plain()
+    assert set(run.outcomes.values()) == {"passed"}, run.text
+    assert run.stats is not None and run.stats["builds"] >= 2
+    if damage == "bitflip":
+        run.result.stdout.fnmatch_lines(["fallback: unreadable entry for *digest mismatch*"])
+    # The rebuilt values were stored again: the next run builds nothing.
+    (suite.pytester.path / "builds.log").unlink()
+    again = suite.run()
+    assert suite.builds() == [], again.text
+
+
+def test_unknown_secret_is_not_trusted(suite: Suite) -> None:
+    _project(suite)
+    suite.run()
+    (suite.pytester.path / ".statemigrate" / "secret").write_text("another project's secret")
+    run = suite.same_as_plain()
+    run.result.stdout.fnmatch_lines(["fallback: unverifiable entry for *bad signature*"])
+    assert run.stats is not None and run.stats["builds"] >= 2

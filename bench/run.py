@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import platform
 import re
+import resource
 import select
 import shutil
 import statistics
@@ -307,6 +309,7 @@ class Config:
     times: list[float] = field(default_factory=list)
     passed: list[int] = field(default_factory=list)
     session: list[float] = field(default_factory=list)  # what pytest itself reports
+    cpu: list[float] = field(default_factory=list)  # user + sys of the whole process tree
     stats: list[dict[str, Any]] = field(default_factory=list)
 
     def command(self) -> list[str]:
@@ -489,11 +492,14 @@ def run_once(config: Config, measured: bool) -> float:
     env.update(config.env)
     cmd = config.command()
     cmd[0] = str(PY)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(
         cmd, cwd=config.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     tail = done.stdout.strip().splitlines()[-1:] or [""]
     match = PASSED.search(tail[0])
     if done.returncode != 0 or match is None or BAD.search(tail[0]):
@@ -503,6 +509,7 @@ def run_once(config: Config, measured: bool) -> float:
         )
     if measured:
         config.times.append(seconds)
+        config.cpu.append(cpu)
         config.passed.append(int(match.group(1)))
         reported = SESSION.search(tail[0])
         if reported is not None:
@@ -543,6 +550,8 @@ def summary(config: Config) -> dict[str, Any]:
         "times_s": [round(x, 4) for x in t],
         "passed": sorted(set(config.passed)),
         "pytest_reported_median_s": statistics.median(config.session) if config.session else None,
+        "cpu_median_s": statistics.median(config.cpu),
+        "cpu_s": [round(x, 3) for x in config.cpu],
     }
     if config.stats:
         out["statemigrate"] = {
@@ -610,12 +619,22 @@ def ratios(configs: dict[str, Config]) -> list[dict[str, Any]]:
                 "ratio": r,
                 "paired_ratio": paired_ratio(a, b),
                 "min_ratio": min(a.times) / min(b.times),
+                "cpu_ratio": statistics.median(a.cpu) / statistics.median(b.cpu),
                 "target": None if limit is None else f"{'<=' if goal == 'max' else '>='} {limit:g}",
                 "goal": text,
                 "met": met,
             }
         )
     return out
+
+
+def source_digest() -> str:
+    """Digest of the plugin's and the agent's sources: others may edit them during a run."""
+    h = hashlib.sha256()
+    for package in ("pytest_statemigrate", "nodeagent"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def machine() -> dict[str, Any]:
@@ -658,22 +677,33 @@ def table(results: dict[str, Any], markdown: bool) -> str:
                 f"{r['max_s']:.2f}",
                 str(r["runs"]),
                 "" if reported is None else f"{reported:.2f}",
+                f"{r['cpu_median_s']:.2f}" if "cpu_median_s" in r else "",
                 f"{_median(sm['builds'])} / {_median(sm['hits'])}" if sm else "",
             )
         )
-    head = ("configuration", "median s", "min s", "max s", "runs", "pytest says s", "builds / hits")
+    head = (
+        "configuration",
+        "median s",
+        "min s",
+        "max s",
+        "runs",
+        "pytest says s",
+        "CPU s",
+        "builds / hits",
+    )
     ratio_rows = [
         (
             r["name"],
             f"{r['ratio']:.3f}",
             f"{r['paired_ratio']:.3f}",
             f"{r['min_ratio']:.3f}",
+            f"{r['cpu_ratio']:.3f}" if "cpu_ratio" in r else "",
             r["target"] or "",
             "" if r["met"] is None else ("yes" if r["met"] else ("**no**" if markdown else "NO")),
         )
         for r in results["ratios"]
     ]
-    ratio_head = ("ratio", "of medians", "paired", "of minimums", "target", "met")
+    ratio_head = ("ratio", "of medians", "paired", "of minimums", "CPU", "target", "met")
     if markdown:
         return "\n".join([*_md(head, rows), "", *_md(ratio_head, ratio_rows)])
     return "\n".join([*_text(head, rows), "", *_text(ratio_head, ratio_rows)])
@@ -759,6 +789,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.time()
     host = machine()
+    source_before = source_digest()
     peer = setup_venv(args.reinstall)
     configs: list[Config] = []
     try:
@@ -776,12 +807,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "bench_seconds": round(time.time() - started, 1),
         "machine": host,
+        "source_digest": {"before": source_before, "after": source_digest()},
         "loadavg_after_rounds": LOADS,
         "versions": versions(),
         "peer": peer,
         "configs": {c.name: summary(c) for c in configs},
         "ratios": ratios(by_name),
     }
+    if results["source_digest"]["before"] != results["source_digest"]["after"]:
+        log("warning: pytest_statemigrate/ or nodeagent/ changed during the run")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results, args.markdown))

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from . import _spec
 from . import fixtures as fx
 from .codec import load_secret
 from .inputs import BuildRecorder, fingerprint, static_paths
@@ -101,9 +102,13 @@ class StateMigrateSession:
         self._keys: dict[Any, str] = {}  # fixturedef → key of its current value
         self._pending: dict[Any, Any] = {}  # fixturedef → loaded value, for the tryfirst impl
         self._exclude = (str(settings.store_dir), _PACKAGE_DIR)
-        self.active = bool(settings.patterns) or _decorated()
         if self.active and self.embedded is not None:
-            self.embedded.spawn()
+            self.embedded.spawn()  # boots while pytest collects
+
+    @property
+    def active(self) -> bool:
+        """Anything selected for management (``@state`` may be applied during collection)."""
+        return bool(self.settings.patterns) or _spec.decorated_count > 0
 
     # -- analysis --------------------------------------------------------------------------
     def analysis(self, fixturedef: Any) -> fx.Analysis | None:
@@ -247,12 +252,6 @@ class StateMigrateSession:
 
 def is_nothing(value: object) -> bool:
     return value is _NOTHING
-
-
-def _decorated() -> bool:
-    from . import _spec
-
-    return _spec.decorated_count > 0
 
 
 @contextmanager

@@ -1,0 +1,164 @@
+"""The agent choices (embedded, long-lived), the statemigrate command, opting in and out."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from nodeagent.launcher import start_agent
+from tests.conftest import Suite
+
+pytestmark = pytest.mark.timeout(300)
+
+CONFTEST = """
+import time
+import pytest
+from pathlib import Path
+
+@pytest.fixture(scope="session")
+def dataset():
+    with open(Path(__file__).parent / "builds.log", "a") as fh:
+        fh.write("dataset\\n")
+    time.sleep(0.05)
+    return list(range(100))
+"""
+
+
+def _project(suite: Suite, ini: str = "statemigrate_fixtures = dataset\n") -> None:
+    suite.pytester.makeini(f"[pytest]\nfilterwarnings = error\n{ini}")
+    suite.pytester.makeconftest(CONFTEST)
+    suite.pytester.makepyfile("def test_a(dataset):\n    assert dataset[-1] == 99\n")
+
+
+def test_long_lived_agent_serves_from_ram(suite: Suite) -> None:
+    _project(suite)
+    disk = suite.pytester.path / "agent-disk"
+    with start_agent(disk_dir=str(disk)) as agent:
+        first = suite.same_as_plain("--sm-agent", agent.endpoint)
+        second = suite.same_as_plain("--sm-agent", agent.endpoint)
+    assert first.stats is not None and first.stats["builds"] == 1
+    assert second.stats is not None and second.stats["hits"] == {"ram": 1}
+    # The agent was the user's: the plugin did not start one in the store directory.
+    assert not (suite.pytester.path / ".statemigrate" / "agent-disk").exists()
+
+
+def test_ini_agent_endpoint(suite: Suite) -> None:
+    with start_agent(disk_dir=str(suite.pytester.path / "agent-disk")) as agent:
+        _project(
+            suite, ini=f"statemigrate_fixtures = dataset\nstatemigrate_agent = {agent.endpoint}\n"
+        )
+        suite.run()
+        run = suite.run()
+    assert run.stats is not None and run.stats["hits"] == {"ram": 1}
+
+
+def test_clear_empties_the_store(suite: Suite) -> None:
+    _project(suite)
+    suite.run()
+    store = suite.pytester.path / ".statemigrate"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest_statemigrate.cli", "clear", "--dir", str(store)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "cleared" in done.stdout
+    (suite.pytester.path / "builds.log").unlink()
+    suite.run()
+    assert suite.builds() == ["dataset"]
+
+
+def test_clear_a_running_agent(suite: Suite) -> None:
+    _project(suite)
+    with start_agent(disk_dir=str(suite.pytester.path / "agent-disk")) as agent:
+        suite.run("--sm-agent", agent.endpoint)
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest_statemigrate.cli", "clear", "--agent", agent.endpoint],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert "cleared 1 entries" in done.stdout
+        run = suite.run("--sm-agent", agent.endpoint)
+    assert run.stats is not None and run.stats["builds"] == 1
+
+
+def test_disabled_with_p_no(suite: Suite) -> None:
+    _project(suite)
+    run = suite.plain()
+    run.result.assert_outcomes(passed=1)
+    assert "- statemigrate -" not in run.text and run.stats is None
+    assert not (suite.pytester.path / ".statemigrate").exists()
+
+
+def test_nothing_selected_starts_no_agent(suite: Suite) -> None:
+    _project(suite, ini="")
+    run = suite.run()
+    run.result.assert_outcomes(passed=1)
+    assert "- statemigrate -" not in run.text
+    assert not (suite.pytester.path / ".statemigrate").exists()
+
+
+def test_decorated_in_a_test_module_and_async_refused(suite: Suite) -> None:
+    suite.pytester.makeini("[pytest]\nfilterwarnings = error\n")
+    suite.pytester.makepyfile("""
+import time
+import pytest
+from pytest_statemigrate import state
+
+@state
+@pytest.fixture(scope="module")
+def local():
+    time.sleep(0.05)
+    return {"a": 1}
+
+@state
+@pytest.fixture
+async def later():
+    return 1
+
+def test_local(local):
+    assert local == {"a": 1}
+""")
+    suite.same_as_plain()
+    warm = suite.same_as_plain()
+    assert warm.stats is not None and warm.stats["hits_total"] == 1
+    assert warm.stats["managed"] == ["local"]
+
+
+def test_async_fixture_is_refused(suite: Suite) -> None:
+    suite.pytester.makeini("[pytest]\nstatemigrate_fixtures = later\n")
+    suite.pytester.makepyfile("""
+import pytest
+
+@pytest.fixture
+async def later():
+    return 1
+
+def test_uses(later):
+    pass
+""")
+    run = suite.same_as_plain()
+    run.result.stdout.fnmatch_lines(["refused later: async fixture*; it runs unmanaged"])
+
+
+def test_agent_command_refuses_non_loopback() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest_statemigrate.cli",
+            "agent",
+            "--bind",
+            "tcp://0.0.0.0:*",
+            "--no-disk",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refusing to bind tcp://0.0.0.0:*" in lines[0]

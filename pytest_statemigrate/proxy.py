@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from . import codec
 from .inputs import Distributions, Fingerprints
@@ -26,6 +26,12 @@ from .report import RunStats
 
 if TYPE_CHECKING:
     from nodeagent.client import AgentClient
+
+
+#: AgentError names that mean the agent answered (and so is alive) but refused the operation.
+_AGENT_REPLIED: Final = frozenset(
+    {"internal", "bad-field", "bad-header", "unknown-op", "not-found", "version-conflict"}
+)
 
 
 @dataclass(frozen=True)
@@ -121,13 +127,20 @@ class StateProxy:
         self.link.close()
 
     def _call(self, what: Callable[[AgentClient], Any]) -> Any:
-        """Run one agent call; on failure mark the agent down and return None."""
+        """Run one agent call; None on failure.
+
+        An error *reply* (say, the agent's disk is full) costs this one operation; a transport
+        failure (timeout, dead socket) marks the agent down for the rest of the run.
+        """
         client = self.link.client()
         if client is None:
             return None
         try:
             return what(client)
         except Exception as exc:
+            if getattr(exc, "error", None) in _AGENT_REPLIED:
+                self.stats.fallback(f"agent refused an operation ({exc}); built in-process")
+                return None
             self.link.fail(exc)
             self.stats.fallback(self.link.down or str(exc))
             return None

@@ -7,6 +7,8 @@ never an outcome.
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Iterator
 
 import pytest
 
@@ -124,3 +126,52 @@ def test_unknown_secret_is_not_trusted(suite: Suite) -> None:
     run = suite.same_as_plain()
     run.result.stdout.fnmatch_lines(["fallback: unverifiable entry for *bad signature*"])
     assert run.stats is not None and run.stats["builds"] >= 2
+
+
+@pytest.fixture
+def tiny_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A 1 MiB tmpfs: a real full disk (needs root and mount)."""
+    path = tmp_path_factory.mktemp("tiny")
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield str(path)
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def test_full_disk_costs_a_rebuild_not_an_outcome(
+    suite: Suite, start: StartAgent, tiny_disk: str
+) -> None:
+    suite.pytester.makeini(
+        "[pytest]\nfilterwarnings = error\nstatemigrate_fixtures =\n    small\n    big\n"
+    )
+    suite.pytester.makeconftest("""
+import time
+import pytest
+
+@pytest.fixture(scope="session")
+def small():
+    time.sleep(0.05)
+    return list(range(100))
+
+@pytest.fixture(scope="session")
+def big():
+    time.sleep(0.05)
+    return bytes(4 * 2**20)
+""")
+    suite.pytester.makepyfile("def test_both(small, big):\n    assert len(big) == 4 * 2**20\n")
+    agent = start(disk_dir=tiny_disk, ram_bytes=2**20)  # RAM cannot hold big either
+    first = suite.same_as_plain("--sm-agent", agent.endpoint)
+    first.result.stdout.fnmatch_lines(["fallback: agent refused an operation*"])
+    second = suite.same_as_plain("--sm-agent", agent.endpoint)
+    assert second.stats is not None and second.stats["hits_total"] == 1  # small
+    assert second.stats["builds"] == 1  # big, again
+    assert agent.process.poll() is None  # the agent survived its full disk

@@ -1,0 +1,106 @@
+"""Signing, verification and the identity-keeping pickle: pure, no agent."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pytest_statemigrate import codec
+
+SECRET = b"s" * 32
+
+plain_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.binary(),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=5), inner, max_size=5)
+    ),
+    max_leaves=20,
+)
+
+
+@given(plain_values)
+@settings(max_examples=100, deadline=None)
+def test_round_trip(value: Any) -> None:
+    frames = codec.seal(SECRET, "k", {"kind": "value"}, codec.dump(value, {}))
+    opened = codec.open_sealed(SECRET, "k", frames)
+    codec.verify(opened)
+    assert codec.load(opened.payload, {}.__getitem__) == value
+
+
+def test_references_to_dependencies_resolve_to_live_objects() -> None:
+    corpus = ["a", "b"]
+    config = {"n": 1}
+    model = {"corpus": corpus, "config": config, "again": corpus, "n": 1}
+    frames = codec.dump(model, {"corpus": corpus, "config": config, "n": 1})
+    live_corpus, live_config = ["a", "b"], {"n": 1}
+    loaded = codec.load(frames, {"corpus": live_corpus, "config": live_config}.__getitem__)
+    assert loaded["corpus"] is live_corpus and loaded["again"] is live_corpus
+    assert loaded["config"] is live_config
+    assert loaded == model
+
+
+def test_out_of_band_buffers_come_back_writable() -> None:
+    data = bytearray(b"x" * 1_000_000)
+    frames = codec.dump(pickle.PickleBuffer(data), {})
+    assert len(frames) == 2  # body + one out-of-band buffer, not copied into the body
+    loaded = codec.load([bytes(f) for f in frames], {}.__getitem__)
+    view = memoryview(loaded)
+    assert not view.readonly and view.tobytes() == bytes(data)
+
+
+def test_unpicklable_is_named() -> None:
+    import threading
+
+    with pytest.raises(codec.Unpicklable, match="lock value cannot be pickled"):
+        codec.dump(threading.Lock(), {})
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (lambda f: [f[0], b"0" * 32, *f[2:]], "bad signature"),
+        (lambda f: [f[0][:-1] + b"\x00", *f[1:]], "bad signature"),
+        (lambda f: f[:1], "too few frames"),
+    ],
+)
+def test_tampered_entries_are_refused(tamper: Any, message: str) -> None:
+    frames = [bytes(memoryview(f)) for f in codec.seal(SECRET, "k", {}, codec.dump([1, 2], {}))]
+    with pytest.raises(codec.Unverified, match=message):
+        codec.open_sealed(SECRET, "k", tamper(frames))
+
+
+def test_payload_corruption_is_caught_before_unpickling() -> None:
+    frames = [bytes(memoryview(f)) for f in codec.seal(SECRET, "k", {}, codec.dump([1, 2], {}))]
+    frames[2] = frames[2][:-1] + b"\x00"
+    opened = codec.open_sealed(SECRET, "k", frames)
+    with pytest.raises(codec.Unverified, match="digest mismatch"):
+        codec.verify(opened)
+
+
+def test_entry_under_another_key_is_refused() -> None:
+    frames = codec.seal(SECRET, "one", {}, codec.dump(1, {}))
+    with pytest.raises(codec.Unverified, match="bad signature"):
+        codec.open_sealed(SECRET, "two", frames)
+
+
+def test_secret_file_is_private_and_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(codec.SECRET_ENV, raising=False)
+    first = codec.load_secret(tmp_path / "store")
+    assert codec.load_secret(tmp_path / "store") == first and len(first) == 64
+    mode = stat.S_IMODE(os.stat(tmp_path / "store" / "secret").st_mode)
+    assert mode == 0o600
+    assert (tmp_path / "store" / ".gitignore").read_text().strip().endswith("*")
+    monkeypatch.setenv(codec.SECRET_ENV, "from-env")
+    assert codec.load_secret(tmp_path / "elsewhere") == b"from-env"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import signal
 import sys
 from typing import Final
 
@@ -110,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     store = None if args.store is None else StoreTier(args.store)
     tiers = TieredStore(RamTier(args.ram_bytes), disk, store)
     server = AgentServer(args.bind, tiers, LeaseTable(), parent_pid=args.parent_pid)
+    # SIGTERM (a launcher stopping an agent it never waited for) ends the loop like Ctrl-C,
+    # so the tiers are closed on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         try:
             endpoint = server.bind()
@@ -125,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         server.close()
         tiers.close()
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

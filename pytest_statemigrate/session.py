@@ -70,6 +70,16 @@ class EmbeddedAgent:
         self.spawn()
         return str(self.process.wait_ready(self.settings.timeout).endpoint)
 
+    def planned_endpoint(self) -> str:
+        """The endpoint without waiting for the agent, when it is known in advance (ipc).
+
+        Clients may connect before the agent binds: zmq connects when it can, and the first
+        request waits for the reply within the client's timeout.
+        """
+        self.spawn()
+        planned = str(self.process.endpoint)
+        return planned if planned.startswith("ipc://") else self.endpoint()
+
     def stop(self) -> None:
         process, self.process = self.process, None
         if process is not None:
@@ -233,6 +243,8 @@ class StateMigrateSession:
     def shared_endpoint(self) -> str | None:
         """The endpoint xdist workers should use: started here, once, on the first call."""
         try:
+            if self.embedded is not None:
+                return self.embedded.planned_endpoint()
             return self.proxy.link.endpoint()
         except Exception as exc:
             self.stats.fallback(f"agent could not start ({exc}); workers build in-process")

@@ -191,6 +191,10 @@ def bench_env() -> dict[str, str]:
     env["PATH"] = f"{VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     env["VIRTUAL_ENV"] = str(VENV)
     env["PY_COLORS"] = "0"
+    # A private temp root: pytest's numbered-dir cleanup in the shared /tmp/pytest-of-USER
+    # otherwise trips over other sessions' directories on a shared machine.
+    (WORK / "tmp").mkdir(parents=True, exist_ok=True)
+    env["TMPDIR"] = str(WORK / "tmp")
     return env
 
 

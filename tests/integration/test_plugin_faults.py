@@ -144,12 +144,13 @@ def tiny_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         yield str(path)
     finally:
-        subprocess.run(["umount", str(path)], check=False)
+        subprocess.run(["umount", "--lazy", str(path)], check=False)
 
 
 def test_full_disk_costs_a_rebuild_not_an_outcome(
-    suite: Suite, start: StartAgent, tiny_disk: str
+    suite: Suite, tiny_disk: str, start: StartAgent
 ) -> None:
+    # tiny_disk comes before start: it is unmounted after the agent has stopped.
     suite.pytester.makeini(
         "[pytest]\nfilterwarnings = error\nstatemigrate_fixtures =\n    small\n    big\n"
     )

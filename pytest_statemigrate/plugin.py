@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from . import _spec
 from . import settings as st
-from .session import is_nothing
 
 SESSION = "statemigrate-session"
 WORKER_KEY = "statemigrate_agent"
@@ -62,25 +62,46 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = st.build(rootdir=config.rootpath, ini=config.getini, option=config.getoption)
     except st.SettingsError as exc:
         raise pytest.UsageError(str(exc)) from None
-    from .session import StateMigrateSession
-
     workerinput = getattr(config, "workerinput", None)
     endpoint = workerinput.get(WORKER_KEY) if workerinput else settings.agent
-    session = StateMigrateSession(settings, config.rootpath, endpoint)
-    config.pluginmanager.register(_Hooks(session, config), SESSION)
+    hooks = _Hooks(config, settings, endpoint)
+    config.pluginmanager.register(hooks, SESSION)
     if config.pluginmanager.hasplugin("xdist") and workerinput is None:
-        config.pluginmanager.register(_XdistController(session), "statemigrate-xdist")
+        config.pluginmanager.register(_XdistController(hooks), "statemigrate-xdist")
+    if hooks.active:
+        hooks.session.prelaunch()  # the agent boots while pytest collects
 
 
 class _Hooks:
-    def __init__(self, session: Any, config: pytest.Config) -> None:
-        self.session = session
+    """The hooks of one run. The session object (session.py, and the modules it pulls in) is
+    created only once something is selected for management: a suite that manages nothing
+    pays for this class alone."""
+
+    def __init__(self, config: pytest.Config, settings: st.Settings, endpoint: str | None):
         self.config = config
+        self.settings = settings
+        self.endpoint = endpoint
+        self._session: Any = None
+
+    @property
+    def active(self) -> bool:
+        """Anything selected (``@state`` may be applied while pytest collects)."""
+        return bool(self.settings.patterns) or _spec.decorated_count > 0
+
+    @property
+    def session(self) -> Any:
+        if self._session is None:
+            from .session import StateMigrateSession
+
+            self._session = StateMigrateSession(self.settings, self.config.rootpath, self.endpoint)
+        return self._session
 
     @pytest.hookimpl(wrapper=True)
     def pytest_fixture_setup(
         self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
     ) -> Generator[None, Any, Any]:
+        if not self.active:
+            return (yield)
         return (yield from self.session.setup(fixturedef, request))
 
     @pytest.hookimpl(tryfirst=True, specname="pytest_fixture_setup")
@@ -88,20 +109,24 @@ class _Hooks:
         self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
     ) -> Any:
         """Hand pytest a loaded value (the wrapper above put it aside) instead of building."""
-        value = self.session.take_pending(fixturedef)
-        if value is None or is_nothing(value):
+        if self._session is None:
+            return None
+        found, value = self._session.take_pending(fixturedef)
+        if not found or value is None:
             return None
         fixturedef.cached_result = (value, fixturedef.cache_key(request), None)  # type: ignore[arg-type]
         return value
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         workeroutput = getattr(self.config, "workeroutput", None)
-        if workeroutput is not None:
-            workeroutput["statemigrate"] = self.session.stats.to_json()
+        if workeroutput is not None and self._session is not None:
+            workeroutput["statemigrate"] = self._session.stats.to_json()
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        stats = self.session.stats
-        path = self.session.settings.stats_json
+        from .report import RunStats
+
+        stats = self._session.stats if self._session is not None else RunStats()
+        path = self.settings.stats_json
         if path is not None and getattr(self.config, "workerinput", None) is None:
             stats.write_json(path)
         if stats.is_empty():
@@ -111,18 +136,19 @@ class _Hooks:
             terminalreporter.write_line(line)
 
     def pytest_unconfigure(self) -> None:
-        self.session.close()
+        if self._session is not None:
+            self._session.close()
 
 
 class _XdistController:
     """Under pytest-xdist: one agent for all workers, and their stats merged at the end."""
 
-    def __init__(self, session: Any) -> None:
-        self.session = session
+    def __init__(self, hooks: _Hooks) -> None:
+        self.hooks = hooks
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
-        endpoint = self.session.shared_endpoint()
+        endpoint = self.hooks.session.shared_endpoint()
         if endpoint is not None:
             node.workerinput[WORKER_KEY] = endpoint
 
@@ -130,4 +156,4 @@ class _XdistController:
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         data = getattr(node, "workeroutput", {}).get("statemigrate")
         if data is not None:
-            self.session.merge_worker(data)
+            self.hooks.session.merge_worker(data)

@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from . import _spec
 from . import fixtures as fx
 from .codec import load_secret
 from .inputs import BuildRecorder, fingerprint, static_paths
@@ -112,13 +111,11 @@ class StateMigrateSession:
         self._keys: dict[Any, str] = {}  # fixturedef → key of its current value
         self._pending: dict[Any, Any] = {}  # fixturedef → loaded value, for the tryfirst impl
         self._exclude = (str(settings.store_dir), _PACKAGE_DIR)
-        if self.active and self.embedded is not None:
-            self.embedded.spawn()  # boots while pytest collects
 
-    @property
-    def active(self) -> bool:
-        """Anything selected for management (``@state`` may be applied during collection)."""
-        return bool(self.settings.patterns) or _spec.decorated_count > 0
+    def prelaunch(self) -> None:
+        """Start the embedded agent now, so that it boots while pytest collects."""
+        if self.embedded is not None:
+            self.embedded.spawn()
 
     # -- analysis --------------------------------------------------------------------------
     def analysis(self, fixturedef: Any) -> fx.Analysis | None:
@@ -179,7 +176,7 @@ class StateMigrateSession:
     # -- the setup of one managed fixture --------------------------------------------------
     def setup(self, fixturedef: Any, request: Any) -> Generator[None, Any, Any]:
         """Body of the ``pytest_fixture_setup`` wrapper (see plugin.py)."""
-        analysis = self.analysis(fixturedef) if self.active else None
+        analysis = self.analysis(fixturedef)
         if analysis is None:
             return (yield)
         name = analysis.name
@@ -253,17 +250,15 @@ class StateMigrateSession:
     def merge_worker(self, data: dict[str, Any]) -> None:
         self.stats.merge(RunStats.from_json(data))
 
-    def take_pending(self, fixturedef: Any) -> Any:
-        return self._pending.pop(fixturedef, _NOTHING)
+    def take_pending(self, fixturedef: Any) -> tuple[bool, Any]:
+        """(True, value) when the wrapper loaded a value for this setup."""
+        value = self._pending.pop(fixturedef, _NOTHING)
+        return (value is not _NOTHING, value)
 
     def close(self) -> None:
         self.proxy.close_link()
         if self.embedded is not None:
             self.embedded.stop()
-
-
-def is_nothing(value: object) -> bool:
-    return value is _NOTHING
 
 
 @contextmanager

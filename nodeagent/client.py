@@ -146,6 +146,7 @@ class AgentClient:
         op: Op,
         fields: Mapping[str, Any] | None = None,
         frames: Sequence[Any] = (),
+        timeout: float | None = None,
     ) -> tuple[dict[str, Any], list[memoryview]]:
         if self._context is None:
             raise AgentError(self.endpoint, "closed", "the client is closed")
@@ -159,7 +160,8 @@ class AgentClient:
             header = encode_request(op, req_id, fields)
         except ProtocolError as exc:
             raise AgentError(self.endpoint, exc.error, exc.message) from None
-        deadline = time.monotonic() + self.timeout
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         try:
             sock.send_multipart([header, *frames], copy=False, flags=zmq.NOBLOCK)
             while True:
@@ -185,13 +187,14 @@ class AgentClient:
         # Timed out: a fresh socket next time, so a late reply cannot be taken for another.
         self._close_socket()
         raise AgentError(
-            self.endpoint, "timeout", f"no reply to {op.value} within {self.timeout:g} s"
+            self.endpoint, "timeout", f"no reply to {op.value} within {timeout:g} s"
         )
 
     # -- ops
 
-    def ping(self) -> dict[str, Any]:
-        return self._request(Op.PING)[0]
+    def ping(self, timeout: float | None = None) -> dict[str, Any]:
+        """:param timeout: seconds to wait, instead of the client's timeout."""
+        return self._request(Op.PING, timeout=timeout)[0]
 
     def stats(self) -> dict[str, Any]:
         return self._request(Op.STATS)[0]

@@ -95,14 +95,18 @@ class AgentProcess:
         :returns: the exit status.
         """
         proc = self.process
+        asked = False
         if proc.poll() is None and self.ready:
             with (
                 contextlib.suppress(AgentError),
                 AgentClient(self.endpoint, timeout=min(timeout, 2.0)) as client,
             ):
                 client.shutdown()
+                asked = True
         if proc.poll() is None:
-            for stop in (None, proc.terminate, proc.kill):
+            # Wait for a SHUTDOWN that was acknowledged; otherwise terminate at once (an agent
+            # that was spawned but never waited for has not been asked anything).
+            for stop in ((None,) if asked else ()) + (proc.terminate, proc.kill):
                 if stop is not None:
                     with contextlib.suppress(ProcessLookupError):
                         stop()

@@ -109,26 +109,76 @@ def _prologue(names: Sequence[str]) -> bytes:
     return bytes(out)
 
 
+class _Pickler(pickle.Pickler):
+    """Notes the classes it pickles (builtin containers are never passed to the hook)."""
+
+    def __init__(self, file: io.BytesIO, buffers: list[Any], classes: set[type]) -> None:
+        super().__init__(file, protocol=5, buffer_callback=buffers.append)
+        self._classes = classes
+
+    def reducer_override(self, obj: Any) -> Any:
+        self._classes.add(type(obj))
+        return NotImplemented
+
+
+def _fragile(cls: type) -> bool:
+    """A class whose instances may unpickle *wrongly* without an error.
+
+    Unpickling looks ``__setstate__`` up on the new instance; a ``__getattr__`` (or
+    ``__getattribute__``) that answers for it swallows the state, and the loaded object
+    silently differs from the stored one.
+    """
+    if isinstance(cls, type) and issubclass(cls, type):
+        return False
+    custom_lookup = any("__getattr__" in vars(k) for k in cls.__mro__ if k is not object) or (
+        cls.__getattribute__ is not object.__getattribute__
+    )
+    return custom_lookup and getattr(cls, "__setstate__", None) is None
+
+
+def _pickle(
+    value: Any, names: Sequence[str], deps: Mapping[str, Any]
+) -> tuple[list[Any], set[type]]:
+    buffers: list[Any] = []
+    classes: set[type] = set()
+    stream = io.BytesIO()
+    stream.write(_prologue(names))
+    pickler = _Pickler(stream, buffers, classes)
+    pickler.memo = {id(deps[n]): (i, deps[n]) for i, n in enumerate(names)}
+    pickler.dump(value)
+    frames: list[Any] = [stream.getbuffer()]
+    for buf in buffers:
+        raw = buf.raw()
+        frames.append(raw if raw.contiguous else bytes(raw))
+    return frames, classes
+
+
 def dump(value: Any, deps: Mapping[str, Any]) -> list[Buffer]:
     """Pickle ``value`` into a body and its out-of-band buffers.
 
     :param deps: the values of the fixtures it depends on, by name; references to them are
         kept as references (resolved on load by :func:`load`'s ``resolve``).
+    :raises Unpicklable: when it does not pickle, or (for values holding instances of a
+        :func:`_fragile` class) does not come back the same from a round trip.
     """
     names = [name for name, v in deps.items() if not isinstance(v, _IMMUTABLE)]
-    buffers: list[Any] = []
-    stream = io.BytesIO()
-    stream.write(_prologue(names))
-    pickler = pickle.Pickler(stream, protocol=5, buffer_callback=buffers.append)
-    pickler.memo = {id(deps[n]): (i, deps[n]) for i, n in enumerate(names)}
     try:
-        pickler.dump(value)
+        frames, classes = _pickle(value, names, deps)
     except Exception as exc:
         raise Unpicklable(f"{type(value).__name__} value cannot be pickled ({exc})") from None
-    frames: list[Buffer] = [stream.getbuffer()]
-    for buf in buffers:
-        raw = buf.raw()
-        frames.append(raw if raw.contiguous else bytes(raw))
+    fragile = sorted(c.__qualname__ for c in classes if _fragile(c))
+    if fragile:
+        # Only such values pay for a round trip: load, pickle again, compare.
+        why = (
+            f"its value does not survive pickling ({', '.join(fragile)}: __getattr__ "
+            "without __setstate__)"
+        )
+        try:
+            again, _ = _pickle(load(frames, deps.__getitem__), names, deps)
+        except Exception:
+            raise Unpicklable(why) from None
+        if [bytes(memoryview(f)) for f in again] != [bytes(memoryview(f)) for f in frames]:
+            raise Unpicklable(why)
     return frames
 
 

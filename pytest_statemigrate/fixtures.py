@@ -55,8 +55,19 @@ def unwrap(func: Any) -> Any:
 
 
 def is_selected(name: str, func: Any, patterns: Sequence[str]) -> bool:
-    """Managed by opt-in: a name pattern matches or the function carries ``@state``."""
-    return spec_of(func) is not None or any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    """Managed by opt-in: a name pattern matches or the function carries ``@state``.
+
+    Patterns never select what pytest generates: the pseudo-fixtures of
+    ``@pytest.mark.parametrize`` argument names, and (as with shell globs and dotfiles)
+    names starting with ``_``, such as ``_xunit_setup_*`` and ``_unittest_setUpClass_*``,
+    unless the pattern itself starts with ``_``.
+    """
+    if spec_of(func) is not None:
+        return True
+    if getattr(func, "__name__", None) == "get_direct_param_fixture_func":
+        return False
+    private = name.startswith("_")
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns if not private or p.startswith("_"))
 
 
 def _request_use(func: Any) -> tuple[set[str], bool]:
@@ -106,15 +117,15 @@ def analyse(name: str, func: Any, argnames: Sequence[str], rootdir: Path) -> Ana
     def refuse(why: str) -> Analysis:
         return Analysis(name, fixture_id, digest, code, spec, why)
 
+    if rel is None and spec is None:
+        return refuse(
+            "defined outside the rootdir (by pytest or a plugin): its code and side effects "
+            "are not the project's"
+        )
     if inspect.isgeneratorfunction(raw):
         return refuse("yield fixture: its teardown cannot run for a loaded value")
     if inspect.iscoroutinefunction(raw) or inspect.isasyncgenfunction(raw):
         return refuse("async fixture: only plain functions that return a value can be managed")
-    if rel is None and spec is None:
-        return refuse(
-            "defined outside the rootdir (by pytest or a plugin), so its code and "
-            "side effects are not the project's"
-        )
     uses_node = False
     if "request" in argnames:
         attrs, escapes = _request_use(raw)

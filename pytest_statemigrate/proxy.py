@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from nodeagent.client import AgentClient
 
 
+LEASE_POLL_MAX: Final = 0.02  # s: longest pause between two looks at a value being built
+FIRST_PING_SECONDS: Final = 2.0  # longest wait for an agent's first answer in a run
+
 #: AgentError names that mean the agent answered (and so is alive) but refused the operation.
 _AGENT_REPLIED: Final = frozenset(
     {"internal", "bad-field", "bad-header", "unknown-op", "not-found", "version-conflict"}
@@ -64,7 +67,9 @@ class AgentLink:
         self.endpoint = endpoint
         self._timeout = timeout
         self._client: AgentClient | None = None
+        self._answered = False
         self.down: str | None = None
+        self.on_down: Callable[[str], None] | None = None
 
     def client(self) -> AgentClient | None:
         if self.down is not None:
@@ -74,6 +79,11 @@ class AgentLink:
 
             try:
                 self._client = AgentClient(self.endpoint(), timeout=self._timeout)
+                if not self._answered:
+                    # First contact: an agent that is not there fails over in seconds, not
+                    # after a whole request timeout.
+                    self._client.ping(timeout=min(FIRST_PING_SECONDS, self._timeout))
+                    self._answered = True
             except Exception as exc:
                 self.fail(exc)
                 return None
@@ -82,6 +92,8 @@ class AgentLink:
     def fail(self, exc: BaseException) -> None:
         self.down = f"agent unavailable ({exc}); values were built in-process"
         self.close()
+        if self.on_down is not None:
+            self.on_down(self.down)
 
     def close(self) -> None:
         client, self._client = self._client, None
@@ -104,6 +116,7 @@ class StateProxy:
         lease_seconds: float,
     ) -> None:
         self.link = link
+        link.on_down = stats.fallback  # reported once: the link stays down for the run
         self._secret_source = secret
         self._secret: bytes | None = None
         self.rootdir = rootdir
@@ -142,7 +155,6 @@ class StateProxy:
                 self.stats.fallback(f"agent refused an operation ({exc}); built in-process")
                 return None
             self.link.fail(exc)
-            self.stats.fallback(self.link.down or str(exc))
             return None
 
     # -- reading ---------------------------------------------------------------------------
@@ -179,9 +191,8 @@ class StateProxy:
             return None
         meta = opened.meta
         checking = time.perf_counter()
-        changed = Fingerprints.from_wire(meta.get("inputs", {})).changed(
-            self.rootdir, self.files, self.dists
-        )
+        prints = Fingerprints.from_wire(meta.get("inputs", {}))
+        changed = prints.changed(self.rootdir, self.files, self.dists)
         start += time.perf_counter() - checking
         if changed is not None:
             self.stats.stale[name] = changed
@@ -193,10 +204,18 @@ class StateProxy:
             return Miss(store=False)
         try:
             codec.verify(opened)
-            value = codec.load(opened.payload, resolve)
-        except Exception as exc:
+        except codec.Unverified as exc:
             self.stats.fallback(f"unreadable entry for {name}: {exc}; rebuilt")
             return None
+        try:
+            value = codec.load(opened.payload, resolve)
+        except Exception as exc:
+            # Signed and intact, yet it does not load: the value does not survive pickling
+            # (a __getattr__ or __reduce__ that misbehaves). Refuse it from now on.
+            why = f"its value does not survive pickling ({type(exc).__name__}: {exc})"
+            self.stats.refused[name] = why
+            self._mark_build(key, name, why, prints, refused=True)
+            return Miss(store=False)
         load_s = time.perf_counter() - start
         build_s = float(meta.get("build_s", 0.0))
         nbytes = sum(memoryview(f).nbytes for f in opened.payload)
@@ -206,7 +225,7 @@ class StateProxy:
         self.stats.saved_seconds += build_s - load_s
         if load_s > build_s:
             why = f"loading took {load_s * 1e3:.1f} ms, building {build_s * 1e3:.1f} ms"
-            self._mark_build(key, name, why, Fingerprints.from_wire(meta.get("inputs", {})))
+            self._mark_build(key, name, why, prints)
         return Hit(value=value, warnings=list(meta.get("warnings", [])))
 
     def _claim(self, key: str, name: str, resolve: Callable[[str], Any]) -> Hit | Miss:
@@ -241,7 +260,7 @@ class StateProxy:
             self.link.close()
             time.sleep(delay)
             slept = True
-            delay = min(delay * 2, 0.2)
+            delay = min(delay * 2, LEASE_POLL_MAX)
 
     # -- writing ---------------------------------------------------------------------------
     def store(

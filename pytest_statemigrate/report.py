@@ -1,26 +1,33 @@
 """What happened in a run: counters, the terminal summary and the JSON stats.
 
 Pure: the plugin feeds :class:`RunStats` and asks it for lines; workers' stats merge into the
-controller's with :meth:`RunStats.merge`.
+controller's with :meth:`RunStats.merge`. Fixtures are identified by where they are defined
+(``conftest.py::dataset``), so two fixtures of one name never clobber each other; the summary
+shows the bare name unless two fixtures of the run share it.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+
+#: Names listed in one grouped summary line before "and N more".
+GROUP_NAMES: Final = 4
 
 
 @dataclass
 class RunStats:
     """Counters of one run (or of one xdist worker, before merging)."""
 
-    managed: set[str] = field(default_factory=set)
+    names: dict[str, str] = field(default_factory=dict)  # fixture id → fixture name
+    managed: set[str] = field(default_factory=set)  # fixture ids
     hits: Counter[str] = field(default_factory=Counter)  # by tier: ram, disk, store
     builds: int = 0
-    stale: dict[str, str] = field(default_factory=dict)  # fixture → the input that changed
+    stale: dict[str, str] = field(default_factory=dict)  # fixture id → the input that changed
     waited: int = 0  # values another process was building, waited for instead of built
     bytes_loaded: int = 0
     bytes_stored: int = 0
@@ -28,20 +35,37 @@ class RunStats:
     load_seconds: float = 0.0
     store_seconds: float = 0.0
     saved_seconds: float = 0.0  # sum over hits of (build seconds - load seconds)
-    refused: dict[str, str] = field(default_factory=dict)  # fixture → why it runs unmanaged
-    built_instead: dict[str, str] = field(default_factory=dict)  # fixture → why it is built
+    refused: dict[str, str] = field(default_factory=dict)  # fixture id → why it runs unmanaged
+    built_instead: dict[str, str] = field(default_factory=dict)  # fixture id → why it is built
     fallbacks: dict[str, int] = field(default_factory=dict)  # trouble → how often
+
+    def fixture(self, ident: str, name: str) -> str:
+        """Note a fixture's name; returns ``ident`` for chaining."""
+        self.names[ident] = name
+        return ident
 
     def fallback(self, message: str) -> None:
         self.fallbacks[message] = self.fallbacks.get(message, 0) + 1
 
+    def label(self, ident: str) -> str:
+        """The fixture's name, with where it is defined when another fixture shares the name."""
+        name = self.names.get(ident, ident)
+        if sum(1 for n in self.names.values() if n == name) > 1:
+            return f"{name} ({ident.rsplit('::', 1)[0]})"
+        return name
+
+    def _labels(self, idents: Iterable[str]) -> list[str]:
+        return sorted(self.label(i) for i in idents)
+
     def to_json(self) -> dict[str, Any]:
         return {
-            "managed": sorted(self.managed),
+            "names": dict(sorted(self.names.items())),
+            "managed": self._labels(self.managed),
+            "managed_ids": sorted(self.managed),
             "hits": dict(self.hits),
             "hits_total": sum(self.hits.values()),
             "builds": self.builds,
-            "stale": dict(self.stale),
+            "stale": _by_label(self, self.stale),
             "waited": self.waited,
             "bytes_loaded": self.bytes_loaded,
             "bytes_stored": self.bytes_stored,
@@ -49,18 +73,22 @@ class RunStats:
             "load_seconds": round(self.load_seconds, 6),
             "store_seconds": round(self.store_seconds, 6),
             "saved_seconds": round(self.saved_seconds, 6),
-            "refused": dict(sorted(self.refused.items())),
-            "built_instead": dict(sorted(self.built_instead.items())),
+            "refused": _by_label(self, self.refused),
+            "refused_ids": dict(sorted(self.refused.items())),
+            "built_instead": _by_label(self, self.built_instead),
+            "built_instead_ids": dict(sorted(self.built_instead.items())),
+            "stale_ids": dict(sorted(self.stale.items())),
             "fallbacks": dict(self.fallbacks),
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunStats:
         return cls(
-            managed=set(data["managed"]),
+            names=dict(data["names"]),
+            managed=set(data["managed_ids"]),
             hits=Counter(data["hits"]),
             builds=data["builds"],
-            stale=dict(data["stale"]),
+            stale=dict(data["stale_ids"]),
             waited=data["waited"],
             bytes_loaded=data["bytes_loaded"],
             bytes_stored=data["bytes_stored"],
@@ -68,12 +96,13 @@ class RunStats:
             load_seconds=data["load_seconds"],
             store_seconds=data["store_seconds"],
             saved_seconds=data["saved_seconds"],
-            refused=dict(data["refused"]),
-            built_instead=dict(data["built_instead"]),
+            refused=dict(data["refused_ids"]),
+            built_instead=dict(data["built_instead_ids"]),
             fallbacks=dict(data["fallbacks"]),
         )
 
     def merge(self, other: RunStats) -> None:
+        self.names.update(other.names)
         self.managed |= other.managed
         self.hits.update(other.hits)
         self.builds += other.builds
@@ -94,34 +123,56 @@ class RunStats:
         return not (self.managed or self.refused or self.fallbacks)
 
     def lines(self) -> list[str]:
-        """The terminal summary, one fact a line."""
+        """The terminal summary, one fact a line; refusals grouped by reason."""
         hits = sum(self.hits.values())
         by_tier = ", ".join(f"{tier} {n}" for tier, n in sorted(self.hits.items()))
+        managed = self._labels(self.managed)
+        saved = self.saved_seconds
         out = [
-            f"managed fixtures: {len(self.managed)}"
-            + (f" ({', '.join(sorted(self.managed))})" if self.managed else ""),
+            f"managed fixtures: {len(managed)}" + (f" ({', '.join(managed)})" if managed else ""),
             f"hits: {hits}"
             + (f" ({by_tier})" if by_tier else "")
             + f"; builds: {self.builds}"
-            + (f" ({len(self.stale)} fixtures rebuilt: an input changed)" if self.stale else "")
+            + (f" ({len(self.stale)} rebuilt: an input changed)" if self.stale else "")
             + (f"; waited for another worker's build: {self.waited}" if self.waited else ""),
             f"loaded {_size(self.bytes_loaded)} in {self.load_seconds:.2f}s; "
             f"stored {_size(self.bytes_stored)} in {self.store_seconds:.2f}s; "
-            f"built in {self.build_seconds:.2f}s; saved ~{self.saved_seconds + 0.0:.2f}s",
+            f"built in {self.build_seconds:.2f}s; "
+            + (f"saved ~{saved:.2f}s" if saved >= 0 else f"loading cost ~{-saved:.2f}s more"),
         ]
-        for name, why in sorted(self.stale.items()):
-            out.append(f"rebuilt {name}: {why}")
-        for name, why in sorted(self.refused.items()):
-            out.append(f"refused {name}: {why}; it runs unmanaged")
-        for name, why in sorted(self.built_instead.items()):
-            out.append(f"built {name} in-process: {why}")
+        out += [f"rebuilt {names}: {why}" for why, names, _ in self._grouped(self.stale)]
+        out += [
+            f"refused {names}: {why}; {'they run' if n > 1 else 'it runs'} unmanaged"
+            for why, names, n in self._grouped(self.refused)
+        ]
+        out += [
+            f"built {names} in-process: {why}"
+            for why, names, _ in self._grouped(self.built_instead)
+        ]
         for message, count in self.fallbacks.items():
             out.append(f"fallback: {message}" + (f" (x{count})" if count > 1 else ""))
+        return out
+
+    def _grouped(self, reasons: Mapping[str, str]) -> list[tuple[str, str, int]]:
+        """(reason, "a, b, c and 4 more", count) for each distinct reason, by reason."""
+        groups: dict[str, list[str]] = {}
+        for ident, why in reasons.items():
+            groups.setdefault(why, []).append(self.label(ident))
+        out = []
+        for why, labels in sorted(groups.items()):
+            labels.sort()
+            shown = ", ".join(labels[:GROUP_NAMES])
+            rest = len(labels) - GROUP_NAMES
+            out.append((why, shown + (f" and {rest} more" if rest > 0 else ""), len(labels)))
         return out
 
     def write_json(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
+
+
+def _by_label(stats: RunStats, reasons: Mapping[str, str]) -> dict[str, str]:
+    return dict(sorted((stats.label(i), why) for i, why in reasons.items()))
 
 
 def _size(n: int) -> str:

@@ -179,7 +179,8 @@ class StateMigrateSession:
         analysis = self.analysis(fixturedef)
         if analysis is None:
             return (yield)
-        name = analysis.name
+        # Stats and messages name the fixture by where it is defined (report.py labels it).
+        name = self.stats.fixture(analysis.fixture_id, analysis.name)
         if analysis.refused is not None:
             self.stats.refused[name] = analysis.refused
             return (yield)

@@ -231,7 +231,7 @@ def test_all(with_teardown, lock, in_tmp, reads_config, fine):
             "refused lock: *cannot be pickled*; it runs unmanaged",
             "refused in_tmp: depends on tmp_path*; it runs unmanaged",
             "refused reads_config: uses request.config*; it runs unmanaged",
-            "refused tmp_path: *; it runs unmanaged",
+            "refused *tmp_path*: defined outside the rootdir*; they run unmanaged",
         ]
     )
     assert run.stats is not None and "fine" in run.stats["managed"]
@@ -414,3 +414,65 @@ def test_xdist_builds_each_session_value_once(suite: Suite, store: str) -> None:
     assert run.outcomes == plain.outcomes, run.text
     assert suite.builds().count("dataset") == (1 if store == "cold" else 0), run.text
     assert run.stats is not None and run.stats["managed"] == ["dataset"]
+
+
+def test_same_names_told_apart_and_parametrize_names_ignored(suite: Suite) -> None:
+    suite.pytester.makeini("[pytest]\nstatemigrate_fixtures = *\n")
+    suite.pytester.makeconftest(CONFTEST.replace("def dataset():", "def data():"))
+    suite.pytester.makepyfile(
+        test_a="""
+import pytest
+
+@pytest.fixture
+def data(tmp_path):
+    return str(tmp_path)
+
+def test_a(data):
+    assert data
+""",
+        test_b="def test_b(data):\n    assert data['name'] == 'data'\n",
+        test_c="""
+import pytest
+
+@pytest.mark.parametrize("data", [[0]])
+def test_c(data):
+    assert data == [0]
+""",
+    )
+    run = suite.same_as_plain()
+    run.result.stdout.fnmatch_lines_random(
+        [
+            "managed fixtures: 1 (data (conftest.py))",
+            "refused data (test_a.py): depends on tmp_path, which runs unmanaged*",
+        ]
+    )
+    assert "test_c" not in run.text.split("statemigrate")[-1]
+    assert "get_direct_param" not in run.text
+
+
+def test_values_that_do_not_unpickle_are_refused(suite: Suite) -> None:
+    suite.pytester.makeini("[pytest]\nstatemigrate_fixtures = odd\n")
+    suite.pytester.makeconftest("""
+import time
+import pytest
+
+class Odd:
+    def __init__(self):
+        self.items = []
+
+    def __getattr__(self, name):
+        return lambda *args: None
+
+@pytest.fixture(scope="session")
+def odd():
+    time.sleep(0.05)
+    return Odd()
+""")
+    suite.pytester.makepyfile("def test_odd(odd):\n    assert odd.items == []\n")
+    suite.same_as_plain()
+    warm = suite.same_as_plain()
+    warm.result.stdout.fnmatch_lines(["refused odd: its value does not survive pickling*"])
+    assert "fallback" not in warm.text
+    later = suite.same_as_plain()
+    later.result.stdout.fnmatch_lines(["refused odd: its value does not survive pickling*"])
+    assert later.stats is not None and later.stats["bytes_stored"] == 0

@@ -104,3 +104,25 @@ def test_secret_file_is_private_and_shared(tmp_path: Path, monkeypatch: pytest.M
     assert (tmp_path / "store" / ".gitignore").read_text().strip().endswith("*")
     monkeypatch.setenv(codec.SECRET_ENV, "from-env")
     assert codec.load_secret(tmp_path / "elsewhere") == b"from-env"
+
+
+class Swallows:
+    """A __getattr__ that answers for __setstate__: unpickling silently loses the state."""
+
+    def __init__(self) -> None:
+        self.items = [1]
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args: None
+
+
+class Careful(Swallows):
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+def test_values_that_would_unpickle_wrongly_are_refused() -> None:
+    with pytest.raises(codec.Unpicklable, match=r"does not survive pickling \(Swallows"):
+        codec.dump({"x": Swallows()}, {})
+    loaded = codec.load(codec.dump(Careful(), {}), {}.__getitem__)
+    assert loaded.items == [1]

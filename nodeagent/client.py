@@ -186,9 +186,7 @@ class AgentClient:
             raise AgentError(self.endpoint, "zmq", f"{op.value}: {exc}") from None
         # Timed out: a fresh socket next time, so a late reply cannot be taken for another.
         self._close_socket()
-        raise AgentError(
-            self.endpoint, "timeout", f"no reply to {op.value} within {timeout:g} s"
-        )
+        raise AgentError(self.endpoint, "timeout", f"no reply to {op.value} within {timeout:g} s")
 
     # -- ops
 

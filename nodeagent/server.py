@@ -63,6 +63,9 @@ class AgentServer:
         self.parent_pid = parent_pid
         self.endpoint: str | None = None
         self._running = False
+        self._deferred: list[Callable[[], None]] = []  # writes to run after the reply
+        self.write_errors = 0  # deferred writes that failed (a full disk)
+        self.last_write_error: str | None = None
         self._context: zmq.Context[zmq.Socket[bytes]] | None = None
         self._socket: zmq.Socket[bytes] | None = None
         self._handlers: dict[Op, Handler] = {
@@ -161,11 +164,32 @@ class AgentServer:
             sock.send_multipart([*envelope, *out], copy=False)
         except zmq.ZMQError as exc:  # e.g. the peer vanished; nothing to answer
             log.error("could not send reply to request %s: %s", req_id, exc)
+        self._run_deferred()
+
+    def _run_deferred(self) -> None:
+        """Writes a handler left for after its reply (write-behind PUT).
+
+        They run before the next message is read, so no request sees a half-written state;
+        a failure (a full disk) is counted and reported in PING and STATS replies.
+        """
+        deferred, self._deferred = self._deferred, []
+        for write in deferred:
+            try:
+                write()
+            except Exception as exc:
+                self.write_errors += 1
+                self.last_write_error = f"{type(exc).__name__}: {exc}"
+                log.error("deferred write failed: %s", self.last_write_error)
 
     # -- handlers: (fields, payload frames) -> (reply fields, payload frames)
 
     def _ping(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
-        return {"pid": os.getpid(), "version": __version__, "protocol": PROTOCOL_VERSION}, ()
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "write_errors": self.write_errors,
+        }, ()
 
     def _stats(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
         psutil: Any = importlib.import_module("psutil")  # lazy: only STATS needs it
@@ -183,6 +207,8 @@ class AgentServer:
             "mem_total": int(memory.total),
             "mem_available": int(memory.available),
             "cpu_load": cpu_load,
+            "write_errors": self.write_errors,
+            "last_write_error": self.last_write_error,
         }, ()
 
     def _has(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
@@ -198,7 +224,9 @@ class AgentServer:
 
     def _put(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
         key = fields["key"]
-        version = self.tiers.put(key, payload, fields["meta"], fields["expect_version"])
+        version = self.tiers.put(
+            key, payload, fields["meta"], fields["expect_version"], defer=self._deferred
+        )
         self.leases.drop(key)
         return {"version": version}, ()
 

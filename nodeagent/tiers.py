@@ -20,7 +20,7 @@ import os
 import struct
 import tempfile
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -495,10 +495,14 @@ class TieredStore:
         frames: Sequence[BufferLike],
         meta: Mapping[str, Any],
         expect_version: int | None = None,
+        defer: list[Callable[[], None]] | None = None,
     ) -> int:
         """Store a new version of ``key`` in every tier it belongs to.
 
         :param expect_version: when given, the stored version (0: absent) must equal it.
+        :param defer: when given, the RAM tier is written now and the writes to the lower
+            tiers are appended here as one callable, for the server to run after it replied
+            (write-behind: the writer does not wait for the disk).
         :returns: the new version.
         :raises VersionConflict: when ``expect_version`` does not match.
         """
@@ -509,12 +513,21 @@ class TieredStore:
             raise VersionConflict(f"key {key[:80]!r} is at version {current}, not {expect_version}")
         new = max(self._versions.get(key, 0), current or 0) + 1
         entry = Entry(tuple(frames), dict(meta), new)
-        if self.write_disk and self.disk is not None:
-            self.disk.put(key, entry)
-        if self.store is not None:
-            self.store.put(key, entry)
-        self._spill(self.ram.put(key, entry))
         self._versions[key] = new
+        # An entry too large for RAM comes back among the evicted: the write below stores it.
+        evicted = [(k, e) for k, e in self.ram.put(key, entry) if k != key]
+
+        def write_lower() -> None:
+            if self.write_disk and self.disk is not None:
+                self.disk.put(key, entry)
+            if self.store is not None:
+                self.store.put(key, entry)
+            self._spill(evicted)
+
+        if defer is None:
+            write_lower()
+        else:
+            defer.append(write_lower)
         return new
 
     def _spill(self, evicted: list[tuple[str, Entry]]) -> None:

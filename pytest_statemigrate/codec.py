@@ -26,6 +26,7 @@ import io
 import os
 import pickle
 import secrets
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,10 +129,13 @@ def _fragile(cls: type) -> bool:
     ``__getattribute__``) that answers for it swallows the state, and the loaded object
     silently differs from the stored one.
     """
-    if isinstance(cls, type) and issubclass(cls, type):
+    if issubclass(cls, type):
         return False
-    custom_lookup = any("__getattr__" in vars(k) for k in cls.__mro__ if k is not object) or (
-        cls.__getattribute__ is not object.__getattribute__
+    # Only lookups written in Python count: C types define their slots as descriptors.
+    custom_lookup = any(
+        isinstance(vars(k).get(name), types.FunctionType)
+        for k in cls.__mro__
+        for name in ("__getattr__", "__getattribute__")
     )
     return custom_lookup and getattr(cls, "__setstate__", None) is None
 

@@ -118,8 +118,11 @@ class _Hooks:
         return value
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self._session is None:
+            return
+        self._session.finish()
         workeroutput = getattr(self.config, "workeroutput", None)
-        if workeroutput is not None and self._session is not None:
+        if workeroutput is not None:
             workeroutput["statemigrate"] = self._session.stats.to_json()
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

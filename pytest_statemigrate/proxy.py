@@ -67,9 +67,12 @@ class AgentLink:
         self.endpoint = endpoint
         self._timeout = timeout
         self._client: AgentClient | None = None
-        self._answered = False
+        self.write_errors: int | None = None  # the agent's failed writes at first contact
         self.down: str | None = None
         self.on_down: Callable[[str], None] | None = None
+        #: True while looking up is pointless and waiting for the agent would cost time:
+        #: an embedded agent still booting on an empty store (a cold run).
+        self.cold_start: Callable[[], bool] = lambda: False
 
     def client(self) -> AgentClient | None:
         if self.down is not None:
@@ -79,11 +82,11 @@ class AgentLink:
 
             try:
                 self._client = AgentClient(self.endpoint(), timeout=self._timeout)
-                if not self._answered:
+                if self.write_errors is None:
                     # First contact: an agent that is not there fails over in seconds, not
                     # after a whole request timeout.
-                    self._client.ping(timeout=min(FIRST_PING_SECONDS, self._timeout))
-                    self._answered = True
+                    reply = self._client.ping(timeout=min(FIRST_PING_SECONDS, self._timeout))
+                    self.write_errors = int(reply.get("write_errors") or 0)
             except Exception as exc:
                 self.fail(exc)
                 return None
@@ -165,6 +168,9 @@ class StateProxy:
         """
         if key in self._build_only:
             return Miss(store=False)
+        if self.link.cold_start():
+            # Nothing can be stored yet: build now, while the agent boots; storing waits.
+            return Miss(store=True)
         if self.refresh and key not in self._fresh:
             # Rebuild whatever is stored; once stored in this run, it is loaded as usual.
             return Miss(store=self.link.down is None)
@@ -305,6 +311,19 @@ class StateProxy:
         self._fresh.add(key)
         self.stats.bytes_stored += nbytes
         self.stats.store_seconds += time.perf_counter() - start
+
+    def check_writes(self) -> None:
+        """Report values the agent acknowledged but could not write (write-behind)."""
+        before = self.link.write_errors
+        if before is None or self.link.down is not None or not self.stats.bytes_stored:
+            return
+        reply = self._call(lambda c: c.stats())
+        if reply is not None and int(reply.get("write_errors") or 0) > before:
+            failed = int(reply["write_errors"]) - before
+            self.stats.fallback(
+                f"the agent could not write {failed} value(s) to disk "
+                f"({reply.get('last_write_error')}); they are built again next run"
+            )
 
     def abandon(self, key: str, miss: Miss) -> None:
         """The build failed: let the next process build it."""

@@ -49,12 +49,19 @@ class EmbeddedAgent:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.process: Any = None
+        self.empty = False  # the store had no disk tier yet when the agent was spawned
+
+    def booting_empty(self) -> bool:
+        """Still booting on an empty store: a lookup would wait, and could only miss."""
+        process = self.process
+        return self.empty and process is not None and not process.ready
 
     def spawn(self) -> None:
         if self.process is None:
             from nodeagent.launcher import spawn_agent
 
             s = self.settings
+            self.empty = not s.disk_dir.exists()
             s.store_dir.mkdir(parents=True, exist_ok=True)
             self.process = spawn_agent(
                 disk_dir=str(s.disk_dir),
@@ -107,6 +114,8 @@ class StateMigrateSession:
             max_value_bytes=settings.max_value_bytes,
             lease_seconds=settings.lease_seconds,
         )
+        if self.embedded is not None:
+            self.proxy.link.cold_start = self.embedded.booting_empty
         self._analysis: dict[Any, fx.Analysis | None] = {}
         self._keys: dict[Any, str] = {}  # fixturedef → key of its current value
         self._pending: dict[Any, Any] = {}  # fixturedef → loaded value, for the tryfirst impl
@@ -255,6 +264,11 @@ class StateMigrateSession:
         """(True, value) when the wrapper loaded a value for this setup."""
         value = self._pending.pop(fixturedef, _NOTHING)
         return (value is not _NOTHING, value)
+
+    def finish(self) -> None:
+        """At the end of the session, before the summary: what the agent failed to keep."""
+        self.proxy.check_writes()
+        self.proxy.close_link()
 
     def close(self) -> None:
         self.proxy.close_link()

@@ -118,6 +118,7 @@ class StateMigrateSession:
             self.proxy.link.cold_start = self.embedded.booting_empty
         self._analysis: dict[Any, fx.Analysis | None] = {}
         self._keys: dict[Any, str] = {}  # fixturedef → key of its current value
+        self._unmanaged: dict[Any, tuple[str | None, str]] = {}  # fixturedef → (refusal, code)
         self._pending: dict[Any, Any] = {}  # fixturedef → loaded value, for the tryfirst impl
         self._exclude = (str(settings.store_dir), _PACKAGE_DIR)
 
@@ -151,12 +152,18 @@ class StateMigrateSession:
             raise Unkeyable(
                 f"depends on {argname}, which runs unmanaged ({managed.refused or 'no key'})"
             )
-        why = fx.unmanaged_dependency_refusal(argname, dep.func, self.rootdir)
+        static = self._unmanaged.get(dep)
+        if static is None:  # parsing source is costly: once per definition
+            static = self._unmanaged[dep] = (
+                fx.unmanaged_dependency_refusal(argname, dep.func, self.rootdir),
+                code_digest(fx.unwrap(dep.func), self.rootdir),
+            )
+        why, code = static
         if why is not None:
             raise Unkeyable(why)
         if argname in seen:
             return "cycle"
-        parts = [code_digest(fx.unwrap(dep.func), self.rootdir)]
+        parts = [code]
         cached = dep.cached_result
         if cached is not None and cached[1] is not None:
             parts.append(param_token(cached[1]))

@@ -82,6 +82,10 @@ def table(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, worker_id: str
 ) -> array[float]:
     def build() -> array[float]:
-        return textstats.random_walks(seed=request.param, walks=2_000 * request.param, steps=200)
+        return textstats.random_walks(
+            seed=request.param,
+            walks=textstats.WALKS_PER_STEP * request.param,
+            steps=textstats.STEPS,
+        )
 
     return _once(f"table-{request.param}", build, tmp_path_factory, worker_id)

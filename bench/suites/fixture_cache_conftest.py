@@ -66,7 +66,13 @@ def _model_data(_corpus_data: dict[str, Any], _vocabulary_data: dict[str, Any]) 
 
 
 def _table_data(seed: int) -> dict[str, Any]:
-    return {"ends": _b64(textstats.random_walks(seed=seed, walks=2_000 * seed, steps=200))}
+    return {
+        "ends": _b64(
+            textstats.random_walks(
+                seed=seed, walks=textstats.WALKS_PER_STEP * seed, steps=textstats.STEPS
+            )
+        )
+    }
 
 
 @pytest.fixture(scope="module")

@@ -41,4 +41,6 @@ def model(corpus: list[str], vocabulary: Counter[str]) -> textstats.BigramModel:
 @pytest.fixture(scope="module", params=[1, 2, 3], ids=["short", "medium", "long"])
 def table(request: pytest.FixtureRequest) -> array[float]:
     """About 0.4 s per step of the param: random walks, summarised in a compact array."""
-    return textstats.random_walks(seed=request.param, walks=18_000 * request.param, steps=200)
+    return textstats.random_walks(
+        seed=request.param, walks=textstats.WALKS_PER_STEP * request.param, steps=textstats.STEPS
+    )

@@ -41,6 +41,11 @@ class BigramModel:
         return self.counts[self.index[first] * n + self.index[second]] / max(self.total, 1)
 
 
+#: Walks per step of the ``table`` param (about 0.4 s of work each); shared with bench/.
+WALKS_PER_STEP = 18_000
+STEPS = 200
+
+
 def random_walks(seed: int, walks: int, steps: int) -> array:  # type: ignore[type-arg]
     """The end point of each of ``walks`` seeded random walks of ``steps`` steps."""
     rng = random.Random(seed)

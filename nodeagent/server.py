@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import queue
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -64,6 +66,9 @@ class AgentServer:
         self.endpoint: str | None = None
         self._running = False
         self._deferred: list[Callable[[], None]] = []  # writes to run after the reply
+        self._writes: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._writer_thread = threading.Thread(target=self._writer, name="writer", daemon=True)
+        self._writer_thread.start()
         self.write_errors = 0  # deferred writes that failed (a full disk)
         self.last_write_error: str | None = None
         self._context: zmq.Context[zmq.Socket[bytes]] | None = None
@@ -98,6 +103,10 @@ class AgentServer:
         return self.endpoint
 
     def close(self) -> None:
+        """Finish pending writes, stop the writer, close the socket (the tiers stay open)."""
+        if self._writer_thread.is_alive():
+            self._writes.put(None)
+            self._writer_thread.join()
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None
@@ -164,22 +173,36 @@ class AgentServer:
             sock.send_multipart([*envelope, *out], copy=False)
         except zmq.ZMQError as exc:  # e.g. the peer vanished; nothing to answer
             log.error("could not send reply to request %s: %s", req_id, exc)
-        self._run_deferred()
-
-    def _run_deferred(self) -> None:
-        """Writes a handler left for after its reply (write-behind PUT).
-
-        They run before the next message is read, so no request sees a half-written state;
-        a failure (a full disk) is counted and reported in PING and STATS replies.
-        """
         deferred, self._deferred = self._deferred, []
         for write in deferred:
+            self._writes.put(write)
+
+    # -- write-behind: one writer thread, in order
+
+    def _writer(self) -> None:
+        """Run the writes handlers left for after their reply (a PUT's disk and store writes).
+
+        Reads never wait for them (the tiers serve pending entries from memory); a failure (a
+        full disk) is counted and reported in PING and STATS. Rejected alternative: running
+        them in the loop after each reply; the next request, often a GET miss of another
+        worker, then waited for a disk write of tens of MiB.
+        """
+        while True:
+            write = self._writes.get()
             try:
+                if write is None:
+                    return
                 write()
             except Exception as exc:
                 self.write_errors += 1
                 self.last_write_error = f"{type(exc).__name__}: {exc}"
                 log.error("deferred write failed: %s", self.last_write_error)
+            finally:
+                self._writes.task_done()
+
+    def _drain(self) -> None:
+        """Wait for every pending write (before STATS, EVICT, CLEAR and shutting down)."""
+        self._writes.join()
 
     # -- handlers: (fields, payload frames) -> (reply fields, payload frames)
 
@@ -194,6 +217,7 @@ class AgentServer:
     def _stats(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
         psutil: Any = importlib.import_module("psutil")  # lazy: only STATS needs it
 
+        self._drain()  # counts and write errors include every acknowledged PUT
         memory = psutil.virtual_memory()
         try:
             cpu_load: float | None = os.getloadavg()[0]
@@ -231,9 +255,11 @@ class AgentServer:
         return {"version": version}, ()
 
     def _evict(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
+        self._drain()  # a pending write must not bring the entry back
         return {"removed": self.tiers.evict(fields["key"])}, ()
 
     def _clear(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
+        self._drain()
         return {"removed": self.tiers.clear()}, ()
 
     def _lease(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:

@@ -439,6 +439,9 @@ class TieredStore:
         # Highest version handed out per key in this process; kept after evict/clear so a
         # version number is never reused for different bytes while the agent runs.
         self._versions: dict[str, int] = {}
+        # Entries acknowledged but not yet written below RAM (write-behind); read here too,
+        # so an entry too large for RAM is served while its disk write is under way.
+        self._pending: dict[str, Entry] = {}
 
     # -- reads
 
@@ -458,7 +461,7 @@ class TieredStore:
 
         :returns: ``(entry, tier name)`` or None.
         """
-        entry = self.ram.get(key)
+        entry = self.ram.get(key) or self._pending.get(key)
         if entry is not None:
             return entry, "ram"
         found = self._lower(key)
@@ -472,7 +475,7 @@ class TieredStore:
 
     def has(self, key: str) -> str | None:
         """The name of the highest tier that holds ``key`` (no promotion, no decoding)."""
-        if key in self.ram:
+        if key in self.ram or key in self._pending:
             return "ram"
         if self.disk is not None and key in self.disk:
             return "disk"
@@ -484,6 +487,8 @@ class TieredStore:
         """The stored version of ``key``, 0 when no tier holds it."""
         if key in self.ram:
             return self.ram._entries[key].version
+        if key in self._pending:
+            return self._pending[key].version
         found = self._lower(key)
         return 0 if found is None else found[0].version
 
@@ -502,7 +507,8 @@ class TieredStore:
         :param expect_version: when given, the stored version (0: absent) must equal it.
         :param defer: when given, the RAM tier is written now and the writes to the lower
             tiers are appended here as one callable, for the server to run after it replied
-            (write-behind: the writer does not wait for the disk).
+            (write-behind: the writer does not wait for the disk). Until it has run, reads
+            find the entry among the pending ones.
         :returns: the new version.
         :raises VersionConflict: when ``expect_version`` does not match.
         """
@@ -518,15 +524,20 @@ class TieredStore:
         evicted = [(k, e) for k, e in self.ram.put(key, entry) if k != key]
 
         def write_lower() -> None:
-            if self.write_disk and self.disk is not None:
-                self.disk.put(key, entry)
-            if self.store is not None:
-                self.store.put(key, entry)
-            self._spill(evicted)
+            try:
+                if self.write_disk and self.disk is not None:
+                    self.disk.put(key, entry)
+                if self.store is not None:
+                    self.store.put(key, entry)
+                self._spill(evicted)
+            finally:
+                if self._pending.get(key) is entry:
+                    del self._pending[key]
 
         if defer is None:
             write_lower()
         else:
+            self._pending[key] = entry
             defer.append(write_lower)
         return new
 

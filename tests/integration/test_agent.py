@@ -182,6 +182,7 @@ def test_corrupt_disk_entry_is_a_miss(start: StartAgent, tmp_path: Path) -> None
     with AgentClient(agent.endpoint, timeout=10) as client:
         client.put("victim", [os.urandom(2 * MiB)], {})  # too big for RAM: disk only
         client.put("healthy", [os.urandom(2 * MiB)], {})
+        client.stats()  # STATS waits for the write-behind of both PUTs
         assert client.has("victim") == "disk"
         write_raw_disk_value(str(tmp_path / "disk"), "victim", b"garbage")
         assert client.get("victim") is None
@@ -195,6 +196,7 @@ def test_store_tier(start: StartAgent, tmp_path: Path) -> None:
     agent = start(ram_bytes=16, store=str(tmp_path / "store"))
     with AgentClient(agent.endpoint, timeout=10) as client:
         client.put("k", [b"x" * 100], {"a": 1})
+        client.stats()  # STATS waits for the write-behind
         assert client.has("k") == "store"  # same device as the disk tier: store only
         got = client.get("k")
         assert got is not None and got.tier == "store" and bytes(got.frames[0]) == b"x" * 100
@@ -393,3 +395,18 @@ def test_agent_modules_import_neither_pytest_nor_the_plugin() -> None:
     )
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.strip() == b"[]"
+
+
+@pytest.mark.timeout(60)
+def test_write_behind_serves_what_it_acknowledged(start: StartAgent) -> None:
+    agent = start(ram_bytes=MiB)
+    with AgentClient(agent.endpoint, timeout=10) as client:
+        blobs = [os.urandom(8 * MiB) for _ in range(3)]  # too big for RAM: disk only
+        for i, blob in enumerate(blobs):
+            client.put(f"big{i}", [blob], {})
+        for i, blob in enumerate(blobs):  # asked at once: some writes are still pending
+            got = client.get(f"big{i}")
+            assert got is not None and bytes(got.frames[0]) == blob
+        stats = client.stats()  # waits for the writes
+        assert stats["write_errors"] == 0 and stats["tiers"]["disk"]["entries"] == 3
+        assert all(client.has(f"big{i}") == "disk" for i in range(3))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import signal
 import sys
 from typing import Final
 
+from nodeagent import units
 from nodeagent.protocol import BindRefused, check_endpoint
 
 #: Every default and its unit, in one place.
@@ -19,21 +19,13 @@ DEFAULTS: Final = {
     "log_level": "WARNING",  # logging level name for the agent's stderr
 }
 
-_SUFFIXES: Final = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-_SIZE = re.compile(r"^\s*([0-9]+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
-
 
 def parse_size(text: str) -> int:
-    """Parse a byte count: ``1048576``, ``512M``, ``2G``, ``64KiB`` (binary multiples).
-
-    :raises argparse.ArgumentTypeError: with a one-line message for anything else.
-    """
-    match = _SIZE.match(text)
-    if match is None:
-        raise argparse.ArgumentTypeError(
-            f"invalid size {text!r}: use a byte count or a number with K, M, G or T (e.g. 512M)"
-        )
-    return int(match[1]) * _SUFFIXES[match[2].upper()]
+    """:func:`nodeagent.units.parse_size` for argparse: a bad size is one line from argparse."""
+    try:
+        return units.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid size: {exc} (e.g. 512M)") from None
 
 
 def _pid(text: str) -> int:

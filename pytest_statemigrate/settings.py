@@ -7,11 +7,12 @@ list the same table. Bad values fail with one line naming the option and the fix
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+from nodeagent.units import parse_size
 
 DEFAULTS: Final[Mapping[str, Any]] = {
     "dir": ".statemigrate",  # store directory, relative to the rootdir
@@ -22,21 +23,9 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "timeout": 30.0,  # seconds one agent request may take before the agent counts as down
 }
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-_UNITS: Final = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-
 
 class SettingsError(ValueError):
     """A bad option or ini value; the message is one line naming it and the fix."""
-
-
-def parse_size(text: str) -> int:
-    """``"512M"`` → 536870912. Units are binary (K, M, G, T; ``MiB`` and ``MB`` alike)."""
-    match = _SIZE.match(str(text))
-    if match is None:
-        raise ValueError(f"{text!r} is not a size; use bytes or a number with K, M, G or T")
-    number, unit, _ = match.groups()
-    return int(float(number) * _UNITS[unit.lower()])
 
 
 def parse_patterns(text: str) -> tuple[str, ...]:

@@ -357,13 +357,20 @@ def test_late_reply_is_not_taken_for_another(agent: AgentProcess) -> None:
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("1048576", MiB), ("512M", 512 * MiB), ("2G", 2 << 30), ("64KiB", 64 << 10), ("1t", 1 << 40)],
+    [
+        ("1048576", MiB),
+        ("512M", 512 * MiB),
+        ("2G", 2 << 30),
+        ("64KiB", 64 << 10),
+        ("1t", 1 << 40),
+        ("1.5G", 3 << 29),
+    ],
 )
 def test_parse_size(text: str, size: int) -> None:
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "-1", "1.5G", "12X", "G"])
+@pytest.mark.parametrize("text", ["", "-1", "1.5.2G", "12X", "G"])
 def test_parse_size_refuses(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="invalid size"):
         parse_size(text)

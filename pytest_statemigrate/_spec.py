@@ -29,6 +29,9 @@ class StateSpec:
 
 #: How many functions carry a spec; lets the plugin skip all work when nothing is managed.
 decorated_count = 0
+#: Set by the plugin while nothing is selected: called on the next decoration, so the plugin
+#: can register its fixture hooks then (``@state`` in a test module, applied at collection).
+on_first_use: Callable[[], None] | None = None
 
 
 def _names(value: str | Iterable[str], what: str) -> tuple[str, ...]:
@@ -77,6 +80,8 @@ def state(
             raise TypeError(f"statemigrate.state decorates a fixture function, got {obj!r}")
         _attach(obj, spec)
         decorated_count += 1
+        if on_first_use is not None:
+            on_first_use()
         return obj
 
     if fn is not None:

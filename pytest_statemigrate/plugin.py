@@ -11,6 +11,7 @@ from . import _spec
 from . import settings as st
 
 SESSION = "statemigrate-session"
+FIXTURE_HOOKS = "statemigrate-fixtures"
 WORKER_KEY = "statemigrate_agent"
 
 
@@ -69,13 +70,42 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("xdist") and workerinput is None:
         config.pluginmanager.register(_XdistController(hooks), "statemigrate-xdist")
     if hooks.active:
+        hooks.activate()
         hooks.session.prelaunch()  # the agent boots while pytest collects
+    else:
+        # Nothing selected yet: no per-fixture hook at all, unless @state is applied while
+        # pytest collects (in a test module); then the hooks are registered at that moment.
+        _spec.on_first_use = hooks.activate
+
+
+class _FixtureHooks:
+    """The per-fixture hooks, registered only once something is selected for management."""
+
+    def __init__(self, hooks: _Hooks) -> None:
+        self.hooks = hooks
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(
+        self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+    ) -> Generator[None, Any, Any]:
+        return (yield from self.hooks.session.setup(fixturedef, request))
+
+    @pytest.hookimpl(tryfirst=True, specname="pytest_fixture_setup")
+    def pytest_fixture_setup_hit(
+        self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+    ) -> Any:
+        """Hand pytest a loaded value (the wrapper above put it aside) instead of building."""
+        found, value = self.hooks.session.take_pending(fixturedef)
+        if not found or value is None:
+            return None
+        fixturedef.cached_result = (value, fixturedef.cache_key(request), None)  # type: ignore[arg-type]
+        return value
 
 
 class _Hooks:
-    """The hooks of one run. The session object (session.py, and the modules it pulls in) is
-    created only once something is selected for management: a suite that manages nothing
-    pays for this class alone."""
+    """The run's hooks. The fixture hooks and the session object (session.py, and the modules
+    it pulls in) come only once something is selected for management: a suite that manages
+    nothing pays for an import, one ``pytest_configure`` and two end-of-run hooks."""
 
     def __init__(self, config: pytest.Config, settings: st.Settings, endpoint: str | None):
         self.config = config
@@ -96,26 +126,12 @@ class _Hooks:
             self._session = StateMigrateSession(self.settings, self.config.rootpath, self.endpoint)
         return self._session
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_fixture_setup(
-        self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
-    ) -> Generator[None, Any, Any]:
-        if not self.active:
-            return (yield)
-        return (yield from self.session.setup(fixturedef, request))
-
-    @pytest.hookimpl(tryfirst=True, specname="pytest_fixture_setup")
-    def pytest_fixture_setup_hit(
-        self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
-    ) -> Any:
-        """Hand pytest a loaded value (the wrapper above put it aside) instead of building."""
-        if self._session is None:
-            return None
-        found, value = self._session.take_pending(fixturedef)
-        if not found or value is None:
-            return None
-        fixturedef.cached_result = (value, fixturedef.cache_key(request), None)  # type: ignore[arg-type]
-        return value
+    def activate(self) -> None:
+        """Register the per-fixture hooks (once)."""
+        _spec.on_first_use = None
+        manager = self.config.pluginmanager
+        if manager.get_plugin(FIXTURE_HOOKS) is None:
+            manager.register(_FixtureHooks(self), FIXTURE_HOOKS)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self._session is None:
@@ -139,6 +155,7 @@ class _Hooks:
             terminalreporter.write_line(line)
 
     def pytest_unconfigure(self) -> None:
+        _spec.on_first_use = None
         if self._session is not None:
             self._session.close()
 

@@ -73,6 +73,8 @@ class AgentLink:
         #: True while looking up is pointless and waiting for the agent would cost time:
         #: an embedded agent still booting on an empty store (a cold run).
         self.cold_start: Callable[[], bool] = lambda: False
+        #: A reader of this machine's disk tier to use instead of the agent, or None.
+        self.local_get: Callable[[str], Any] = lambda key: None
 
     def client(self) -> AgentClient | None:
         if self.down is not None:
@@ -184,12 +186,18 @@ class StateProxy:
     def _load(self, key: str, name: str, resolve: Callable[[str], Any]) -> Hit | Miss | None:
         # What loading costs: the GET, verification and unpickling. Connecting and checking
         # the inputs are paid once per process and by a build too, so they do not count.
-        if self.link.client() is None:
-            return None
         start = time.perf_counter()
-        fetched = self._call(lambda c: c.get(key))
+        try:
+            fetched = self.link.local_get(key)
+        except Exception:  # a local read is an optimisation: the agent answers instead
+            fetched = None
         if fetched is None:
-            return None
+            if self.link.client() is None:
+                return None
+            start = time.perf_counter()
+            fetched = self._call(lambda c: c.get(key))
+            if fetched is None:
+                return None
         try:
             opened = codec.open_sealed(self.secret, key, fetched.frames)
         except codec.Unverified as exc:

@@ -50,11 +50,38 @@ class EmbeddedAgent:
         self.settings = settings
         self.process: Any = None
         self.empty = False  # the store had no disk tier yet when the agent was spawned
+        self._disk: Any = None  # the disk tier, opened in this process by local_get
 
     def booting_empty(self) -> bool:
         """Still booting on an empty store: a lookup would wait, and could only miss."""
         process = self.process
         return self.empty and process is not None and not process.ready
+
+    def local_get(self, key: str) -> Any:
+        """Read ``key`` straight from the disk tier while the agent boots; None otherwise.
+
+        The disk tier is a diskcache directory on this machine, safe to read from several
+        processes: a warm run's hits need not wait for the agent (it is waited for only when
+        something must be written or leased). Returns a Fetched, or None to ask the agent.
+        """
+        process = self.process
+        if self.empty or process is None or process.ready:
+            return None
+        from nodeagent.client import Fetched
+        from nodeagent.tiers import DiskTier
+
+        if self._disk is None:
+            self._disk = DiskTier(str(self.settings.disk_dir), self.settings.disk_bytes)
+        entry = self._disk.get(key)
+        if entry is None:
+            return None
+        frames = [memoryview(f) for f in entry.frames]
+        return Fetched(frames, dict(entry.meta), entry.version, "disk")
+
+    def close_disk(self) -> None:
+        disk, self._disk = self._disk, None
+        if disk is not None:
+            disk.close()
 
     def spawn(self) -> None:
         if self.process is None:
@@ -87,6 +114,7 @@ class EmbeddedAgent:
         return planned if planned.startswith("ipc://") else self.endpoint()
 
     def stop(self) -> None:
+        self.close_disk()
         process, self.process = self.process, None
         if process is not None:
             process.stop()
@@ -116,6 +144,7 @@ class StateMigrateSession:
         )
         if self.embedded is not None:
             self.proxy.link.cold_start = self.embedded.booting_empty
+            self.proxy.link.local_get = self.embedded.local_get
         self._analysis: dict[Any, fx.Analysis | None] = {}
         self._keys: dict[Any, str] = {}  # fixturedef → key of its current value
         self._unmanaged: dict[Any, tuple[str | None, str]] = {}  # fixturedef → (refusal, code)
@@ -276,6 +305,8 @@ class StateMigrateSession:
         """At the end of the session, before the summary: what the agent failed to keep."""
         self.proxy.check_writes()
         self.proxy.close_link()
+        if self.embedded is not None:
+            self.embedded.close_disk()
 
     def close(self) -> None:
         self.proxy.close_link()

@@ -27,7 +27,7 @@ from types import CodeType
 from typing import Any, Final
 
 from ._spec import StateSpec, spec_of
-from .keys import KeyParts, Unkeyable, code_digest, param_token
+from .keys import Unkeyable, code_digest, param_token
 
 #: ``request`` attributes that cannot change a value beyond what the key holds already.
 _REQUEST_PURE: Final = frozenset({"param", "param_index", "fixturename", "scope"})
@@ -176,32 +176,11 @@ def param_part(request: Any, fixturedef: Any) -> str | None:
     return param_token(request.param, given)
 
 
-def key_parts(
-    analysis: Analysis,
-    *,
-    param: str | None,
-    deps: tuple[tuple[str, str], ...],
-    inputs: str | None,
-    env: str | None,
-    node: str | None,
-) -> KeyParts:
-    return KeyParts(
-        fixture=analysis.fixture_id,
-        code=analysis.code,
-        param=param,
-        deps=deps,
-        inputs=inputs,
-        env=env,
-        node=node,
-    )
-
-
 __all__ = [
     "Analysis",
     "Unkeyable",
     "analyse",
     "is_selected",
-    "key_parts",
     "param_part",
     "unmanaged_dependency_refusal",
 ]

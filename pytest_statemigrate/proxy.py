@@ -356,7 +356,7 @@ class StateProxy:
         self._call(lambda c: c.put(key, frames, {"fixture": name, "nbytes": 0}))
 
 
-def warning_to_wire(message: Any, rootdir: Path) -> list[Any]:
+def warning_to_wire(message: Any) -> list[Any]:
     """A recorded ``warnings.WarningMessage`` as plain data."""
     category = message.category
     return [

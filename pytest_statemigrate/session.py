@@ -18,6 +18,7 @@ from . import fixtures as fx
 from .codec import load_secret
 from .inputs import BuildRecorder, fingerprint, static_paths
 from .keys import (
+    KeyParts,
     Unkeyable,
     code_digest,
     digest,
@@ -215,8 +216,17 @@ class StateMigrateSession:
         if spec is not None and spec.env:
             env = env_digest(spec.env)
         node = request.node.nodeid if analysis.uses_node else None
-        parts = fx.key_parts(analysis, param=param, deps=deps, inputs=inputs, env=env, node=node)
-        return make_key(parts)
+        return make_key(
+            KeyParts(
+                fixture=analysis.fixture_id,
+                code=analysis.code,
+                param=param,
+                deps=deps,
+                inputs=inputs,
+                env=env,
+                node=node,
+            )
+        )
 
     # -- the setup of one managed fixture --------------------------------------------------
     def setup(self, fixturedef: Any, request: Any) -> Generator[None, Any, Any]:
@@ -267,7 +277,7 @@ class StateMigrateSession:
         seconds = time.perf_counter() - start
         record = BuildRecord(
             seconds=seconds,
-            warnings=[warning_to_wire(w, self.rootdir) for w in log],
+            warnings=[warning_to_wire(w) for w in log],
             fingerprints=fingerprint(
                 codes=recorder.codes,
                 opened=recorder.opened

@@ -125,8 +125,9 @@ class _Pickler(pickle.Pickler):
 def _fragile(cls: type) -> bool:
     """A class whose instances may unpickle *wrongly* without an error.
 
-    Unpickling looks ``__setstate__`` up on the new instance; a ``__getattr__`` (or
-    ``__getattribute__``) that answers for it swallows the state, and the loaded object
+    Unpickling looks ``__setstate__`` up on the new instance (and, before Python 3.11,
+    pickling looks ``__getstate__`` up on the old one); a ``__getattr__`` (or
+    ``__getattribute__``) that answers for them swallows the state, and the loaded object
     silently differs from the stored one.
     """
     if issubclass(cls, type):
@@ -137,7 +138,11 @@ def _fragile(cls: type) -> bool:
         for k in cls.__mro__
         for name in ("__getattr__", "__getattribute__")
     )
-    return custom_lookup and getattr(cls, "__setstate__", None) is None
+    # Before 3.11 there is no object.__getstate__: pickling asks the instance, and the hook
+    # may answer for that too.
+    return custom_lookup and (
+        getattr(cls, "__setstate__", None) is None or getattr(cls, "__getstate__", None) is None
+    )
 
 
 def _pickle(
@@ -172,18 +177,47 @@ def dump(value: Any, deps: Mapping[str, Any]) -> list[Buffer]:
         raise Unpicklable(f"{type(value).__name__} value cannot be pickled ({exc})") from None
     fragile = sorted(c.__qualname__ for c in classes if _fragile(c))
     if fragile:
-        # Only such values pay for a round trip: load, pickle again, compare.
+        # Only such values pay for a round trip: load, then compare the two objects' states
+        # as read directly (a __getattr__ may also answer for __getstate__, as on 3.10, and
+        # then both pickles agree on a state that is not the object's).
         why = (
             f"its value does not survive pickling ({', '.join(fragile)}: __getattr__ "
             "without __setstate__)"
         )
         try:
-            again, _ = _pickle(load(frames, deps.__getitem__), names, deps)
+            loaded = load(frames, deps.__getitem__)
+            same = _state_bytes(loaded, names, deps) == _state_bytes(value, names, deps)
         except Exception:
             raise Unpicklable(why) from None
-        if [bytes(memoryview(f)) for f in again] != [bytes(memoryview(f)) for f in frames]:
+        if not same:
             raise Unpicklable(why)
     return frames
+
+
+def _rebuild(cls: type) -> Any:  # named only in comparison pickles, never loaded
+    return object.__new__(cls)
+
+
+class _StatePickler(pickle.Pickler):
+    """Pickles instances of fragile classes by their ``__dict__``, read past any hook."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        cls = type(obj)
+        if isinstance(cls, type) and _fragile(cls):
+            try:
+                state = object.__getattribute__(obj, "__dict__")
+            except AttributeError:
+                return NotImplemented
+            return (_rebuild, (cls,), dict(state))
+        return NotImplemented
+
+
+def _state_bytes(value: Any, names: Sequence[str], deps: Mapping[str, Any]) -> bytes:
+    stream = io.BytesIO()
+    pickler = _StatePickler(stream, protocol=5)
+    pickler.memo = {id(deps[n]): (i, deps[n]) for i, n in enumerate(names)}
+    pickler.dump(value)
+    return stream.getvalue()
 
 
 def load(frames: Sequence[Any], resolve: Callable[[str], Any]) -> Any:

@@ -117,6 +117,9 @@ class Swallows:
 
 
 class Careful(Swallows):
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from nodeagent.client import AgentClient
 
 
+LOAD_MARGIN: Final = 1.25  # build in-process when loading took this many times the build
 LEASE_POLL_MAX: Final = 0.02  # s: longest pause between two looks at a value being built
 FIRST_PING_SECONDS: Final = 2.0  # longest wait for an agent's first answer in a run
 
@@ -237,7 +238,7 @@ class StateProxy:
         self.stats.bytes_loaded += nbytes
         self.stats.load_seconds += load_s
         self.stats.saved_seconds += build_s - load_s
-        if load_s > build_s:
+        if load_s > build_s * LOAD_MARGIN:
             why = f"loading took {load_s * 1e3:.1f} ms, building {build_s * 1e3:.1f} ms"
             self._mark_build(key, name, why, prints)
         return Hit(value=value, warnings=list(meta.get("warnings", [])))

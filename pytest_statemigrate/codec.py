@@ -110,6 +110,11 @@ def _prologue(names: Sequence[str]) -> bytes:
     return bytes(out)
 
 
+def _seed_memo(pickler: pickle.Pickler, names: Sequence[str], deps: Mapping[str, Any]) -> None:
+    """Pre-memoise the dependencies' values at the indices :func:`_prologue` loads them to."""
+    pickler.memo = {id(deps[n]): (i, deps[n]) for i, n in enumerate(names)}
+
+
 class _Pickler(pickle.Pickler):
     """Notes the classes it pickles (builtin containers are never passed to the hook)."""
 
@@ -153,7 +158,7 @@ def _pickle(
     stream = io.BytesIO()
     stream.write(_prologue(names))
     pickler = _Pickler(stream, buffers, classes)
-    pickler.memo = {id(deps[n]): (i, deps[n]) for i, n in enumerate(names)}
+    _seed_memo(pickler, names, deps)
     pickler.dump(value)
     frames: list[Any] = [stream.getbuffer()]
     for buf in buffers:
@@ -215,7 +220,7 @@ class _StatePickler(pickle.Pickler):
 def _state_bytes(value: Any, names: Sequence[str], deps: Mapping[str, Any]) -> bytes:
     stream = io.BytesIO()
     pickler = _StatePickler(stream, protocol=5)
-    pickler.memo = {id(deps[n]): (i, deps[n]) for i, n in enumerate(names)}
+    _seed_memo(pickler, names, deps)
     pickler.dump(value)
     return stream.getvalue()
 

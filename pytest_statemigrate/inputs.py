@@ -47,7 +47,7 @@ class _Audit:
         if sink is None or event != "open" or threading.get_ident() != cls.thread:
             return
         path, mode, flags = args
-        if not isinstance(path, (str, bytes)) or isinstance(path, bytes):
+        if not isinstance(path, str):
             return
         if mode is not None and any(c in mode for c in "wax+"):
             return

@@ -239,7 +239,9 @@ def test_all(with_teardown, lock, in_tmp, reads_config, fine):
     assert again.stats is not None and "lock" in again.stats["refused"]
 
 
-def test_staleness_fixture_helper_datafile_env(suite: Suite) -> None:
+def test_staleness_fixture_helper_datafile_env(
+    suite: Suite, monkeypatch: pytest.MonkeyPatch
+) -> None:
     p = suite.pytester
     p.makeini("[pytest]\nstatemigrate_fixtures = table\n")
     p.makepyfile(helper="def scale():\n    return 2\n")
@@ -273,14 +275,8 @@ def test_table(table):
 
     def check(expect: str, builds: int) -> None:
         (p.path / "builds.log").unlink(missing_ok=True)
-        p.monkeypatch = getattr(p, "monkeypatch", None)  # keep mypy quiet about attrs
-        import os
-
-        os.environ["SM_EXPECT"] = expect
-        try:
-            run = suite.same_as_plain()
-        finally:
-            del os.environ["SM_EXPECT"]
+        monkeypatch.setenv("SM_EXPECT", expect)  # the subprocesses inherit it
+        run = suite.same_as_plain()
         assert set(run.outcomes.values()) == {"passed"}, run.text
         # the plain run always builds once; the managed run builds `builds` times
         assert suite.builds().count("table") == 1 + builds, run.text
@@ -293,14 +289,10 @@ def test_table(table):
     (p.path / "data.txt").write_text("1 2\n")  # a data file it reads changed
     check("3,6", builds=1)
     check("3,6", builds=0)
-    import os
-
-    os.environ["SM_TEST_OFFSET"] = "1"  # a declared env var changed
-    try:
-        check("4,7", builds=1)
-        check("4,7", builds=0)
-    finally:
-        del os.environ["SM_TEST_OFFSET"]
+    monkeypatch.setenv("SM_TEST_OFFSET", "1")  # a declared env var changed
+    check("4,7", builds=1)
+    check("4,7", builds=0)
+    monkeypatch.delenv("SM_TEST_OFFSET")
     conftest = p.path / "conftest.py"
     conftest.write_text(conftest.read_text().replace("offset for n", "offset + 100 for n"))
     check("103,106", builds=1)  # the fixture's own code changed

@@ -236,13 +236,21 @@ class AgentClient:
         ttl: float,
         pid: int | None = None,
         host: str | None = None,
+        wait: float = 0.0,
     ) -> LeaseReply:
+        """Take the build lease on ``key``, or learn who holds it or that the key is stored.
+
+        :param wait: while another holder builds the key, the agent answers when it PUTs or
+            releases the key, or after ``wait`` seconds, whichever comes first.
+        """
         fields: dict[str, Any] = {"key": key, "holder": holder, "ttl": ttl}
         if pid is not None:
             fields["pid"] = pid
         if host is not None:
             fields["host"] = host
-        reply = self._request(Op.LEASE, fields)[0]
+        if wait:
+            fields["wait"] = wait
+        reply = self._request(Op.LEASE, fields, timeout=self.timeout + wait)[0]
         return LeaseReply(
             bool(reply["granted"]),
             bool(reply["present"]),

@@ -42,7 +42,7 @@ get        key                                         found, tier, version, met
 put        key, meta, expect_version? (entry frames)   version
 evict      key                                         removed (bool)
 clear      -                                           removed (int)
-lease      key, holder, ttl, pid?, host?               granted, present, holder, expires_in
+lease      key, holder, ttl, pid?, host?, wait?        granted, present, holder, expires_in
 release    key, holder                                 released
 shutdown   -                                           - (the agent then exits)
 =========  ==========================================  ==========================================
@@ -68,6 +68,7 @@ PROTOCOL_VERSION: Final = 1
 MAX_KEY_CHARS: Final = 512
 MAX_HOLDER_CHARS: Final = 256
 MAX_HOST_CHARS: Final = 256
+MAX_LEASE_WAIT: Final = 10.0  # s: longest a LEASE may wait for the holder to finish
 MAX_REQUEST_ID: Final = 2**63 - 1
 
 __all__ = [
@@ -156,6 +157,14 @@ def _positive_number(value: Any) -> str | None:
     return None
 
 
+def _wait_seconds(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "must be a number"
+    if not (math.isfinite(value) and 0 <= value <= MAX_LEASE_WAIT):
+        return f"must be between 0 and {MAX_LEASE_WAIT:g} seconds"
+    return None
+
+
 def _optional(check: Validator) -> Validator:
     def optional(value: Any) -> str | None:
         return None if value is None else check(value)
@@ -200,6 +209,7 @@ FIELDS: Final[Mapping[Op, Mapping[str, tuple[Validator, bool]]]] = {
         "ttl": (_positive_number, True),
         "pid": (_optional(_positive_int), False),
         "host": (_optional(_str_field(MAX_HOST_CHARS)), False),
+        "wait": (_optional(_wait_seconds), False),
     },
     Op.RELEASE: {"key": (_KEY, True), "holder": (_HOLDER, True)},
     Op.SHUTDOWN: {},

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import os
 import queue
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import zmq
@@ -44,6 +46,16 @@ Reply = tuple[dict[str, Any], Payload]
 Handler = Callable[[dict[str, Any], list[memoryview]], Reply]
 
 
+@dataclass
+class _Parked:
+    """A LEASE that waits (its ``wait`` field) for the key's holder to PUT or RELEASE."""
+
+    envelope: list[Any]
+    req_id: int
+    fields: dict[str, Any]
+    deadline: float
+
+
 class AgentServer:
     """Serve ``tiers`` and ``leases`` on ``endpoint``.
 
@@ -66,6 +78,8 @@ class AgentServer:
         self.endpoint: str | None = None
         self._running = False
         self._deferred: list[Callable[[], None]] = []  # writes to run after the reply
+        self._parked: dict[str, list[_Parked]] = {}  # key -> LEASEs waiting for its holder
+        self._woken: set[str] = set()  # keys whose parked LEASEs to answer after this reply
         self._writes: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._writer_thread = threading.Thread(target=self._writer, name="writer", daemon=True)
         self._writer_thread.start()
@@ -130,15 +144,18 @@ class AgentServer:
         self._running = True
         next_check = time.monotonic() + POLL_MS / 1000
         while self._running:
-            if poller.poll(POLL_MS):
+            if poller.poll(self._poll_ms()):
                 frames = sock.recv_multipart(copy=False)
                 self._handle(sock, frames)
             now = time.monotonic()
+            if self._parked:
+                self._answer_parked(sock, now, recheck=now >= next_check)
             if now >= next_check:
                 next_check = now + POLL_MS / 1000
                 if self._parent_gone():
                     log.warning("parent process %s is gone; exiting", self.parent_pid)
                     break
+        self._answer_parked(sock, math.inf)  # stopping: nobody is left waiting for a reply
 
     # -- one message
 
@@ -156,6 +173,8 @@ class AgentServer:
             if not body:
                 raise ProtocolError("bad-header", "message has no header frame")
             op, req_id, fields = decode_request(body[0].buffer)
+            if op is Op.LEASE and self._park(envelope, req_id, fields):
+                return
             reply, payload = self._handlers[op](fields, [f.buffer for f in body[1:]])
             out = [encode_reply(req_id, **reply), *payload]
         except ProtocolError as exc:
@@ -176,6 +195,76 @@ class AgentServer:
         deferred, self._deferred = self._deferred, []
         for write in deferred:
             self._writes.put(write)
+        woken, self._woken = self._woken, set()
+        for key in sorted(woken):
+            self._answer_parked(sock, math.inf, key)
+
+    # -- LEASEs that wait for the holder (long poll)
+
+    def _park(self, envelope: list[Any], req_id: int, fields: dict[str, Any]) -> bool:
+        """Keep a LEASE unanswered while another live holder builds the key, up to ``wait`` s.
+
+        The waiter is answered as soon as the holder PUTs (``present``) or RELEASEs (it may
+        then be granted), or at its deadline with the usual "held" reply; so it neither polls
+        nor sleeps, and a dead holder is still noticed within ``wait`` seconds.
+        """
+        wait = fields.get("wait")
+        key = fields["key"]
+        if not wait or self.tiers.has(key) is not None:
+            return False
+        holder = self.leases.holder(key)
+        if holder is None or holder == fields["holder"]:
+            return False
+        deadline = time.monotonic() + float(wait)
+        self._parked.setdefault(key, []).append(_Parked(envelope, req_id, fields, deadline))
+        return True
+
+    def _poll_ms(self) -> int:
+        """Poll timeout: the next check of the parent, or the next parked LEASE's deadline."""
+        if not self._parked:
+            return POLL_MS
+        first = min(p.deadline for waiting in self._parked.values() for p in waiting)
+        return max(0, min(POLL_MS, math.ceil((first - time.monotonic()) * 1000)))
+
+    def _answer_parked(
+        self,
+        sock: zmq.Socket[bytes],
+        now: float,
+        key: str | None = None,
+        *,
+        recheck: bool = True,
+    ) -> None:
+        """Answer the parked LEASEs of ``key`` (all keys when None) that are due at ``now`` or,
+        with ``recheck``, decided by now (the holder's lease expired or its process died).
+
+        ``now=inf`` answers them whatever their deadline: the key was PUT or released, or the
+        agent is stopping. Each is evaluated afresh, in arrival order: the first may be granted
+        a released lease, the others then wait on (until their own deadline).
+        """
+        keys = [key] if key is not None else list(self._parked)
+        for k in keys:
+            waiting = self._parked.pop(k, [])
+            still: list[_Parked] = []
+            for parked in waiting:
+                due = parked.deadline <= now
+                if not due and not (recheck and self._decided(k, parked.fields["holder"])):
+                    still.append(parked)
+                    continue
+                reply, _ = self._lease(parked.fields, [])
+                try:
+                    out = encode_reply(parked.req_id, **reply)
+                    sock.send_multipart([*parked.envelope, out], copy=False)
+                except zmq.ZMQError as exc:
+                    log.error("could not answer parked lease %s: %s", parked.req_id, exc)
+            if still:
+                self._parked[k] = still
+
+    def _decided(self, key: str, holder: str) -> bool:
+        """Would a LEASE of ``key`` by ``holder`` get a definite answer now?"""
+        if self.tiers.has(key) is not None:
+            return True
+        current = self.leases.holder(key)
+        return current is None or current == holder
 
     # -- write-behind: one writer thread, in order
 
@@ -252,6 +341,8 @@ class AgentServer:
             key, payload, fields["meta"], fields["expect_version"], defer=self._deferred
         )
         self.leases.drop(key)
+        if key in self._parked:
+            self._woken.add(key)
         return {"version": version}, ()
 
     def _evict(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
@@ -277,6 +368,8 @@ class AgentServer:
         }, ()
 
     def _release(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
+        if fields["key"] in self._parked:
+            self._woken.add(fields["key"])
         return {"released": self.leases.release(fields["key"], fields["holder"])}, ()
 
     def _shutdown(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:

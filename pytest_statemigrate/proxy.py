@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 
 LOAD_MARGIN: Final = 1.25  # build in-process when loading took this many times the build
-LEASE_POLL_MAX: Final = 0.02  # s: longest pause between two looks at a value being built
+LEASE_WAIT: Final = 1.0  # s: one LEASE waits this long for the holder; then it is asked again
+LEASE_POLL: Final = 0.02  # s: pause between LEASEs when the agent answered without waiting
 FIRST_PING_SECONDS: Final = 2.0  # longest wait for an agent's first answer in a run
 
 #: AgentError names that mean the agent answered (and so is alive) but refused the operation.
@@ -244,18 +245,24 @@ class StateProxy:
         return Hit(value=value, warnings=list(meta.get("warnings", [])))
 
     def _claim(self, key: str, name: str, resolve: Callable[[str], Any]) -> Hit | Miss:
-        """Take the build lease, or wait for whoever holds it to store the value."""
+        """Take the build lease, or wait for whoever holds it to store the value.
+
+        The agent holds a LEASE while another process builds the key and answers as soon as
+        the value is stored (or the lease released), so waiting costs no polling.
+        """
         deadline = time.monotonic() + self.lease_seconds
-        delay = 0.005
-        slept = False
+        waited = False
         while True:
+            asked = time.monotonic()
+            wait = max(0.0, min(LEASE_WAIT, deadline - asked))
             reply = self._call(
-                lambda c: c.lease(
+                lambda c, wait=wait: c.lease(  # type: ignore[misc]
                     key,
                     self.holder,
                     self.lease_seconds,
                     pid=os.getpid(),
                     host=socket.gethostname(),
+                    wait=wait,
                 )
             )
             if reply is None:
@@ -265,17 +272,15 @@ class StateProxy:
             if reply.present:
                 found = self._load(key, name, resolve)
                 if found is not None:
-                    self.stats.waited += slept
+                    self.stats.waited += waited
                     return found
                 return Miss(store=True)  # present but unusable: build and overwrite
-            if time.monotonic() > deadline:
+            if time.monotonic() >= deadline:
                 self.stats.fallback(f"waited {self.lease_seconds:.0f}s for {name}; built it too")
                 return Miss(store=False)
-            # Close the link while waiting: no zmq thread idles in a sleeping test process.
-            self.link.close()
-            time.sleep(delay)
-            slept = True
-            delay = min(delay * 2, LEASE_POLL_MAX)
+            waited = True
+            if time.monotonic() - asked < wait / 2:  # the agent did not wait: do not spin
+                time.sleep(LEASE_POLL)
 
     # -- writing ---------------------------------------------------------------------------
     def store(

@@ -224,6 +224,97 @@ def test_lease_single_flight_between_two_clients(agent: AgentProcess) -> None:
         assert b.lease("j", "worker-b", ttl=30).granted
 
 
+def _lease_in_thread(
+    endpoint: str, holder: str, wait: float
+) -> tuple[threading.Thread, dict[str, Any]]:
+    """A waiting LEASE from another client; the result lands in the returned dict."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        with AgentClient(endpoint) as c:
+            start = time.monotonic()
+            out["reply"] = c.lease("k", holder, ttl=30, wait=wait)
+            out["seconds"] = time.monotonic() - start
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def test_waiting_lease_is_answered_by_the_put(agent: AgentProcess) -> None:
+    with AgentClient(agent.endpoint) as a:
+        assert a.lease("k", "builder", ttl=30).granted
+        thread, out = _lease_in_thread(agent.endpoint, "waiter", wait=5.0)
+        time.sleep(0.3)
+        assert a.ping()["ok"]  # the agent keeps serving while a LEASE waits
+        assert "reply" not in out
+        a.put("k", [b"built"], {})
+        thread.join(10)
+    reply = out["reply"]
+    assert reply.present and not reply.granted
+    assert 0.25 < out["seconds"] < 2.0
+
+
+def test_waiting_lease_is_granted_on_release(agent: AgentProcess) -> None:
+    with AgentClient(agent.endpoint) as a:
+        assert a.lease("k", "builder", ttl=30).granted
+        thread, out = _lease_in_thread(agent.endpoint, "waiter", wait=5.0)
+        time.sleep(0.2)
+        assert a.release("k", "builder")
+        thread.join(10)
+    assert out["reply"].granted and out["reply"].holder == "waiter"
+    assert out["seconds"] < 2.0
+
+
+def test_waiting_lease_times_out_with_the_holder_named(agent: AgentProcess) -> None:
+    with AgentClient(agent.endpoint) as a:
+        assert a.lease("k", "builder", ttl=30).granted
+        thread, out = _lease_in_thread(agent.endpoint, "waiter", wait=0.4)
+        thread.join(10)
+    reply = out["reply"]
+    assert not reply.granted and not reply.present and reply.holder == "builder"
+    assert 0.35 < out["seconds"] < 2.0
+
+
+def test_waiting_lease_is_granted_when_the_holder_dies(agent: AgentProcess) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import os, socket, sys
+                from nodeagent.client import AgentClient
+                with AgentClient({agent.endpoint!r}) as c:
+                    r = c.lease("k", "doomed", ttl=60, pid=os.getpid(), host=socket.gethostname())
+                    assert r.granted, r
+                print("leased", flush=True)
+                sys.stdin.readline()
+                """
+            ),
+        ],
+        env=child_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    with holder:  # closes its pipes
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == b"leased\n"
+            thread, out = _lease_in_thread(agent.endpoint, "survivor", wait=8.0)
+            time.sleep(0.3)
+            assert "reply" not in out
+        finally:
+            holder.kill()
+    thread.join(10)
+    assert out["reply"].granted and out["reply"].holder == "survivor"
+    assert out["seconds"] < 2.0  # noticed by the agent's periodic check, not at the deadline
+
+
+def test_lease_wait_out_of_range_is_refused(agent: AgentProcess) -> None:
+    with AgentClient(agent.endpoint) as a, pytest.raises(AgentError, match="wait"):
+        a.lease("k", "x", ttl=30, wait=3600)
+
+
 def test_lease_expires(agent: AgentProcess) -> None:
     with AgentClient(agent.endpoint) as a:
         assert a.lease("k", "worker-a", ttl=0.2).granted

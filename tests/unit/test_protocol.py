@@ -58,6 +58,7 @@ FIELD_STRATEGIES: dict[Op, st.SearchStrategy[dict[str, Any]]] = {
         optional={
             "pid": st.one_of(st.none(), st.integers(1, 2**31)),
             "host": st.one_of(st.none(), st.text(min_size=1, max_size=64)),
+            "wait": st.one_of(st.none(), st.floats(0, 10), st.integers(0, 10)),
         },
     ),
     Op.RELEASE: st.fixed_dictionaries({"key": keys, "holder": holders}),
@@ -171,6 +172,9 @@ def raw(**header: Any) -> bytes:
         (raw(op="lease", key="k", holder="h", ttl=True), "bad-field", "'ttl'"),
         (raw(op="lease", key="k", holder="h", ttl=1, pid=0), "bad-field", "'pid'"),
         (raw(op="lease", key="k", holder="h", ttl=1, host=3), "bad-field", "'host'"),
+        (raw(op="lease", key="k", holder="h", ttl=1, wait=-1), "bad-field", "'wait'"),
+        (raw(op="lease", key="k", holder="h", ttl=1, wait=11), "bad-field", "'wait'"),
+        (raw(op="lease", key="k", holder="h", ttl=1, wait="1"), "bad-field", "'wait'"),
         (raw(op="release", key="k"), "bad-field", "'holder' is missing"),
     ],
 )

@@ -67,15 +67,30 @@ def pytest_configure(config: pytest.Config) -> None:
     endpoint = workerinput.get(WORKER_KEY) if workerinput else settings.agent
     hooks = _Hooks(config, settings, endpoint)
     config.pluginmanager.register(hooks, SESSION)
+    controller = workerinput is None and _distributing(config)
     if config.pluginmanager.hasplugin("xdist") and workerinput is None:
         config.pluginmanager.register(_XdistController(hooks), "statemigrate-xdist")
-    if hooks.active:
+    if controller:
+        # xdist's controller runs no test: it only starts the agent its workers share.
+        if hooks.active:
+            hooks.session.prelaunch(local=False)
+    elif hooks.active:
         hooks.activate()
         hooks.session.prelaunch()  # the agent boots while pytest collects
     else:
         # Nothing selected yet: no per-fixture hook at all, unless @state is applied while
         # pytest collects (in a test module); then the hooks are registered at that moment.
         _spec.on_first_use = hooks.activate
+
+
+def _distributing(config: pytest.Config) -> bool:
+    """pytest-xdist hands this run's tests to workers (xdist's own criterion)."""
+    option = config.option
+    return (
+        getattr(option, "dist", "no") != "no"
+        and bool(getattr(option, "tx", None))
+        and not option.collectonly
+    )
 
 
 class _FixtureHooks:

@@ -164,11 +164,13 @@ class StateMigrateSession:
         self._pending: dict[Any, Any] = {}  # fixturedef → loaded value, for the tryfirst impl
         self._exclude = (str(settings.store_dir), _PACKAGE_DIR)
 
-    def prelaunch(self) -> None:
-        """Start the embedded agent now, so that it boots while pytest collects."""
+    def prelaunch(self, local: bool = True) -> None:
+        """Start the embedded agent now, so that it boots while pytest collects; with
+        ``local``, also open its disk tier here (this process will read values)."""
         if self.embedded is not None:
             self.embedded.spawn()
-            self.embedded.open_disk()
+            if local:
+                self.embedded.open_disk()
 
     # -- analysis --------------------------------------------------------------------------
     def analysis(self, fixturedef: Any) -> fx.Analysis | None:

@@ -167,6 +167,22 @@ def _pickle(
     return frames, classes
 
 
+def state_digest(value: Any, deps: Mapping[str, Any]) -> tuple[bytes, int] | None:
+    """The digest and size of ``value``'s pickle (dependencies by reference), to tell whether
+    a test mutated it; None when it does not pickle."""
+    names = [name for name, v in deps.items() if not isinstance(v, _IMMUTABLE)]
+    try:
+        frames, _ = _pickle(value, names, deps)
+    except Exception:
+        return None
+    h = hashlib.sha256()
+    size = 0
+    for frame in frames:
+        h.update(frame)
+        size += memoryview(frame).nbytes
+    return h.digest(), size
+
+
 def dump(value: Any, deps: Mapping[str, Any]) -> list[Buffer]:
     """Pickle ``value`` into a body and its out-of-band buffers.
 

@@ -54,6 +54,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DIR",
         help="store directory (default: .statemigrate below the rootdir)",
     )
+    group.addoption(
+        "--sm-partitioner",
+        dest="sm_partitioner",
+        choices=st.PARTITIONERS,
+        default=None,
+        help="how the execution state graph is partitioned (default: metis; the ini key "
+        "statemigrate_partitioner)",
+    )
+    group.addoption(
+        "--sm-record",
+        dest="sm_record",
+        action="store_true",
+        default=False,
+        help="record the execution state graph even when no fixture is managed (for "
+        "`statemigrate suggest`)",
+    )
     for name, (text, kind) in st.INI.items():
         parser.addini(name, text, type=kind)  # type: ignore[arg-type]
 
@@ -77,6 +93,8 @@ def pytest_configure(config: pytest.Config) -> None:
     elif hooks.active:
         hooks.activate()
         hooks.session.prelaunch()  # the agent boots while pytest collects
+    elif settings.record:
+        hooks.activate()
     else:
         # Nothing selected yet: no per-fixture hook at all, unless @state is applied while
         # pytest collects (in a test module); then the hooks are registered at that moment.
@@ -115,6 +133,21 @@ class _FixtureHooks:
             return None
         fixturedef.cached_result = (value, fixturedef.cache_key(request), None)  # type: ignore[arg-type]
         return value
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
+        yield
+        self.hooks.session.test_ready(item)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> Generator[None, None, None]:
+        self.hooks.session.test_done(item)  # before any fixture is torn down
+        yield
+
+    def pytest_fixture_post_finalizer(self, fixturedef: pytest.FixtureDef[Any]) -> None:
+        self.hooks.session.fixture_gone(fixturedef)
 
 
 class _Hooks:
@@ -155,6 +188,9 @@ class _Hooks:
         workeroutput = getattr(self.config, "workeroutput", None)
         if workeroutput is not None:
             workeroutput["statemigrate"] = self._session.stats.to_json()
+            workeroutput["statemigrate_esg"] = self._session.esg.to_json()
+        else:
+            self._session.save_esg()
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         from .report import RunStats
@@ -189,6 +225,6 @@ class _XdistController:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        data = getattr(node, "workeroutput", {}).get("statemigrate")
-        if data is not None:
-            self.hooks.session.merge_worker(data)
+        output = getattr(node, "workeroutput", {})
+        if output.get("statemigrate") is not None:
+            self.hooks.session.merge_worker(output["statemigrate"], output.get("statemigrate_esg"))

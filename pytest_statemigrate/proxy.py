@@ -43,6 +43,8 @@ _AGENT_REPLIED: Final = frozenset(
 class Hit:
     value: Any
     warnings: list[Any]
+    nbytes: int = 0  # of the stored payload
+    load_s: float = 0.0  # fetching, verifying and unpickling it
 
 
 @dataclass(frozen=True)
@@ -242,7 +244,7 @@ class StateProxy:
         if load_s > build_s * LOAD_MARGIN:
             why = f"loading took {load_s * 1e3:.1f} ms, building {build_s * 1e3:.1f} ms"
             self._mark_build(key, name, why, prints)
-        return Hit(value=value, warnings=list(meta.get("warnings", [])))
+        return Hit(value, list(meta.get("warnings", [])), nbytes, load_s)
 
     def _claim(self, key: str, name: str, resolve: Callable[[str], Any]) -> Hit | Miss:
         """Take the build lease, or wait for whoever holds it to store the value.
@@ -291,19 +293,21 @@ class StateProxy:
         deps: Mapping[str, Any],
         record: BuildRecord,
         miss: Miss,
-    ) -> None:
-        """Offer a freshly built value to the agent (or record why it is built in-process)."""
+    ) -> int:
+        """Offer a freshly built value to the agent (or record why it is built in-process).
+
+        Returns the size of its pickle, 0 when it was not pickled."""
         self.stats.builds += 1
         self.stats.build_seconds += record.seconds
         if not miss.store:
-            return
+            return 0
         start = time.perf_counter()
         try:
             payload = codec.dump(value, deps)
         except codec.Unpicklable as exc:
             self.stats.refused[name] = str(exc)
             self._mark_build(key, name, str(exc), record.fingerprints, refused=True)
-            return
+            return 0
         nbytes = sum(memoryview(f).nbytes for f in payload)
         if nbytes > self.max_value_bytes:
             why = (
@@ -311,7 +315,7 @@ class StateProxy:
                 f"({self.max_value_bytes / 2**20:.0f} MiB)"
             )
             self._mark_build(key, name, why, record.fingerprints)
-            return
+            return nbytes
         meta = {
             "kind": "value",
             "fixture": name,
@@ -321,10 +325,11 @@ class StateProxy:
         }
         frames = codec.seal(self.secret, key, meta, payload)
         if self._call(lambda c: c.put(key, frames, {"fixture": name, "nbytes": nbytes})) is None:
-            return
+            return nbytes
         self._fresh.add(key)
         self.stats.bytes_stored += nbytes
         self.stats.store_seconds += time.perf_counter() - start
+        return nbytes
 
     def check_writes(self) -> None:
         """Report values the agent acknowledged but could not write (write-behind)."""

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from . import fixtures as fx
-from .codec import load_secret
+from .codec import load_secret, state_digest
+from .esg import ESGStore, SessionRecord
 from .inputs import BuildRecorder, fingerprint, static_paths
 from .keys import (
     KeyParts,
@@ -36,6 +37,7 @@ from .proxy import (
     warning_to_wire,
     warnings_from_wire,
 )
+from .recorder import AccessRecorder, used_fixturedefs
 from .report import RunStats
 from .settings import Settings
 
@@ -162,7 +164,13 @@ class StateMigrateSession:
         self._keys: dict[Any, str] = {}  # fixturedef → key of its current value
         self._unmanaged: dict[Any, tuple[str | None, str]] = {}  # fixturedef → (refusal, code)
         self._pending: dict[Any, Any] = {}  # fixturedef → loaded value, for the tryfirst impl
+        self._deps: dict[Any, dict[str, Any]] = {}  # fixturedef → its dependencies' values
+        self._nbytes: dict[str, int] = {}  # key → size of its pickle
         self._exclude = (str(settings.store_dir), _PACKAGE_DIR)
+        self.esg = SessionRecord.new()
+        self.recorder = AccessRecorder(
+            self.esg, rootdir, settings.write_check_bytes, settings.max_value_bytes
+        )
 
     def prelaunch(self, local: bool = True) -> None:
         """Start the embedded agent now, so that it boots while pytest collects; with
@@ -248,7 +256,7 @@ class StateMigrateSession:
         """Body of the ``pytest_fixture_setup`` wrapper (see plugin.py)."""
         analysis = self.analysis(fixturedef)
         if analysis is None:
-            return (yield)
+            return (yield from self._unmanaged_setup(fixturedef))
         # Stats and messages name the fixture by where it is defined (report.py labels it).
         name = self.stats.fixture(analysis.fixture_id, analysis.name)
         if analysis.refused is not None:
@@ -262,15 +270,73 @@ class StateMigrateSession:
         self.stats.managed.add(name)
         self._keys[fixturedef] = key
         deps = {n: request.getfixturevalue(n) for n in fixturedef.argnames if n != "request"}
+        self._deps[fixturedef] = deps
+        label = analysis.fixture_id + _param_label(request, fixturedef)
         try:
             found = self.proxy.lookup(key, name, deps.__getitem__)
             if isinstance(found, Hit):
                 _replay(found.warnings)
                 self._pending[fixturedef] = found.value
+                self._element(key, label, fixturedef.scope, found.nbytes, load_s=found.load_s)
                 return (yield)
-            return (yield from self._build(fixturedef, key, name, deps, found, analysis))
+            return (yield from self._build(fixturedef, key, name, deps, found, analysis, label))
         finally:
             self.proxy.close_link()
+
+    def _unmanaged_setup(self, fixturedef: Any) -> Generator[None, Any, Any]:
+        start = time.perf_counter()
+        value = yield
+        self.recorder.unmanaged_setup(fixturedef, time.perf_counter() - start, value)
+        return value
+
+    def _element(
+        self,
+        key: str,
+        label: str,
+        scope: str,
+        nbytes: int,
+        build_s: float | None = None,
+        load_s: float | None = None,
+    ) -> None:
+        self._nbytes[key] = nbytes
+        self.esg.element(key, label, scope, nbytes, build_s=build_s, load_s=load_s)
+
+    # -- the tests that use managed values ------------------------------------------------
+    def test_ready(self, item: Any) -> None:
+        """``item``'s fixtures are set up: note the digests of the values it may mutate."""
+        recorder = self.recorder
+        for fixturedef in used_fixturedefs(item):
+            key = self._keys.get(fixturedef)
+            if key is None or recorder.has_before(fixturedef, key):
+                continue
+            nbytes = self._nbytes.get(key, 0)  # 0: not pickled yet (a value built in-process)
+            if recorder.checks_writes(nbytes) or (nbytes == 0 and recorder.write_check_bytes):
+                digest = self._digest_of(fixturedef)
+                if digest is not None and nbytes == 0:
+                    # Learnt its size: checked on only if small enough, and the ESG knows it.
+                    self._nbytes[key] = digest[1]
+                    self.esg.element(key, "", fixturedef.scope, digest[1])
+                    if not recorder.checks_writes(digest[1]):
+                        digest = None
+                recorder.before_test(fixturedef, key, None if digest is None else digest[0])
+
+    def test_done(self, item: Any) -> None:
+        """``item`` ran; its fixtures are still set up: record what it read and wrote."""
+        self.recorder.after_test(
+            item.nodeid, list(used_fixturedefs(item)), self._keys, self._digest_of
+        )
+
+    def fixture_gone(self, fixturedef: Any) -> None:
+        """A fixture was torn down: drop what was kept about its value."""
+        self.recorder.forget(fixturedef)
+        self._deps.pop(fixturedef, None)
+
+    def _digest_of(self, fixturedef: Any) -> tuple[bytes, int] | None:
+        cached = fixturedef.cached_result
+        deps = self._deps.get(fixturedef)
+        if cached is None or cached[2] is not None or deps is None:
+            return None
+        return state_digest(cached[0], deps)
 
     def _build(
         self,
@@ -280,6 +346,7 @@ class StateMigrateSession:
         deps: dict[str, Any],
         miss: Miss,
         analysis: fx.Analysis,
+        label: str,
     ) -> Generator[None, Any, Any]:
         recorder = BuildRecorder()
         start = time.perf_counter()
@@ -305,7 +372,8 @@ class StateMigrateSession:
                 dists=self.proxy.dists,
             ),
         )
-        self.proxy.store(key, name, value, deps, record, miss)
+        nbytes = self.proxy.store(key, name, value, deps, record, miss)
+        self._element(key, label, fixturedef.scope, nbytes, build_s=seconds)
         return value
 
     def shared_endpoint(self) -> str | None:
@@ -318,8 +386,34 @@ class StateMigrateSession:
             self.stats.fallback(f"agent could not start ({exc}); workers build in-process")
             return None
 
-    def merge_worker(self, data: dict[str, Any]) -> None:
+    def merge_worker(self, data: dict[str, Any], esg: dict[str, Any] | None = None) -> None:
         self.stats.merge(RunStats.from_json(data))
+        if esg is not None:
+            self.esg.merge(SessionRecord.from_json(esg))
+
+    def save_esg(self) -> None:
+        """Add this run to the ESG file and re-partition it when it changed (not in workers:
+        the controller saves what they recorded)."""
+        record = self.esg
+        if not (record.elements or record.accesses or record.setups):
+            return
+        try:
+            from .partition import repartition
+
+            store = ESGStore(self.settings.store_dir / "esg.sqlite", self.settings.history)
+            with store:
+                if store.notice:
+                    self.stats.fallback(store.notice)
+                store.add_session(record)
+                if store.needs_partitioning():
+                    repartition(
+                        store,
+                        partition_bytes=self.settings.partition_bytes,
+                        agents=1,
+                        method=self.settings.partitioner,
+                    )
+        except Exception as exc:  # the run's outcome never depends on its recording
+            self.stats.fallback(f"could not record the execution state graph ({exc})")
 
     def take_pending(self, fixturedef: Any) -> tuple[bool, Any]:
         """(True, value) when the wrapper loaded a value for this setup."""
@@ -355,6 +449,17 @@ def _recording_warnings() -> Iterator[list[warnings.WarningMessage]]:
         catcher.__exit__(None, None, None)
         for w in log:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+def _param_label(request: Any, fixturedef: Any) -> str:
+    """``"[short]"`` for a parametrized fixture's value (its id, else its index); else ``""``."""
+    if not hasattr(request, "param"):
+        return ""
+    index = getattr(request, "param_index", 0)
+    ids = getattr(fixturedef, "ids", None)
+    if isinstance(ids, (list, tuple)) and 0 <= index < len(ids) and ids[index] is not None:
+        return f"[{ids[index]}]"
+    return f"[{index}]"
 
 
 def _replay(items: list[Any]) -> None:

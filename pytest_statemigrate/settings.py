@@ -21,7 +21,13 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "disk_bytes": 4 * 2**30,  # 4 GiB: diskcache tier of the embedded agent
     "lease_seconds": 600.0,  # how long another process waits for a value being built
     "timeout": 30.0,  # seconds one agent request may take before the agent counts as down
+    "history": 20,  # sessions the ESG keeps
+    "write_check_bytes": 64 * 2**10,  # 64 KiB: larger values are not checked for writes
+    "partition_bytes": 64 * 2**20,  # 64 MiB: target size of one partition
+    "partitioner": "metis",  # or "spectral"
 }
+
+PARTITIONERS: Final = ("metis", "spectral")
 
 
 class SettingsError(ValueError):
@@ -71,6 +77,11 @@ class Settings:
     disk_bytes: int
     lease_seconds: float
     timeout: float
+    history: int = DEFAULTS["history"]
+    write_check_bytes: int = DEFAULTS["write_check_bytes"]
+    partition_bytes: int = DEFAULTS["partition_bytes"]
+    partitioner: str = DEFAULTS["partitioner"]
+    record: bool = False  # record the ESG even when nothing is managed
 
     @property
     def disk_dir(self) -> Path:
@@ -119,6 +130,7 @@ def build(
         store_dir = rootdir / store_dir
     store = (ini("statemigrate_store") or "").strip() or None
     stats_json = option("sm_stats_json")
+    partitioner = option("sm_partitioner") or ini_or_default("partitioner", _partitioner)
     return Settings(
         patterns=tuple(p for p in patterns if p),
         agent=agent,
@@ -131,7 +143,18 @@ def build(
         disk_bytes=ini_or_default("disk_bytes", parse_size),
         lease_seconds=ini_or_default("lease_seconds", _positive(float)),
         timeout=ini_or_default("timeout", _positive(float)),
+        history=ini_or_default("history", _positive(int)),
+        write_check_bytes=ini_or_default("write_check_bytes", parse_size),
+        partition_bytes=ini_or_default("partition_bytes", _positive(parse_size)),
+        partitioner=partitioner,
+        record=bool(option("sm_record")),
     )
+
+
+def _partitioner(text: str) -> str:
+    if text not in PARTITIONERS:
+        raise ValueError(f"{text!r} is not one of {', '.join(PARTITIONERS)}")
+    return text
 
 
 #: ini keys: name → (help, type for ``parser.addini``). Sizes take K/M/G/T suffixes.
@@ -154,4 +177,11 @@ INI: Final[Mapping[str, tuple[str, str]]] = {
         "string",
     ),
     "statemigrate_timeout": ("seconds one agent request may take (default 30)", "string"),
+    "statemigrate_history": ("sessions the execution state graph keeps (default 20)", "string"),
+    "statemigrate_write_check_bytes": (
+        "managed values up to this size are checked for mutation by tests (default 64K; 0: off)",
+        "string",
+    ),
+    "statemigrate_partition_bytes": ("target size of one state partition (default 64M)", "string"),
+    "statemigrate_partitioner": ("metis (default) or spectral", "string"),
 }

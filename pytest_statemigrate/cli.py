@@ -1,14 +1,18 @@
-"""The ``statemigrate`` command: run an agent, clear the store."""
+"""The ``statemigrate`` command: run an agent, clear the store, see and manage the ESG."""
 
 from __future__ import annotations
 
 import argparse
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from .settings import DEFAULTS
+from nodeagent.units import parse_size
+
+from .settings import DEFAULTS, PARTITIONERS
 
 
 def _clear(args: argparse.Namespace) -> int:
@@ -39,6 +43,208 @@ def _clear(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the execution state graph ------------------------------------------------------------
+
+
+class _NoESG(Exception):
+    pass
+
+
+def _open_esg(args: argparse.Namespace) -> Any:
+    from .esg import ESGStore
+
+    path = Path(args.dir) / "esg.sqlite"
+    if not path.exists():
+        raise _NoESG(
+            f"no execution state graph at {path}: run pytest with managed fixtures "
+            "(or with --sm-record) first, or pass --dir"
+        )
+    store = ESGStore(path)
+    if store.notice:
+        print(f"statemigrate: {store.notice}", file=sys.stderr)
+    return store
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain text table; columns whose cells are all numbers are right-aligned."""
+    cells = [[str(c) for c in head], *[["-" if c is None else str(c) for c in r] for r in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
+    numeric = [
+        all(isinstance(r[i], int | float) or r[i] is None for r in rows) and bool(rows)
+        for i in range(len(head))
+    ]
+    lines = []
+    for row in cells:
+        parts = [
+            c.rjust(w) if num else c.ljust(w)
+            for c, w, num in zip(row, widths, numeric, strict=True)
+        ]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def _seconds(value: float | None) -> str | None:
+    return None if value is None else f"{value:.3f}"
+
+
+def _when(stamp: float | None) -> str | None:
+    return None if stamp is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp))
+
+
+def _esg(args: argparse.Namespace) -> int:
+    from .export import human_bytes
+
+    with _open_esg(args) as store:
+        sessions = store.sessions()
+        elements = store.elements()
+    print(f"{len(sessions)} session(s) kept, {len(elements)} element(s)\n")
+    print(
+        _table(
+            ["session", "started", "host", "tests", "elements"],
+            [(s.id[:12], _when(s.started), s.host, s.tests, s.elements) for s in sessions],
+        )
+    )
+    print()
+    rows = sorted(elements, key=lambda e: (-e.accesses, e.fixture))
+    print(
+        _table(
+            ["fixture", "key", "size", "build s", "load s", "accesses", "writes", "tests"],
+            [
+                (
+                    e.fixture,
+                    e.key[:12],
+                    human_bytes(e.nbytes),
+                    _seconds(e.build_s),
+                    _seconds(e.load_s),
+                    e.accesses,
+                    e.writes,
+                    e.tests,
+                )
+                for e in rows
+            ],
+        )
+    )
+    return 0
+
+
+def _partitions(args: argparse.Namespace) -> int:
+    from .export import human_bytes
+
+    with _open_esg(args) as store:
+        parts = store.partitions()
+        labels = {e.key: e.fixture for e in store.elements()}
+    if not parts:
+        print("no partitions yet: they are computed at the end of a run that recorded state")
+        return 0
+    print(f"{len(parts)} partition(s), generation {parts[0].generation}\n")
+    rows = []
+    for p in parts:
+        names = sorted({labels.get(k, k[:12]) for k in p.elements})
+        shown = ", ".join(names[:3]) + (f", +{len(names) - 3}" if len(names) > 3 else "")
+        profile = " ".join(str(n) for n in p.accesses[-8:])
+        rows.append(
+            (
+                p.id,
+                len(p.elements),
+                human_bytes(p.nbytes),
+                len(p.tests),
+                profile,
+                _when(p.last_used),
+                shown,
+            )
+        )
+    print(
+        _table(
+            ["id", "elements", "size", "tests", "accesses/session", "last used", "fixtures"],
+            rows,
+        )
+    )
+    return 0
+
+
+def _suggest(args: argparse.Namespace) -> int:
+    with _open_esg(args) as store:
+        found = store.suggestions()
+    found = [s for s in found if s.mean_s >= args.min_seconds]
+    if not found:
+        print(
+            f"no unmanaged fixture takes {args.min_seconds:g} s or more to set up "
+            "(in the recorded sessions)"
+        )
+        return 0
+    found.sort(key=lambda s: -s.saving_s)
+    picklable = {True: "yes", False: "no", None: "?"}
+    print(
+        _table(
+            ["fixture", "scope", "setup s", "setups", "tests", "pickles", "saving s/session"],
+            [
+                (
+                    s.fixture,
+                    s.scope,
+                    _seconds(s.mean_s),
+                    s.setups,
+                    s.tests,
+                    picklable[s.picklable],
+                    _seconds(s.saving_s),
+                )
+                for s in found
+            ],
+        )
+    )
+    print("\nmanage one with @pytest_statemigrate.state or the ini key statemigrate_fixtures")
+    return 0
+
+
+def _graph(args: argparse.Namespace) -> int:
+    from .export import export
+
+    with _open_esg(args) as store:
+        graph = store.to_networkx()
+        for part in store.partitions():
+            for key in part.elements:
+                if key in graph:
+                    graph.nodes[key]["partition"] = part.id
+    export(graph, args.format, Path(args.output))
+    print(f"wrote {args.output} ({graph.number_of_nodes()} elements, {args.format})")
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from .esg import ESGError, ESGStore
+
+    path = Path(args.dir) / "esg.sqlite"
+    with ESGStore(path) as store:
+        for name in args.files:
+            try:
+                added = store.merge_from(Path(name))
+            except ESGError as exc:
+                print(f"statemigrate merge: {name}: {exc}", file=sys.stderr)
+                return 1
+            print(f"{name}: {added} session(s) merged into {path}")
+    return 0
+
+
+def _partition(args: argparse.Namespace) -> int:
+    from .partition import repartition
+
+    with _open_esg(args) as store:
+        parts = repartition(
+            store, partition_bytes=args.partition_bytes, agents=args.agents, method=args.partitioner
+        )
+    print(f"{len(parts)} partition(s) saved; see them with `statemigrate partitions`")
+    return 0
+
+
+def _size_arg(text: str) -> int:
+    try:
+        value = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["agent"]:
@@ -56,11 +262,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     clear.add_argument("--store", default=None, help="also remove this tier-3 store directory")
     clear.add_argument("--agent", default=None, help="clear the agent at this endpoint instead")
+
+    def esg_command(name: str, text: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=text, description=text)
+        cmd.add_argument(
+            "--dir", default=DEFAULTS["dir"], help="store directory (default %(default)s)"
+        )
+        return cmd
+
+    esg_command("esg", "the recorded sessions and state elements")
+    esg_command("partitions", "the state partitions and their access profiles")
+    suggest = esg_command("suggest", "unmanaged fixtures worth managing")
+    suggest.add_argument(
+        "--min-seconds",
+        type=float,
+        default=0.01,
+        help="setup time below which a fixture is not listed (default %(default)s)",
+    )
+    graph = esg_command("graph", "write the ESG as a picture (html) or data")
+    graph.add_argument("--format", choices=("html", "graphml", "json", "dot"), default="html")
+    graph.add_argument("-o", "--output", required=True, help="file to write")
+    merge = esg_command("merge", "merge ESG files (of CI shards) into this store's")
+    merge.add_argument("files", nargs="+", metavar="FILE", help="esg.sqlite files")
+    part = esg_command("partition", "re-partition the ESG now")
+    part.add_argument("--partitioner", choices=PARTITIONERS, default=DEFAULTS["partitioner"])
+    part.add_argument(
+        "--partition-bytes",
+        type=_size_arg,
+        default=DEFAULTS["partition_bytes"],
+        help="target partition size, e.g. 64M (default 64M)",
+    )
+    part.add_argument("--agents", type=int, default=1, help="node agents (default 1)")
     args = parser.parse_args(argv)
-    if args.command == "clear":
-        return _clear(args)
-    parser.error(f"unknown command {args.command}")  # argparse exits
-    return 2
+    commands = {
+        "clear": _clear,
+        "esg": _esg,
+        "partitions": _partitions,
+        "suggest": _suggest,
+        "graph": _graph,
+        "merge": _merge,
+        "partition": _partition,
+    }
+    try:
+        return commands[args.command](args)
+    except _NoESG as exc:
+        print(f"statemigrate {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

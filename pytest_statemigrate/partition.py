@@ -559,22 +559,6 @@ def _max_overlap_matching(overlap: Mapping[tuple[int, int], int]) -> dict[int, i
 # --------------------------------------------------------------------------- the store
 
 
-class ElementData(Protocol):
-    @property
-    def key(self) -> str: ...
-
-    @property
-    def nbytes(self) -> int: ...
-
-
-class GraphData(Protocol):
-    @property
-    def elements(self) -> Sequence[ElementData]: ...
-
-    @property
-    def edges(self) -> Mapping[tuple[int, int], int]: ...
-
-
 class PartitionStore(Protocol):
     """What :func:`repartition` needs of the ESG store (:class:`esg.ESGStore` is one)."""
 
@@ -582,7 +566,9 @@ class PartitionStore(Protocol):
 
     def totals(self) -> tuple[int, int]: ...
 
-    def graph_data(self, *, edges: bool = True) -> GraphData: ...
+    def keys(self) -> list[str]: ...
+
+    def coaccess(self) -> tuple[list[str], list[int], dict[tuple[int, int], int]]: ...
 
     def partition_sets(self) -> tuple[Mapping[int, Collection[str]], int]: ...
 
@@ -610,13 +596,11 @@ def repartition(
     generation = store.generation()  # before the graph: a change in between re-partitions again
     count, total = store.totals()
     nparts = choose_nparts(total, partition_bytes, agents, count)
-    data = store.graph_data(edges=nparts > 1)
-    keys = [e.key for e in data.elements]
     if nparts <= 1:
-        assignment = dict.fromkeys(keys, 0)
+        assignment = dict.fromkeys(store.keys(), 0)
     else:
-        sizes = [e.nbytes for e in data.elements]
-        assignment = partition_data(keys, sizes, data.edges, nparts, method=method, seed=seed)
+        keys, sizes, pairs = store.coaccess()
+        assignment = partition_data(keys, sizes, pairs, nparts, method=method, seed=seed)
     old, next_id = store.partition_sets()
     ids = stable_ids(as_parts(assignment), old, next_id)
     store.save_partitions(generation, ids)

@@ -443,8 +443,12 @@ class FakeStore:
     def generation(self) -> int:
         return self.gen
 
-    def graph_data(self, *, edges: bool = True) -> GraphData:
-        return as_data(self.graph, edges=edges)
+    def coaccess(self) -> tuple[list[str], list[int], dict[tuple[int, int], int]]:
+        data = as_data(self.graph)
+        return [e.key for e in data.elements], [e.nbytes for e in data.elements], data.edges
+
+    def keys(self) -> list[str]:
+        return list(self.graph)
 
     def totals(self) -> tuple[int, int]:
         return len(self.graph), sum(b for _, b in self.graph.nodes(data="bytes", default=0))

@@ -1,0 +1,70 @@
+"""Settings from ini keys and options: defaults, and one clear line for each bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_statemigrate import settings as st
+
+
+def build(ini: dict[str, str], **options: Any) -> st.Settings:
+    return st.build(
+        rootdir=Path("/project"),
+        ini=lambda name: [] if name == "statemigrate_fixtures" else ini.get(name, ""),
+        option=lambda name: options.get(name),
+    )
+
+
+def test_defaults_need_no_configuration() -> None:
+    s = build({})
+    assert (s.history, s.write_check_bytes, s.partition_bytes, s.partitioner, s.record) == (
+        20,
+        64 * 2**10,
+        64 * 2**20,
+        "metis",
+        False,
+    )
+    assert s.store_dir == Path("/project/.statemigrate")
+
+
+def test_values_are_read() -> None:
+    s = build(
+        {
+            "statemigrate_history": "5",
+            "statemigrate_write_check_bytes": "0",
+            "statemigrate_partition_bytes": "1G",
+            "statemigrate_partitioner": "spectral",
+        },
+        sm_record=True,
+    )
+    assert (s.history, s.write_check_bytes, s.partition_bytes, s.partitioner, s.record) == (
+        5,
+        0,
+        2**30,
+        "spectral",
+        True,
+    )
+    assert build({"statemigrate_partitioner": "spectral"}, sm_partitioner="metis").partitioner == (
+        "metis"
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("statemigrate_history", "0"),
+        ("statemigrate_history", "many"),
+        ("statemigrate_write_check_bytes", "-1"),
+        ("statemigrate_partition_bytes", "0"),
+        ("statemigrate_partitioner", "kmeans"),
+        ("statemigrate_lease_seconds", "-3"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_key(key: str, value: str) -> None:
+    with pytest.raises(st.SettingsError) as info:
+        build({key: value})
+    message = str(info.value)
+    assert message.startswith(f"statemigrate: bad value for {key}:") and "\n" not in message

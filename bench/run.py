@@ -632,6 +632,45 @@ def ratios(configs: dict[str, Config]) -> list[dict[str, Any]]:
     return out
 
 
+@dataclass
+class _Pooled:
+    """The times of one configuration over several results files (for :func:`ratios`)."""
+
+    times: list[float]
+    cpu: list[float]
+
+
+def pooled(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Several results files as one: each configuration's rounds concatenated (file by file,
+    so round i of two configurations still ran side by side), medians and ratios recomputed."""
+    names = [n for n in results[0]["configs"] if all(n in r["configs"] for r in results)]
+    runs = {
+        n: _Pooled(
+            [t for r in results for t in r["configs"][n]["times_s"]],
+            [c for r in results for c in r["configs"][n]["cpu_s"]],
+        )
+        for n in names
+    }
+    configs = {}
+    for n, p in runs.items():
+        first = results[0]["configs"][n]
+        reported = [r["configs"][n].get("pytest_reported_median_s") for r in results]
+        configs[n] = {
+            **first,
+            "runs": len(p.times),
+            "median_s": statistics.median(p.times),
+            "min_s": min(p.times),
+            "max_s": max(p.times),
+            "times_s": p.times,
+            "cpu_median_s": statistics.median(p.cpu),
+            "cpu_s": p.cpu,
+            "pytest_reported_median_s": None
+            if None in reported
+            else statistics.median(x for x in reported if x is not None),
+        }
+    return {"configs": configs, "ratios": ratios(runs)}  # type: ignore[arg-type]
+
+
 def source_digest() -> str:
     """Digest of the plugin's and the agent's sources: others may edit them during a run."""
     h = hashlib.sha256()
@@ -776,13 +815,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--from-json",
         type=Path,
+        nargs="+",
         default=None,
-        help="measure nothing: print the tables of an earlier results file",
+        help="measure nothing: print the tables of earlier results files; several files "
+        "(runs of the same configurations) are pooled round by round",
     )
     args = parser.parse_args(argv)
 
     if args.from_json is not None:
-        print(table(json.loads(args.from_json.read_text()), args.markdown))
+        loaded = [json.loads(path.read_text()) for path in args.from_json]
+        print(table(loaded[0] if len(loaded) == 1 else pooled(loaded), args.markdown))
         return 0
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(only) - set(SCENARIOS)

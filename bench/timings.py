@@ -41,6 +41,9 @@ STEPS = [
     ("pytest_statemigrate.codec", "dump", "  pickle"),
     ("pytest_statemigrate.codec", "seal", "  seal (HMAC)"),
     ("nodeagent.client", "AgentClient.put", "  PUT round trip"),
+    ("pytest_statemigrate.session", "StateMigrateSession.test_ready", "ESG: before each test"),
+    ("pytest_statemigrate.session", "StateMigrateSession.test_done", "ESG: after each test"),
+    ("pytest_statemigrate.session", "StateMigrateSession.save_esg", "ESG: saved at the end"),
     ("nodeagent.launcher", "AgentProcess.stop", "agent stop"),
 ]
 

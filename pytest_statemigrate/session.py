@@ -286,8 +286,17 @@ class StateMigrateSession:
     def _unmanaged_setup(self, fixturedef: Any) -> Generator[None, Any, Any]:
         start = time.perf_counter()
         value = yield
-        self.recorder.unmanaged_setup(fixturedef, time.perf_counter() - start, value)
+        with self._recording():
+            self.recorder.unmanaged_setup(fixturedef, time.perf_counter() - start, value)
         return value
+
+    @contextmanager
+    def _recording(self) -> Iterator[None]:
+        """Recording the ESG never changes an outcome: trouble is one summary line."""
+        try:
+            yield
+        except Exception as exc:
+            self.stats.fallback(f"could not record a test's state accesses ({exc!r})")
 
     def _element(
         self,
@@ -304,6 +313,10 @@ class StateMigrateSession:
     # -- the tests that use managed values ------------------------------------------------
     def test_ready(self, item: Any) -> None:
         """``item``'s fixtures are set up: note the digests of the values it may mutate."""
+        with self._recording():
+            self._note_digests(item)
+
+    def _note_digests(self, item: Any) -> None:
         recorder = self.recorder
         for fixturedef in used_fixturedefs(item):
             key = self._keys.get(fixturedef)
@@ -322,9 +335,10 @@ class StateMigrateSession:
 
     def test_done(self, item: Any) -> None:
         """``item`` ran; its fixtures are still set up: record what it read and wrote."""
-        self.recorder.after_test(
-            item.nodeid, list(used_fixturedefs(item)), self._keys, self._digest_of
-        )
+        with self._recording():
+            self.recorder.after_test(
+                item.nodeid, list(used_fixturedefs(item)), self._keys, self._digest_of
+            )
 
     def fixture_gone(self, fixturedef: Any) -> None:
         """A fixture was torn down: drop what was kept about its value."""

@@ -161,3 +161,23 @@ def test_the_statemigrate_command_reads_the_esg(
     assert main(["esg", "--dir", str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("statemigrate esg: no execution state graph at") and "\n" not in err
+
+
+def test_recording_trouble_never_changes_an_outcome(suite: Suite) -> None:
+    make(suite)
+    # A fault that real values cannot produce: the recorder itself breaks.
+    suite.pytester.makepyfile(
+        sm_break="""
+from pytest_statemigrate import recorder
+
+def broken(*args, **kwargs):
+    raise RuntimeError("recorder broke")
+
+recorder.AccessRecorder.after_test = broken
+recorder.AccessRecorder.unmanaged_setup = broken
+"""
+    )
+    run = suite.same_as_plain("-p", "sm_break")
+    run.result.stdout.fnmatch_lines(
+        ["*fallback*could not record a test's state accesses (RuntimeError('recorder broke'))*"]
+    )

@@ -112,7 +112,7 @@ def _esg(args: argparse.Namespace) -> int:
             [
                 (
                     e.fixture,
-                    e.key[:12],
+                    e.key.rsplit("-", 1)[-1][:12],  # keys read "<fixture>-<digest>"
                     human_bytes(e.nbytes),
                     _seconds(e.build_s),
                     _seconds(e.load_s),
@@ -218,7 +218,7 @@ def _merge(args: argparse.Namespace) -> int:
             try:
                 added = store.merge_from(Path(name))
             except ESGError as exc:
-                print(f"statemigrate merge: {name}: {exc}", file=sys.stderr)
+                print(f"statemigrate merge: {exc}", file=sys.stderr)
                 return 1
             print(f"{name}: {added} session(s) merged into {path}")
     return 0
@@ -308,6 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _NoESG as exc:
         print(f"statemigrate {args.command}: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `statemigrate esg | head`: the reader has what it wanted
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -157,6 +157,35 @@ def unmanaged_dependency_refusal(dep_name: str, func: Any, rootdir: Path) -> str
     return None
 
 
+_IMMUTABLE: Final = (int, float, complex, str, bytes, bool, tuple, frozenset, type(None), range)
+
+
+def global_alias(func: Any, value: Any) -> str | None:
+    """The module-level name (``STATE`` or ``app.STATE``) under which the fixture's code reaches
+    the very object it returned, or None.
+
+    Such a fixture works on shared state (say, it resets a registry and returns it): a loaded
+    copy would skip what the build does to the real object. Immutable values do not count.
+    """
+    if isinstance(value, _IMMUTABLE):
+        return None
+    raw = unwrap(func)
+    code = getattr(raw, "__code__", None)
+    namespace = getattr(raw, "__globals__", None)
+    if code is None or not isinstance(namespace, dict):
+        return None
+    names = code.co_names
+    for name in names:
+        obj = namespace.get(name)
+        if obj is value:
+            return str(name)
+        if inspect.ismodule(obj):
+            for attr in names:
+                if getattr(obj, attr, None) is value:
+                    return f"{name}.{attr}"
+    return None
+
+
 def param_part(request: Any, fixturedef: Any) -> str | None:
     """The param token of this request, or None when the fixture is not parametrized."""
     if not hasattr(request, "param"):
@@ -180,6 +209,7 @@ __all__ = [
     "Analysis",
     "Unkeyable",
     "analyse",
+    "global_alias",
     "is_selected",
     "param_part",
     "unmanaged_dependency_refusal",

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from nodeagent.client import AgentClient
 
 
+NONE_VALUE: Final = "returns None: it runs for its side effects, which a loaded value would skip"
 LOAD_MARGIN: Final = 1.25  # build in-process when loading took this many times the build
 LEASE_WAIT: Final = 1.0  # s: one LEASE waits this long for the holder; then it is asked again
 LEASE_POLL: Final = 0.02  # s: pause between LEASEs when the agent answered without waiting
@@ -138,6 +139,7 @@ class StateProxy:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._build_only: dict[str, str] = {}  # key → why; decided earlier in this run
         self._fresh: set[str] = set()  # keys stored by this process in this run
+        self.refused_keys: set[str] = set()  # keys whose values are refused: not state elements
 
     @property
     def secret(self) -> bytes:
@@ -218,6 +220,8 @@ class StateProxy:
         if meta.get("kind") == "build":
             why = str(meta.get("reason", "decided earlier"))
             self._build_only[key] = why
+            if meta.get("refused"):
+                self.refused_keys.add(key)
             (self.stats.refused if meta.get("refused") else self.stats.built_instead)[name] = why
             return Miss(store=False)
         try:
@@ -233,6 +237,10 @@ class StateProxy:
             why = f"its value does not survive pickling ({type(exc).__name__}: {exc})"
             self.stats.refused[name] = why
             self._mark_build(key, name, why, prints, refused=True)
+            return Miss(store=False)
+        if value is None:  # stored before None values were refused
+            self.stats.refused[name] = NONE_VALUE
+            self._mark_build(key, name, NONE_VALUE, prints, refused=True)
             return Miss(store=False)
         load_s = time.perf_counter() - start
         build_s = float(meta.get("build_s", 0.0))
@@ -301,6 +309,10 @@ class StateProxy:
         self.stats.build_seconds += record.seconds
         if not miss.store:
             return 0
+        if value is None:
+            self.stats.refused[name] = NONE_VALUE
+            self._mark_build(key, name, NONE_VALUE, record.fingerprints, refused=True)
+            return 0
         start = time.perf_counter()
         try:
             payload = codec.dump(value, deps)
@@ -350,11 +362,20 @@ class StateProxy:
         if holder is not None:
             self._call(lambda c: c.release(key, holder))
 
+    def refuse(self, key: str, name: str, why: str, record: BuildRecord) -> None:
+        """A built value that must not be stored (and is built from now on): say why."""
+        self.stats.builds += 1
+        self.stats.build_seconds += record.seconds
+        self.stats.refused[name] = why
+        self._mark_build(key, name, why, record.fingerprints, refused=True)
+
     def _mark_build(
         self, key: str, name: str, why: str, prints: Fingerprints, *, refused: bool = False
     ) -> None:
         self._build_only[key] = why
-        if not refused:
+        if refused:
+            self.refused_keys.add(key)
+        else:
             self.stats.built_instead[name] = why
         meta = {
             "kind": "build",

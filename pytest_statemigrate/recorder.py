@@ -24,7 +24,7 @@ from __future__ import annotations
 import inspect
 import os
 import pickle
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -114,6 +114,8 @@ class AccessRecorder:
     # -- unmanaged fixtures
 
     def unmanaged_setup(self, fixturedef: Any, seconds: float, value: Any) -> None:
+        if getattr(fixturedef.func, "__name__", "") == "get_direct_param_fixture_func":
+            return  # pytest's stand-in for a parametrize argument, not a fixture
         label = self.label(fixturedef)
         picklable: bool | None = None
         if seconds >= SUGGEST_MIN_SECONDS and label not in self._checked:
@@ -143,14 +145,24 @@ class AccessRecorder:
         fixturedefs: list[Any],
         keys: Mapping[Any, str],
         digest_of: Any,
+        refused: Collection[str] = (),
     ) -> None:
-        """The test ``nodeid`` is over (its fixtures still set up): record its accesses."""
+        """The test ``nodeid`` is over (its fixtures still set up): record its accesses.
+
+        ``keys``: the managed fixtures' current keys; ``refused``: keys of values that are not
+        state elements (refused when built). Unmanaged fixtures count a use only once one of
+        their setups was timed (so not pytest's parametrize pseudo-fixtures, nor fixtures that
+        are selected but refused).
+        """
         record = self.record
         for fixturedef in fixturedefs:
             key = keys.get(fixturedef)
             if key is None:
-                if not fixturedef.argname.startswith("_") and fixturedef.argname != "request":
-                    record.use(self.label(fixturedef), fixturedef.scope)
+                label = self._labels.get(fixturedef)
+                if label is not None:
+                    record.use(label, fixturedef.scope)
+                continue
+            if key in refused:
                 continue
             record.read(nodeid, key)
             before = self._before.get(fixturedef)

@@ -259,6 +259,9 @@ class StateMigrateSession:
             return (yield from self._unmanaged_setup(fixturedef))
         # Stats and messages name the fixture by where it is defined (report.py labels it).
         name = self.stats.fixture(analysis.fixture_id, analysis.name)
+        # The key of this setup's value, once known: never the key of an earlier param's value
+        # (a dependent fixture would take that key for this value's).
+        self._keys.pop(fixturedef, None)
         if analysis.refused is not None:
             self.stats.refused[name] = analysis.refused
             return (yield)
@@ -267,7 +270,6 @@ class StateMigrateSession:
         except Unkeyable as exc:
             self.stats.refused[name] = str(exc)
             return (yield)
-        self.stats.managed.add(name)
         self._keys[fixturedef] = key
         deps = {n: request.getfixturevalue(n) for n in fixturedef.argnames if n != "request"}
         self._deps[fixturedef] = deps
@@ -275,6 +277,7 @@ class StateMigrateSession:
         try:
             found = self.proxy.lookup(key, name, deps.__getitem__)
             if isinstance(found, Hit):
+                self.stats.managed.add(name)
                 _replay(found.warnings)
                 self._pending[fixturedef] = found.value
                 self._element(key, label, fixturedef.scope, found.nbytes, load_s=found.load_s)
@@ -337,13 +340,18 @@ class StateMigrateSession:
         """``item`` ran; its fixtures are still set up: record what it read and wrote."""
         with self._recording():
             self.recorder.after_test(
-                item.nodeid, list(used_fixturedefs(item)), self._keys, self._digest_of
+                item.nodeid,
+                list(used_fixturedefs(item)),
+                self._keys,
+                self._digest_of,
+                self.proxy.refused_keys,
             )
 
     def fixture_gone(self, fixturedef: Any) -> None:
         """A fixture was torn down: drop what was kept about its value."""
         self.recorder.forget(fixturedef)
         self._deps.pop(fixturedef, None)
+        self._keys.pop(fixturedef, None)
 
     def _digest_of(self, fixturedef: Any) -> tuple[bytes, int] | None:
         cached = fixturedef.cached_result
@@ -362,6 +370,18 @@ class StateMigrateSession:
         analysis: fx.Analysis,
         label: str,
     ) -> Generator[None, Any, Any]:
+        if not miss.store:  # built in-process by decision: nothing to record for a store
+            start = time.perf_counter()
+            try:
+                value = yield
+            except BaseException:
+                self.proxy.abandon(key, miss)
+                raise
+            record = BuildRecord(seconds=time.perf_counter() - start)
+            self.proxy.store(key, name, value, deps, record, miss)
+            if key not in self.proxy.refused_keys:
+                self.stats.managed.add(name)
+            return value
         recorder = BuildRecorder()
         try:
             with _recording_warnings() as log, recorder:
@@ -387,8 +407,18 @@ class StateMigrateSession:
                 dists=self.proxy.dists,
             ),
         )
+        alias = fx.global_alias(fixturedef.func, value)
+        if alias is not None:
+            why = (
+                f"returns the module-level object {alias}: a loaded value would skip what "
+                "building does to it"
+            )
+            self.proxy.refuse(key, name, why, record)
+            return value
         nbytes = self.proxy.store(key, name, value, deps, record, miss)
-        self._element(key, label, fixturedef.scope, nbytes, build_s=seconds)
+        if key not in self.proxy.refused_keys:
+            self.stats.managed.add(name)
+            self._element(key, label, fixturedef.scope, nbytes, build_s=seconds)
         return value
 
     def shared_endpoint(self) -> str | None:

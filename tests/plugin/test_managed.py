@@ -468,3 +468,74 @@ def odd():
     later = suite.same_as_plain()
     later.result.stdout.fnmatch_lines(["refused odd: its value does not survive pickling*"])
     assert later.stats is not None and later.stats["bytes_stored"] == 0
+
+
+def test_a_refused_param_does_not_lend_its_key_to_dependents(suite: Suite) -> None:
+    """The second param of ``codec`` cannot be keyed: ``box`` for it must not load the first's."""
+    suite.pytester.makeconftest("""
+import pickle, time
+import pytest
+
+class Box:
+    def __init__(self, kind):
+        self.kind = kind
+
+@pytest.fixture(params=["json", pickle])
+def codec(request):
+    return request.param
+
+@pytest.fixture
+def box(codec):
+    time.sleep(0.02)
+    return Box(codec if isinstance(codec, str) else codec.__name__)
+""")
+    suite.pytester.makepyfile("""
+def test_box(box, codec):
+    assert box.kind == (codec if isinstance(codec, str) else codec.__name__)
+""")
+    for _ in range(2):  # cold, warm
+        run = suite.same_as_plain("--sm-fixtures=*")
+        assert set(run.outcomes.values()) == {"passed"}
+    run.result.stdout.fnmatch_lines(["*depends on codec, which runs unmanaged*"])
+
+
+def test_side_effect_fixtures_are_refused(suite: Suite) -> None:
+    """A fixture that returns None, or returns the module-level object it resets, works by its
+    side effects; a loaded value would skip them."""
+    suite.pytester.makepyfile(app="STATE = {}\nLOG = []\n")
+    suite.pytester.makeconftest("""
+import time
+import pytest
+import app
+
+@pytest.fixture
+def fresh_state():
+    time.sleep(0.02)
+    app.STATE.clear()
+    return app.STATE
+
+@pytest.fixture
+def reset_log():
+    time.sleep(0.02)
+    app.LOG.clear()
+""")
+    suite.pytester.makepyfile("""
+import app
+
+def test_a(fresh_state, reset_log):
+    assert fresh_state == {} and app.LOG == []
+    fresh_state["x"] = 1
+    app.LOG.append(1)
+
+def test_b(fresh_state, reset_log):
+    assert fresh_state == {} and app.LOG == []
+    fresh_state["y"] = 2
+    app.LOG.append(2)
+""")
+    for _ in range(2):  # cold, warm
+        run = suite.same_as_plain("--sm-fixtures=fresh_state,reset_log")
+        assert set(run.outcomes.values()) == {"passed"}
+    assert run.stats is not None and run.stats["hits_total"] == 0
+    run.result.stdout.fnmatch_lines(["*fresh_state*returns the module-level object app.STATE*"])
+    run.result.stdout.fnmatch_lines(["*reset_log*returns None: it runs for its side effects*"])
+    assert "managed fixtures: 0" in run.result.stdout.str()  # both refused: none managed

@@ -44,6 +44,7 @@ STEPS = [
     ("pytest_statemigrate.session", "StateMigrateSession.test_ready", "ESG: before each test"),
     ("pytest_statemigrate.session", "StateMigrateSession.test_done", "ESG: after each test"),
     ("pytest_statemigrate.session", "StateMigrateSession.save_esg", "ESG: saved at the end"),
+    ("pytest_statemigrate.session", "StateMigrateSession.finish", "session finish (write check)"),
     ("nodeagent.launcher", "AgentProcess.stop", "agent stop"),
 ]
 

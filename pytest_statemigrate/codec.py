@@ -151,20 +151,25 @@ def _fragile(cls: type) -> bool:
 
 
 def _pickle(
-    value: Any, names: Sequence[str], deps: Mapping[str, Any]
-) -> tuple[list[Any], set[type]]:
+    value: Any, names: Sequence[str], deps: Mapping[str, Any], classes: set[type] | None = None
+) -> list[Any]:
+    """The body and out-of-band buffers of ``value``; with ``classes``, also note there the
+    classes pickled (a Python callback per object: only the store needs it)."""
     buffers: list[Any] = []
-    classes: set[type] = set()
     stream = io.BytesIO()
     stream.write(_prologue(names))
-    pickler = _Pickler(stream, buffers, classes)
+    pickler = (
+        _Pickler(stream, buffers, classes)
+        if classes is not None
+        else pickle.Pickler(stream, protocol=5, buffer_callback=buffers.append)
+    )
     _seed_memo(pickler, names, deps)
     pickler.dump(value)
     frames: list[Any] = [stream.getbuffer()]
     for buf in buffers:
         raw = buf.raw()
         frames.append(raw if raw.contiguous else bytes(raw))
-    return frames, classes
+    return frames
 
 
 def state_digest(value: Any, deps: Mapping[str, Any]) -> tuple[bytes, int] | None:
@@ -172,7 +177,7 @@ def state_digest(value: Any, deps: Mapping[str, Any]) -> tuple[bytes, int] | Non
     a test mutated it; None when it does not pickle."""
     names = [name for name, v in deps.items() if not isinstance(v, _IMMUTABLE)]
     try:
-        frames, _ = _pickle(value, names, deps)
+        frames = _pickle(value, names, deps)
     except Exception:
         return None
     h = hashlib.sha256()
@@ -192,8 +197,9 @@ def dump(value: Any, deps: Mapping[str, Any]) -> list[Buffer]:
         :func:`_fragile` class) does not come back the same from a round trip.
     """
     names = [name for name, v in deps.items() if not isinstance(v, _IMMUTABLE)]
+    classes: set[type] = set()
     try:
-        frames, classes = _pickle(value, names, deps)
+        frames = _pickle(value, names, deps, classes)
     except Exception as exc:
         raise Unpicklable(f"{type(value).__name__} value cannot be pickled ({exc})") from None
     fragile = sorted(c.__qualname__ for c in classes if _fragile(c))

@@ -323,7 +323,12 @@ class StateMigrateSession:
         recorder = self.recorder
         for fixturedef in used_fixturedefs(item):
             key = self._keys.get(fixturedef)
-            if key is None or recorder.has_before(fixturedef, key):
+            # A function-scoped value is the test's own: what it does to it reaches no one.
+            if (
+                key is None
+                or fixturedef.scope == "function"
+                or recorder.has_before(fixturedef, key)
+            ):
                 continue
             nbytes = self._nbytes.get(key, 0)  # 0: not pickled yet (a value built in-process)
             if recorder.checks_writes(nbytes) or (nbytes == 0 and recorder.write_check_bytes):

@@ -11,8 +11,8 @@ written once at the end of the run. docs/esg.md gives what is recorded and what 
   pickling the value before and after the test and comparing digests, so it is bounded:
   only values whose pickle is at most ``statemigrate_write_check_bytes`` (default 64 KiB, 0 turns
   it off) are checked, each once before (when a test first gets it) and once after every
-  test that used it; function-scoped values are the test's own and are not checked. Values asked for during the test body have no "before" and are not
-  checked.
+  test that used it. Function-scoped values are the test's own and are not checked; values
+  asked for during the test body have no "before" and are not checked.
 * **Unmanaged setups.** Each setup of a plain-return fixture that is not managed is timed, so
   ``statemigrate suggest`` can name the ones worth managing; whether such a value pickles is
   checked once per fixture per run, only when one setup took at least 50 ms, and only up to

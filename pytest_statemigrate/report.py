@@ -48,11 +48,16 @@ class RunStats:
         self.fallbacks[message] = self.fallbacks.get(message, 0) + 1
 
     def label(self, ident: str) -> str:
-        """The fixture's name, with where it is defined when another fixture shares the name."""
+        """The fixture's name, with where it is defined when another fixture shares the name:
+        its file, or its file and class when the other one is in the same file."""
         name = self.names.get(ident, ident)
-        if sum(1 for n in self.names.values() if n == name) > 1:
-            return f"{name} ({ident.rsplit('::', 1)[0]})"
-        return name
+        twins = [i for i, n in self.names.items() if n == name and i != ident]
+        if not twins:
+            return name
+        path, _, qualname = ident.rpartition("::")
+        owner = qualname.rpartition(".")[0]
+        same_file = any(i.rpartition("::")[0] == path for i in twins)
+        return f"{name} ({path}::{owner})" if same_file and owner else f"{name} ({path})"
 
     def _labels(self, idents: Iterable[str]) -> list[str]:
         return sorted(self.label(i) for i in idents)

@@ -21,3 +21,20 @@ def test_merge_and_json_round_trip() -> None:
 
 def test_empty_run_says_nothing() -> None:
     assert RunStats().is_empty()
+
+
+def test_labels_tell_fixtures_of_one_name_apart() -> None:
+    stats = RunStats()
+    for ident in (
+        "tests/test_a.py::TestOne.data",
+        "tests/test_a.py::TestTwo.data",
+        "tests/conftest.py::data",
+        "tests/conftest.py::other",
+    ):
+        stats.fixture(ident, ident.rpartition(".")[2].rpartition("::")[2])
+    assert [stats.label(i) for i in stats.names] == [
+        "data (tests/test_a.py::TestOne)",
+        "data (tests/test_a.py::TestTwo)",
+        "data (tests/conftest.py)",
+        "other",
+    ]

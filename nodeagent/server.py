@@ -210,10 +210,7 @@ class AgentServer:
         """
         wait = fields.get("wait")
         key = fields["key"]
-        if not wait or self.tiers.has(key) is not None:
-            return False
-        holder = self.leases.holder(key)
-        if holder is None or holder == fields["holder"]:
+        if not wait or self._decided(key, fields["holder"]):
             return False
         deadline = time.monotonic() + float(wait)
         self._parked.setdefault(key, []).append(_Parked(envelope, req_id, fields, deadline))

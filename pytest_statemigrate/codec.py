@@ -172,20 +172,19 @@ def _pickle(
     return frames
 
 
-def state_digest(value: Any, deps: Mapping[str, Any]) -> tuple[bytes, int] | None:
+def _by_reference(deps: Mapping[str, Any]) -> list[str]:
+    """The dependencies pickled as references (immutable ones are pickled as values)."""
+    return [name for name, v in deps.items() if not isinstance(v, _IMMUTABLE)]
+
+
+def state_digest(value: Any, deps: Mapping[str, Any]) -> tuple[str, int] | None:
     """The digest and size of ``value``'s pickle (dependencies by reference), to tell whether
     a test mutated it; None when it does not pickle."""
-    names = [name for name, v in deps.items() if not isinstance(v, _IMMUTABLE)]
     try:
-        frames = _pickle(value, names, deps)
+        frames = _pickle(value, _by_reference(deps), deps)
     except Exception:
         return None
-    h = hashlib.sha256()
-    size = 0
-    for frame in frames:
-        h.update(frame)
-        size += memoryview(frame).nbytes
-    return h.digest(), size
+    return payload_digest(frames), sum(memoryview(f).nbytes for f in frames)
 
 
 def dump(value: Any, deps: Mapping[str, Any]) -> list[Buffer]:
@@ -196,7 +195,7 @@ def dump(value: Any, deps: Mapping[str, Any]) -> list[Buffer]:
     :raises Unpicklable: when it does not pickle, or (for values holding instances of a
         :func:`_fragile` class) does not come back the same from a round trip.
     """
-    names = [name for name, v in deps.items() if not isinstance(v, _IMMUTABLE)]
+    names = _by_reference(deps)
     classes: set[type] = set()
     try:
         frames = _pickle(value, names, deps, classes)

@@ -96,7 +96,8 @@ def _request_use(func: Any) -> tuple[set[str], bool]:
     return attrs, escapes
 
 
-def _relative(filename: str, rootdir: Path) -> str | None:
+def relative_path(filename: str, rootdir: Path) -> str | None:
+    """``filename`` relative to the rootdir, with ``/``; None when it lies outside."""
     try:
         rel = os.path.relpath(filename, rootdir)
     except ValueError:
@@ -110,7 +111,7 @@ def analyse(name: str, func: Any, argnames: Sequence[str], rootdir: Path) -> Ana
     spec = spec_of(func) or spec_of(raw)
     code: CodeType | None = getattr(raw, "__code__", None)
     filename = code.co_filename if code is not None else "?"
-    rel = _relative(filename, rootdir)
+    rel = relative_path(filename, rootdir)
     fixture_id = f"{rel or filename}::{getattr(raw, '__qualname__', name)}"
     digest = code_digest(raw, rootdir)
 
@@ -145,7 +146,7 @@ def unmanaged_dependency_refusal(dep_name: str, func: Any, rootdir: Path) -> str
     code = getattr(raw, "__code__", None)
     if inspect.isgeneratorfunction(raw) or inspect.isasyncgenfunction(raw):
         return f"depends on {dep_name}, a yield fixture that is not managed"
-    if code is None or _relative(code.co_filename, rootdir) is None:
+    if code is None or relative_path(code.co_filename, rootdir) is None:
         return (
             f"depends on {dep_name}, a fixture with side effects (from pytest or a plugin) "
             "that is not managed"
@@ -186,31 +187,37 @@ def global_alias(func: Any, value: Any) -> str | None:
     return None
 
 
-def param_part(request: Any, fixturedef: Any) -> str | None:
-    """The param token of this request, or None when the fixture is not parametrized."""
-    if not hasattr(request, "param"):
-        return None
+def given_id(request: Any, fixturedef: Any) -> str | None:
+    """The id the fixture's ``ids=`` gives this request's param, or None."""
     ids = getattr(fixturedef, "ids", None)
-    given: str | None = None
     if isinstance(ids, (list, tuple)):
         index = getattr(request, "param_index", 0)
         if 0 <= index < len(ids) and ids[index] is not None:
-            given = str(ids[index])
+            return str(ids[index])
     elif callable(ids):
         try:
             made = ids(request.param)
         except Exception:
-            made = None
-        given = None if made is None else str(made)
-    return param_token(request.param, given)
+            return None
+        return None if made is None else str(made)
+    return None
+
+
+def param_part(request: Any, fixturedef: Any) -> str | None:
+    """The param token of this request, or None when the fixture is not parametrized."""
+    if not hasattr(request, "param"):
+        return None
+    return param_token(request.param, given_id(request, fixturedef))
 
 
 __all__ = [
     "Analysis",
     "Unkeyable",
     "analyse",
+    "given_id",
     "global_alias",
     "is_selected",
     "param_part",
+    "relative_path",
     "unmanaged_dependency_refusal",
 ]

@@ -235,11 +235,9 @@ class StateProxy:
             # Signed and intact, yet it does not load: the value does not survive pickling
             # (a __getattr__ or __reduce__ that misbehaves). Refuse it from now on.
             why = f"its value does not survive pickling ({type(exc).__name__}: {exc})"
-            self.stats.refused[name] = why
             self._mark_build(key, name, why, prints, refused=True)
             return Miss(store=False)
         if value is None:  # stored before None values were refused
-            self.stats.refused[name] = NONE_VALUE
             self._mark_build(key, name, NONE_VALUE, prints, refused=True)
             return Miss(store=False)
         load_s = time.perf_counter() - start
@@ -310,14 +308,12 @@ class StateProxy:
         if not miss.store:
             return 0
         if value is None:
-            self.stats.refused[name] = NONE_VALUE
             self._mark_build(key, name, NONE_VALUE, record.fingerprints, refused=True)
             return 0
         start = time.perf_counter()
         try:
             payload = codec.dump(value, deps)
         except codec.Unpicklable as exc:
-            self.stats.refused[name] = str(exc)
             self._mark_build(key, name, str(exc), record.fingerprints, refused=True)
             return 0
         nbytes = sum(memoryview(f).nbytes for f in payload)
@@ -366,7 +362,6 @@ class StateProxy:
         """A built value that must not be stored (and is built from now on): say why."""
         self.stats.builds += 1
         self.stats.build_seconds += record.seconds
-        self.stats.refused[name] = why
         self._mark_build(key, name, why, record.fingerprints, refused=True)
 
     def _mark_build(
@@ -375,6 +370,7 @@ class StateProxy:
         self._build_only[key] = why
         if refused:
             self.refused_keys.add(key)
+            self.stats.refused[name] = why
         else:
             self.stats.built_instead[name] = why
         meta = {

@@ -21,14 +21,13 @@ written once at the end of the run. docs/esg.md gives what is recorded and what 
 
 from __future__ import annotations
 
-import inspect
-import os
 import pickle
 from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from .esg import SessionRecord
+from .fixtures import relative_path, unwrap
 
 SUGGEST_MIN_SECONDS: Final = 0.05  # setups faster than this are not checked for pickling
 
@@ -64,13 +63,10 @@ def pickles(value: Any, limit: int) -> bool:
 def fixture_label(fixturedef: Any, rootdir: Path) -> str:
     """``"tests/conftest.py::name"``: where a fixture is defined (its module outside the
     rootdir), as the plugin's summary and the ESG name fixtures."""
-    func = inspect.unwrap(getattr(fixturedef.func, "__func__", fixturedef.func))
+    func = unwrap(fixturedef.func)
     code = getattr(func, "__code__", None)
-    where = getattr(func, "__module__", None) or "?"
-    if code is not None:
-        rel = os.path.relpath(code.co_filename, rootdir)
-        if not rel.startswith(".."):
-            where = rel.replace(os.sep, "/")
+    rel = relative_path(code.co_filename, rootdir) if code is not None else None
+    where = rel or getattr(func, "__module__", None) or "?"
     return f"{where}::{getattr(func, '__qualname__', fixturedef.argname)}"
 
 
@@ -103,7 +99,7 @@ class AccessRecorder:
         self._labels: dict[Any, str] = {}  # fixturedef → label (unmanaged)
         self._checked: set[str] = set()  # unmanaged labels checked for pickling
         #: fixturedef → (key, digest before the current test) for write checks
-        self._before: dict[Any, tuple[str, bytes]] = {}
+        self._before: dict[Any, tuple[str, str]] = {}
 
     def label(self, fixturedef: Any) -> str:
         label = self._labels.get(fixturedef)
@@ -128,7 +124,7 @@ class AccessRecorder:
     def checks_writes(self, nbytes: int) -> bool:
         return 0 < nbytes <= self.write_check_bytes
 
-    def before_test(self, fixturedef: Any, key: str, digest: bytes | None) -> None:
+    def before_test(self, fixturedef: Any, key: str, digest: str | None) -> None:
         """Note the digest of a managed value a test is about to get (None: not checked)."""
         if digest is None:
             self._before.pop(fixturedef, None)

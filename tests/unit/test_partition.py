@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import networkx as nx
@@ -426,58 +425,36 @@ def test_plain_data_is_checked() -> None:
     }
 
 
-@dataclass(frozen=True)
-class Saved:
-    id: int
-    elements: tuple[str, ...]
+def record_of(graph: nx.Graph) -> SessionRecord:
+    """A session whose tests use the graph's elements as its edges say: one test per unit of
+    an edge's weight reads both ends, and one test reads each element alone."""
+    record = SessionRecord.new()
+    for key, size in graph.nodes(data="bytes"):
+        record.element(key, f"conftest.py::{key}", "session", size)
+        record.read(f"test_alone_{key}", key)
+    for u, v, w in graph.edges(data="weight"):
+        for n in range(w):
+            record.read(f"test_{u}_{v}_{n}", u)
+            record.read(f"test_{u}_{v}_{n}", v)
+    return record
 
 
-@dataclass
-class FakeStore:
-    graph: nx.Graph
-    gen: int = 1
-    saved: dict[int, tuple[str, ...]] = field(default_factory=dict)
-    saves: list[int] = field(default_factory=list)
-    next_id: int = 0
-
-    def generation(self) -> int:
-        return self.gen
-
-    def coaccess(self) -> tuple[list[str], list[int], dict[tuple[int, int], int]]:
-        data = as_data(self.graph)
-        return [e.key for e in data.elements], [e.nbytes for e in data.elements], data.edges
-
-    def keys(self) -> list[str]:
-        return list(self.graph)
-
-    def totals(self) -> tuple[int, int]:
-        return len(self.graph), sum(b for _, b in self.graph.nodes(data="bytes", default=0))
-
-    def partition_sets(self) -> tuple[dict[int, tuple[str, ...]], int]:
-        return dict(self.saved), self.next_id
-
-    def partitions(self) -> list[Saved]:
-        return [Saved(i, e) for i, e in sorted(self.saved.items())]
-
-    def save_partitions(self, generation: int, parts: Mapping[int, Collection[str]]) -> bool:
-        self.saves.append(generation)
-        self.saved = {i: tuple(sorted(keys)) for i, keys in parts.items()}
-        self.next_id = max([self.next_id, *(i + 1 for i in parts)])
-        return True
-
-
-def test_repartition_sizes_parts_and_keeps_ids() -> None:
-    store = FakeStore(planted_graph(4, 20, 0.4, 0.02, seed=8, element_bytes=MiB))
-    first = repartition(store, partition_bytes=20 * MiB, agents=2)
-    assert store.saves == [1] and sorted(first) == [0, 1, 2, 3]  # 80 MiB / 20 MiB
-    assert {k for part in first.values() for k in part} == set(store.graph)
-    store.gen = 2
-    store.graph.remove_node(min(store.graph))
-    second = repartition(store, partition_bytes=20 * MiB, agents=2)
-    assert store.saves == [1, 2] and sorted(second) == [0, 1, 2, 3]
-    assert sum(len(first[i] & second[i]) for i in first) >= 0.95 * len(store.graph)
-    third = repartition(store, partition_bytes=40 * MiB, agents=3)  # 79 MiB: 2 parts, 3 agents
-    assert len(third) == 3 and third.keys() < {0, 1, 2, 3}  # one id retired, none new
+def test_repartition_sizes_parts_and_keeps_ids(tmp_path: Path) -> None:
+    graph = planted_graph(4, 20, 0.4, 0.02, seed=8, element_bytes=MiB)
+    with ESGStore(tmp_path / "esg.sqlite", history=1) as store:
+        store.add_session(record_of(graph))
+        first = repartition(store, partition_bytes=20 * MiB, agents=2)
+        assert not store.needs_partitioning() and sorted(first) == [0, 1, 2, 3]  # 80 / 20 MiB
+        assert {k for part in first.values() for k in part} == set(graph)
+        graph.remove_node(min(graph))
+        store.add_session(record_of(graph))  # history 1: the first session goes
+        assert store.needs_partitioning()
+        second = repartition(store, partition_bytes=20 * MiB, agents=2)
+        assert not store.needs_partitioning() and sorted(second) == [0, 1, 2, 3]
+        assert {k for part in second.values() for k in part} == set(graph)
+        assert sum(len(first[i] & second[i]) for i in first) >= 0.95 * len(graph)
+        third = repartition(store, partition_bytes=40 * MiB, agents=3)  # 79 MiB: 2 parts, 3 agents
+        assert len(third) == 3 and third.keys() < {0, 1, 2, 3}  # one id retired, none new
 
 
 def test_repartition_of_a_real_esg_store(tmp_path: Path) -> None:

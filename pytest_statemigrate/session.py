@@ -358,7 +358,7 @@ class StateMigrateSession:
         self._deps.pop(fixturedef, None)
         self._keys.pop(fixturedef, None)
 
-    def _digest_of(self, fixturedef: Any) -> tuple[bytes, int] | None:
+    def _digest_of(self, fixturedef: Any) -> tuple[str, int] | None:
         cached = fixturedef.cached_result
         deps = self._deps.get(fixturedef)
         if cached is None or cached[2] is not None or deps is None:
@@ -383,10 +383,7 @@ class StateMigrateSession:
                 self.proxy.abandon(key, miss)
                 raise
             record = BuildRecord(seconds=time.perf_counter() - start)
-            self.proxy.store(key, name, value, deps, record, miss)
-            if key not in self.proxy.refused_keys:
-                self.stats.managed.add(name)
-            return value
+            return self._built(fixturedef, key, name, label, value, deps, record, miss)
         recorder = BuildRecorder()
         try:
             with _recording_warnings() as log, recorder:
@@ -420,10 +417,24 @@ class StateMigrateSession:
             )
             self.proxy.refuse(key, name, why, record)
             return value
+        return self._built(fixturedef, key, name, label, value, deps, record, miss)
+
+    def _built(
+        self,
+        fixturedef: Any,
+        key: str,
+        name: str,
+        label: str,
+        value: Any,
+        deps: dict[str, Any],
+        record: BuildRecord,
+        miss: Miss,
+    ) -> Any:
+        """Store a built value (or note why not); a value not refused is a state element."""
         nbytes = self.proxy.store(key, name, value, deps, record, miss)
         if key not in self.proxy.refused_keys:
             self.stats.managed.add(name)
-            self._element(key, label, fixturedef.scope, nbytes, build_s=seconds)
+            self._element(key, label, fixturedef.scope, nbytes, build_s=record.seconds)
         return value
 
     def shared_endpoint(self) -> str | None:
@@ -505,11 +516,8 @@ def _param_label(request: Any, fixturedef: Any) -> str:
     """``"[short]"`` for a parametrized fixture's value (its id, else its index); else ``""``."""
     if not hasattr(request, "param"):
         return ""
-    index = getattr(request, "param_index", 0)
-    ids = getattr(fixturedef, "ids", None)
-    if isinstance(ids, (list, tuple)) and 0 <= index < len(ids) and ids[index] is not None:
-        return f"[{ids[index]}]"
-    return f"[{index}]"
+    given = fx.given_id(request, fixturedef)
+    return f"[{given if given is not None else getattr(request, 'param_index', 0)}]"
 
 
 def _replay(items: list[Any]) -> None:

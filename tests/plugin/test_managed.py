@@ -366,9 +366,15 @@ def tiny():
     suite.run()
     warm = suite.same_as_plain()
     warm.result.stdout.fnmatch_lines(["built tiny in-process: loading took *, building *"])
+    (suite.pytester.path / ".statemigrate" / "esg.sqlite").unlink()  # only the later run's
     later = suite.same_as_plain()
     assert later.stats is not None and later.stats["hits_total"] == 0
     later.result.stdout.fnmatch_lines(["built tiny in-process: loading took *"])
+    from pytest_statemigrate.esg import ESGStore
+
+    with ESGStore(suite.pytester.path / ".statemigrate" / "esg.sqlite") as store:
+        # built in-process by decision, it is still a state element, named
+        assert [e.fixture for e in store.elements()] == ["conftest.py::tiny"]
 
 
 def test_bad_configuration_is_one_clear_line(suite: Suite) -> None:

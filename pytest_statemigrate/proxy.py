@@ -75,8 +75,8 @@ class AgentLink:
         self.write_errors: int | None = None  # the agent's failed writes at first contact
         self.down: str | None = None
         self.on_down: Callable[[str], None] | None = None
-        #: True while looking up is pointless and waiting for the agent would cost time:
-        #: an embedded agent still booting on an empty store (a cold run).
+        #: True when looking up a key this process has not stored is pointless: an embedded
+        #: agent that started on an empty store and serves this process alone (a cold run).
         self.cold_start: Callable[[], bool] = lambda: False
         #: A reader of this machine's disk tier to use instead of the agent, or None.
         self.local_get: Callable[[str], Any] = lambda key: None
@@ -176,8 +176,9 @@ class StateProxy:
         """
         if key in self._build_only:
             return Miss(store=False)
-        if self.link.cold_start():
-            # Nothing can be stored yet: build now, while the agent boots; storing waits.
+        if key not in self._fresh and self.link.cold_start():
+            # Only this process can have stored it: build now, without a round trip (and,
+            # early on, while the agent still boots; storing waits for it).
             return Miss(store=True)
         if self.refresh and key not in self._fresh:
             # Rebuild whatever is stored; once stored in this run, it is loaded as usual.

@@ -52,14 +52,15 @@ class EmbeddedAgent:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.process: Any = None
-        self.empty = False  # the store had no disk tier yet when the agent was spawned
+        #: Nothing was stored when the agent was spawned: no disk tier yet and no tier 3.
+        self.empty = False
         self._disk: Any = None  # the disk tier, opened in this process by local_get
         self._no_local = False  # opening it here failed: always ask the agent
 
-    def booting_empty(self) -> bool:
-        """Still booting on an empty store: a lookup would wait, and could only miss."""
-        process = self.process
-        return self.empty and process is not None and not process.ready
+    def started_empty(self) -> bool:
+        """This run's agent started on an empty store, and this process is its only client
+        (a single-process run): a key it did not store itself can only miss."""
+        return self.empty and self.process is not None
 
     def local_get(self, key: str) -> Any:
         """Read ``key`` straight from the disk tier while the agent boots; None otherwise.
@@ -103,7 +104,7 @@ class EmbeddedAgent:
             from nodeagent.launcher import spawn_agent
 
             s = self.settings
-            self.empty = not s.disk_dir.exists()
+            self.empty = s.store is None and not s.disk_dir.exists()
             s.store_dir.mkdir(parents=True, exist_ok=True)
             self.process = spawn_agent(
                 disk_dir=str(s.disk_dir),
@@ -158,7 +159,7 @@ class StateMigrateSession:
             lease_seconds=settings.lease_seconds,
         )
         if self.embedded is not None:
-            self.proxy.link.cold_start = self.embedded.booting_empty
+            self.proxy.link.cold_start = self.embedded.started_empty
             self.proxy.link.local_get = self.embedded.local_get
         self._analysis: dict[Any, fx.Analysis | None] = {}
         self._keys: dict[Any, str] = {}  # fixturedef → key of its current value

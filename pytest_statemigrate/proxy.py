@@ -71,7 +71,7 @@ class AgentLink:
     def __init__(self, endpoint: Callable[[], str], timeout: float) -> None:
         self.endpoint = endpoint
         self._timeout = timeout
-        self._client: AgentClient | None = None
+        self._client: AgentClient | Any = None  # or the in-process stand-in
         self.write_errors: int | None = None  # the agent's failed writes at first contact
         self.down: str | None = None
         self.on_down: Callable[[str], None] | None = None
@@ -80,11 +80,18 @@ class AgentLink:
         self.cold_start: Callable[[], bool] = lambda: False
         #: A reader of this machine's disk tier to use instead of the agent, or None.
         self.local_get: Callable[[str], Any] = lambda key: None
+        #: An in-process stand-in for the agent (same methods), or None to connect to one.
+        self.local_client: Callable[[], Any] = lambda: None
 
-    def client(self) -> AgentClient | None:
+    def client(self) -> AgentClient | Any:
         if self.down is not None:
             return None
         if self._client is None:
+            local = self.local_client()
+            if local is not None:
+                self._client = local
+                self.write_errors = 0
+                return local
             from nodeagent.client import AgentClient
 
             try:
@@ -162,7 +169,11 @@ class StateProxy:
         try:
             return what(client)
         except Exception as exc:
-            if getattr(exc, "error", None) in _AGENT_REPLIED:
+            error = getattr(exc, "error", None)
+            if error == "disk-full":
+                self.stats.fallback(f"{exc}: built again next run")
+                return None
+            if error in _AGENT_REPLIED:
                 self.stats.fallback(f"agent refused an operation ({exc}); built in-process")
                 return None
             self.link.fail(exc)

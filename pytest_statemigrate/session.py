@@ -11,6 +11,7 @@ import time
 import warnings
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,66 @@ _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 _NOTHING = object()
 
 
+@dataclass(frozen=True)
+class _Fetched:
+    frames: list[memoryview]
+    meta: dict[str, Any]
+    version: int
+    tier: str = "disk"
+
+
+@dataclass(frozen=True)
+class _Granted:
+    granted: bool = True
+    present: bool = False
+
+
+class DiskClient:
+    """The disk tier of this machine, written and read in-process with the agent's entry
+    format: the subset of ``AgentClient`` the proxy uses, for a run with no agent (see
+    :meth:`EmbeddedAgent.local_client`). Leases are always granted: nobody else builds."""
+
+    def __init__(self, disk: Any) -> None:
+        self.disk = disk
+        self.write_errors = 0
+
+    def ping(self, timeout: float | None = None) -> dict[str, Any]:
+        return {"write_errors": 0}
+
+    def stats(self) -> dict[str, Any]:
+        return {"write_errors": self.write_errors}
+
+    def get(self, key: str) -> _Fetched | None:
+        entry = self.disk.get(key)
+        if entry is None:
+            return None
+        return _Fetched([memoryview(f) for f in entry.frames], dict(entry.meta), entry.version)
+
+    def put(self, key: str, frames: Any, meta: Any, expect_version: int | None = None) -> int:
+        from nodeagent.tiers import Entry
+
+        old = self.disk.get(key)
+        version = 1 if old is None else old.version + 1
+        try:
+            self.disk.put(key, Entry(tuple(frames), dict(meta), version))
+        except OSError as exc:  # a full disk: this run builds; it never fails a test
+            raise _DiskFull(f"disk tier {self.disk.directory}: cannot write ({exc})") from None
+        return version
+
+    def lease(self, key: str, holder: str, ttl: float, **_: Any) -> _Granted:
+        return _Granted()
+
+    def release(self, key: str, holder: str) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass  # the disk tier stays open for the run; EmbeddedAgent closes it
+
+
+class _DiskFull(Exception):
+    error = "disk-full"  # as the agent's error replies: this operation fails, not the link
+
+
 class EmbeddedAgent:
     """An agent for this run: spawned early (it boots while pytest collects), waited for on
     first use, stopped at the end."""
@@ -56,11 +117,24 @@ class EmbeddedAgent:
         self.empty = False
         self._disk: Any = None  # the disk tier, opened in this process by local_get
         self._no_local = False  # opening it here failed: always ask the agent
+        #: This process is the run's only client (not xdist's controller): on an empty store
+        #: it writes the disk tier itself (:class:`DiskClient`) and no agent is started.
+        self.single = True
+        self.direct: DiskClient | None = None
 
     def started_empty(self) -> bool:
         """This run's agent started on an empty store, and this process is its only client
         (a single-process run): a key it did not store itself can only miss."""
-        return self.empty and self.process is not None
+        return self.empty and (self.process is not None or self.direct is not None)
+
+    def local_client(self) -> DiskClient | None:
+        """The disk tier as this run's client, when this process alone uses a store that was
+        empty at the start (a cold single-process run): then an agent could serve nothing
+        (nothing is stored, nobody else asks), and starting one and shipping every value to
+        it costs CPU the tests need. The next run starts an agent on what this one wrote."""
+        if self.direct is None and self.process is None and self.single:
+            self.spawn(direct=True)
+        return self.direct
 
     def local_get(self, key: str) -> Any:
         """Read ``key`` straight from the disk tier while the agent boots; None otherwise.
@@ -98,14 +172,26 @@ class EmbeddedAgent:
         disk, self._disk = self._disk, None
         if disk is not None:
             disk.close()
+        direct, self.direct = self.direct, None
+        if direct is not None:
+            direct.disk.close()
 
-    def spawn(self) -> None:
-        if self.process is None:
-            from nodeagent.launcher import spawn_agent
-
+    def spawn(self, direct: bool = False) -> None:
+        """Start the agent, or with ``direct`` on an empty store, open the disk tier here."""
+        if self.process is None and self.direct is None:
             s = self.settings
             self.empty = s.store is None and not s.disk_dir.exists()
             s.store_dir.mkdir(parents=True, exist_ok=True)
+            if direct and self.empty and self.single:
+                from nodeagent.tiers import DiskTier
+
+                try:
+                    self.direct = DiskClient(DiskTier(str(s.disk_dir), s.disk_bytes))
+                    return
+                except Exception:  # the agent writes it instead
+                    pass
+            from nodeagent.launcher import spawn_agent
+
             self.process = spawn_agent(
                 disk_dir=str(s.disk_dir),
                 ram_bytes=s.ram_bytes,
@@ -117,6 +203,8 @@ class EmbeddedAgent:
 
     def endpoint(self) -> str:
         self.spawn()
+        if self.process is None:  # writing the disk tier directly: there is no agent
+            raise RuntimeError("no agent in a direct run")
         return str(self.process.wait_ready(self.settings.timeout).endpoint)
 
     def planned_endpoint(self) -> str:
@@ -125,6 +213,7 @@ class EmbeddedAgent:
         Clients may connect before the agent binds: zmq connects when it can, and the first
         request waits for the reply within the client's timeout.
         """
+        self.single = False
         self.spawn()
         planned = str(self.process.endpoint)
         return planned if planned.startswith("ipc://") else self.endpoint()
@@ -161,6 +250,7 @@ class StateMigrateSession:
         if self.embedded is not None:
             self.proxy.link.cold_start = self.embedded.started_empty
             self.proxy.link.local_get = self.embedded.local_get
+            self.proxy.link.local_client = self.embedded.local_client
         self._analysis: dict[Any, fx.Analysis | None] = {}
         self._keys: dict[Any, str] = {}  # fixturedef → key of its current value
         self._unmanaged: dict[Any, tuple[str | None, str]] = {}  # fixturedef → (refusal, code)
@@ -177,7 +267,8 @@ class StateMigrateSession:
         """Start the embedded agent now, so that it boots while pytest collects; with
         ``local``, also open its disk tier here (this process will read values)."""
         if self.embedded is not None:
-            self.embedded.spawn()
+            self.embedded.single = local
+            self.embedded.spawn(direct=local)
             if local:
                 self.embedded.open_disk()
 

@@ -178,3 +178,18 @@ def big():
     assert second.stats is not None and second.stats["hits_total"] == 1  # small
     assert second.stats["builds"] == 1  # big, again
     assert agent.process.poll() is None  # the agent survived its full disk
+
+
+def test_full_disk_without_an_agent_costs_a_rebuild(suite: Suite, tiny_disk: str) -> None:
+    """A cold single-process run writes the disk tier itself; a full disk is one summary line."""
+    suite.pytester.makeini("[pytest]\nfilterwarnings = error\nstatemigrate_fixtures = big\n")
+    suite.pytester.makeconftest(
+        "import pytest\n\n@pytest.fixture(scope='session')\n"
+        "def big():\n    return bytes(4 * 2**20)\n"
+    )
+    suite.pytester.makepyfile("def test_big(big):\n    assert len(big) == 4 * 2**20\n")
+    run = suite.same_as_plain(f"--sm-dir={tiny_disk}")
+    run.result.stdout.fnmatch_lines(["fallback: disk tier *cannot write*built again next run"])
+    assert run.stats is not None and run.stats["builds"] == 1
+    again = suite.same_as_plain(f"--sm-dir={tiny_disk}")
+    assert again.stats is not None and again.stats["builds"] == 1 and not again.stats["hits"]

@@ -67,7 +67,7 @@ def test_clear_empties_the_store(suite: Suite) -> None:
     assert "cleared" in done.stdout
     (suite.pytester.path / "builds.log").unlink()
     suite.run()
-    assert suite.builds() == ["dataset"]
+    assert suite.builds() == ["dataset"] * 3  # two plain runs and the cold one
 
 
 def test_clear_a_running_agent(suite: Suite) -> None:
@@ -162,3 +162,17 @@ def test_agent_command_refuses_non_loopback() -> None:
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "refusing to bind tcp://0.0.0.0:*" in lines[0]
+
+
+def test_cold_single_process_run_writes_the_disk_tier_itself(suite: Suite) -> None:
+    """On an empty store an agent could serve nothing: none is started; the next run's is."""
+    _project(suite)
+    store = suite.pytester.path / ".statemigrate"
+    first = suite.same_as_plain()
+    assert first.stats is not None and first.stats["builds"] == 1
+    assert (store / "agent-disk").is_dir() and not (store / "agent.log").exists()
+    second = suite.same_as_plain()
+    assert second.stats is not None and second.stats["builds"] == 0
+    assert second.stats["hits"] == {"disk": 1}
+    assert (store / "agent.log").exists()  # warm: the embedded agent serves the values
+    assert suite.builds() == ["dataset"] * 3  # two plain runs and the cold one

@@ -28,6 +28,7 @@ from typing import Any, Final
 
 from ._spec import StateSpec, spec_of
 from .keys import Unkeyable, code_digest, param_token
+from .keys import digest as combine
 
 #: ``request`` attributes that cannot change a value beyond what the key holds already.
 _REQUEST_PURE: Final = frozenset({"param", "param_index", "fixturename", "scope"})
@@ -112,8 +113,15 @@ def analyse(name: str, func: Any, argnames: Sequence[str], rootdir: Path) -> Ana
     code: CodeType | None = getattr(raw, "__code__", None)
     filename = code.co_filename if code is not None else "?"
     rel = relative_path(filename, rootdir)
-    fixture_id = f"{rel or filename}::{getattr(raw, '__qualname__', name)}"
+    qualname = getattr(raw, "__qualname__", name)
+    # A fixture made by a factory (``def _make(n): @pytest.fixture(name=n) def f(): ...``)
+    # shares its function's code with its siblings: it is told apart by its name, and its key
+    # also covers the factory's arguments (the closure).
+    local = "<locals>" in qualname
+    fixture_id = f"{rel or filename}::{name if local else qualname}"
     digest = code_digest(raw, rootdir)
+    if getattr(raw, "__closure__", None):
+        digest = combine(digest, closure_token(raw, rootdir))
 
     def refuse(why: str) -> Analysis:
         return Analysis(name, fixture_id, digest, code, spec, why)
@@ -138,6 +146,28 @@ def analyse(name: str, func: Any, argnames: Sequence[str], rootdir: Path) -> Ana
             return refuse(f"uses request.{first}, which its key cannot see")
         uses_node = bool(attrs & _REQUEST_NODE)
     return Analysis(name, fixture_id, digest, code, spec, None, uses_node)
+
+
+def closure_token(func: Any, rootdir: Path) -> str:
+    """Key material for the variables a nested fixture function closes over: plain values
+    canonically, functions by their code; other objects by type (their module's source is
+    fingerprinted while the value is built)."""
+    parts: list[str] = []
+    names = getattr(getattr(func, "__code__", None), "co_freevars", ())
+    for var, cell in zip(names, func.__closure__ or (), strict=False):
+        try:
+            value = cell.cell_contents
+        except ValueError:  # not assigned yet
+            parts.append(f"{var}=<empty>")
+            continue
+        if inspect.isfunction(value):
+            parts.append(f"{var}={code_digest(value, rootdir)}")
+            continue
+        try:
+            parts.append(f"{var}={param_token(value)}")
+        except Unkeyable:
+            parts.append(f"{var}:{type(value).__module__}.{type(value).__qualname__}")
+    return "|".join(parts)
 
 
 def unmanaged_dependency_refusal(dep_name: str, func: Any, rootdir: Path) -> str | None:

@@ -545,3 +545,45 @@ def test_b(fresh_state, reset_log):
     run.result.stdout.fnmatch_lines(["*fresh_state*returns the module-level object app.STATE*"])
     run.result.stdout.fnmatch_lines(["*reset_log*returns None: it runs for its side effects*"])
     assert "managed fixtures: 0" in run.result.stdout.str()  # both refused: none managed
+
+
+def test_fixtures_made_by_one_factory_get_their_own_values(suite: Suite) -> None:
+    """One function under several names (and one name in two modules): several fixtures."""
+    suite.pytester.makeini(
+        "[pytest]\nfilterwarnings = error\nstatemigrate_fixtures =\n    table_*\n    local\n"
+    )
+    suite.pytester.makeconftest("""
+import time
+import pytest
+
+def make(name, size):
+    @pytest.fixture(scope="module", name=name)
+    def fixture():
+        time.sleep(0.05)
+        return {"name": name, "rows": list(range(size))}
+    return fixture
+
+table_a = make("table_a", 10)
+table_b = make("table_b", 20)
+""")
+    suite.pytester.makepyfile(
+        test_one="""
+from conftest import make
+local = make("local", 1)
+
+def test_tables(table_a, table_b, local):
+    assert (table_a["name"], len(table_b["rows"]), len(local["rows"])) == ("table_a", 20, 1)
+""",
+        test_two="""
+from conftest import make
+local = make("local", 2)
+
+def test_local(local):
+    assert len(local["rows"]) == 2
+""",
+    )
+    cold = suite.same_as_plain()
+    warm = suite.same_as_plain()
+    assert cold.stats is not None and cold.stats["builds"] == 4
+    assert warm.stats is not None and warm.stats["builds"] == 0
+    assert warm.stats["hits_total"] == 4

@@ -28,6 +28,23 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid size: {exc} (e.g. 512M)") from None
 
 
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid seconds {text!r}: use a number >= 0")
+    return seconds
+
+
+def _bandwidth(text: str) -> int:
+    size = parse_size(text)
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"invalid bandwidth {text!r}: use bytes/s > 0")
+    return size
+
+
 def _pid(text: str) -> int:
     try:
         pid = int(text)
@@ -67,6 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="disk tier size limit (default 4G)",
     )
     parser.add_argument("--store", metavar="DIR", help="directory of the persistent tier")
+    slow = parser.add_argument_group(
+        "slow-store simulation (benchmarks and tests; both off by default)",
+        "Make the --store directory behave like a remote store, so that prefetching can be "
+        "measured on one machine.",
+    )
+    slow.add_argument(
+        "--store-latency",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="seconds added to every value read from the store",
+    )
+    slow.add_argument(
+        "--store-bandwidth",
+        type=_bandwidth,
+        metavar="BYTES",
+        help="cap on the store's read throughput in bytes/s, e.g. 200M",
+    )
     parser.add_argument(
         "--parent-pid", type=_pid, metavar="PID", help="exit when this process is gone"
     )
@@ -101,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     from nodeagent.tiers import DiskTier, RamTier, StoreTier, TieredStore
 
     disk = None if args.no_disk else DiskTier(args.disk_dir, args.disk_bytes)
-    store = None if args.store is None else StoreTier(args.store)
+    store = None
+    if args.store is not None:
+        store = StoreTier(args.store, args.store_latency, args.store_bandwidth)
     tiers = TieredStore(RamTier(args.ram_bytes), disk, store)
     server = AgentServer(args.bind, tiers, LeaseTable(), parent_pid=args.parent_pid)
     # SIGTERM (a launcher stopping an agent it never waited for) ends the loop like Ctrl-C,

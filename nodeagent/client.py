@@ -8,7 +8,7 @@ is left in the process afterwards (invariant 6: tests may fork).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 import zmq
 
 from nodeagent.protocol import (
+    MAX_KEYS,
     BindRefused,
     Op,
     ProtocolError,
@@ -27,6 +28,7 @@ from nodeagent.protocol import (
 __all__ = ["AgentClient", "AgentError", "Fetched", "LeaseReply"]
 
 GC_IDLE_WAIT = 1.0  # s: longest wait for pyzmq's gc thread to release our sent buffers
+INTERRUPT_POLL_MS = 100  # ms between checks of ``interrupt`` while waiting for a reply
 
 
 class AgentError(Exception):
@@ -82,9 +84,17 @@ class AgentClient:
     """Talk to the agent at ``endpoint``.
 
     :param timeout: seconds to wait for each reply.
+    :param interrupt: when given, checked every 100 ms while waiting for a reply; once it
+        returns True the request fails (``interrupted``). The agent's migration thread uses
+        it so that stopping the agent does not wait for a slow peer.
     """
 
-    def __init__(self, endpoint: str, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        timeout: float = 5.0,
+        interrupt: Callable[[], bool] | None = None,
+    ) -> None:
         try:
             check_endpoint(endpoint)
         except BindRefused as exc:
@@ -93,6 +103,7 @@ class AgentClient:
             raise AgentError(endpoint, "refused", "cannot connect to a wildcard port")
         self.endpoint = endpoint
         self.timeout = timeout
+        self._interrupt = interrupt
         self._next_id = 0
         self._context: zmq.Context[zmq.Socket[bytes]] | None = zmq.Context()
         self._socket: zmq.Socket[bytes] | None = None
@@ -116,13 +127,19 @@ class AgentClient:
             self._socket.close(linger=0)
             self._socket = None
 
-    def close(self) -> None:
-        """Close the socket and the context; no zmq thread remains afterwards."""
+    def close(self, *, stop_zmq_gc: bool = True) -> None:
+        """Close the socket and the context; no zmq thread remains afterwards.
+
+        :param stop_zmq_gc: also stop pyzmq's process-wide garbage-collector thread when it is
+            idle. False in a process where another thread may be sending zero-copy at the same
+            moment (the agent's own loop): stopping it then could free a buffer in use.
+        """
         self._close_socket()
         if self._context is not None:
             self._context.term()
             self._context = None
-            _stop_idle_zmq_gc()
+            if stop_zmq_gc:
+                _stop_idle_zmq_gc()
 
     @property
     def closed(self) -> bool:
@@ -166,8 +183,15 @@ class AgentClient:
             sock.send_multipart([header, *frames], copy=False, flags=zmq.NOBLOCK)
             while True:
                 remaining_ms = int((deadline - time.monotonic()) * 1000)
-                if remaining_ms <= 0 or not sock.poll(remaining_ms, zmq.POLLIN):
+                if remaining_ms <= 0:
                     break
+                if self._interrupt is not None:
+                    if self._interrupt():
+                        self._close_socket()
+                        raise AgentError(self.endpoint, "interrupted", f"{op.value} given up")
+                    remaining_ms = min(remaining_ms, INTERRUPT_POLL_MS)
+                if not sock.poll(remaining_ms, zmq.POLLIN):
+                    continue
                 parts = sock.recv_multipart(copy=False)
                 try:
                     reply = decode_reply(parts[0].buffer)
@@ -223,8 +247,52 @@ class AgentClient:
             fields["expect_version"] = expect_version
         return int(self._request(Op.PUT, fields, frames)[0]["version"])
 
-    def evict(self, key: str) -> bool:
-        return bool(self._request(Op.EVICT, {"key": key})[0]["removed"])
+    def prefetch(self, keys: Sequence[str], tier: str = "ram") -> dict[str, int]:
+        """Ask the agent to bring ``keys`` into ``tier`` (``"ram"`` or ``"disk"``) in the
+        background; answered at once.
+
+        :returns: ``queued`` (keys now queued for a background load), ``present`` (already
+            in that tier, or already queued or loading) and ``missing`` (no tier holds them).
+        """
+        return self._batched(Op.PREFETCH, keys, {"tier": tier}, ("queued", "present", "missing"))
+
+    def migrate(self, keys: Sequence[str], source: str) -> dict[str, int]:
+        """Ask the agent to copy ``keys`` from the agent at ``source`` in the background; the
+        source keeps them (evict them there once the copy is made). Answered at once.
+
+        :returns: ``queued`` (copies queued) and ``present`` (keys already queued or loading).
+        """
+        return self._batched(Op.MIGRATE, keys, {"source": source}, ("queued", "present"))
+
+    def evict(self, key: str, tier: str | None = None) -> bool:
+        """Remove ``key`` from every tier (``tier`` None), or demote it out of RAM only
+        (``tier="ram"``: a copy stays on disk; the only copy is written to disk first).
+
+        :returns: whether an entry was removed (from RAM, for ``tier="ram"``).
+        """
+        fields: dict[str, Any] = {"key": key}
+        if tier is not None:
+            fields["tier"] = tier
+        return bool(self._request(Op.EVICT, fields)[0]["removed"])
+
+    def evict_many(self, keys: Sequence[str], tier: str | None = "ram") -> int:
+        """:meth:`evict` for many keys; returns how many entries were removed."""
+        fields = {} if tier is None else {"tier": tier}
+        return self._batched(Op.EVICT, keys, fields, ("removed",))["removed"]
+
+    def _batched(
+        self, op: Op, keys: Sequence[str], fields: Mapping[str, Any], counts: tuple[str, ...]
+    ) -> dict[str, int]:
+        """Send ``keys`` in requests of at most ``MAX_KEYS``; sum the ``counts`` replies."""
+        if isinstance(keys, str):
+            raise TypeError(f"{op.value}: keys must be a sequence of keys, not a str")
+        keys = list(keys)
+        total = dict.fromkeys(counts, 0)
+        for start in range(0, max(len(keys), 1), MAX_KEYS):
+            reply = self._request(op, {**fields, "keys": keys[start : start + MAX_KEYS]})[0]
+            for name in counts:
+                total[name] += int(reply[name])
+        return total
 
     def clear(self) -> int:
         return int(self._request(Op.CLEAR)[0]["removed"])

@@ -170,6 +170,8 @@ def spawn_agent(
     ram_bytes: int | None = None,
     disk_bytes: int | None = None,
     store: str | None = None,
+    store_latency: float | None = None,
+    store_bandwidth: int | None = None,
     parent_pid: int | None = None,
     python: str = sys.executable,
     log_file: str | None = None,
@@ -179,6 +181,8 @@ def spawn_agent(
 
     :param bind: endpoint; default an ipc socket in a fresh temp dir (loopback tcp on Windows).
     :param disk_dir: disk tier directory; None runs the agent without a disk tier.
+    :param store_latency: seconds added to every store read (slow-store simulation).
+    :param store_bandwidth: cap on store read throughput, bytes/s (slow-store simulation).
     """
     temp_dir = tempfile.mkdtemp(prefix="sm-")
     if bind is None:
@@ -192,6 +196,10 @@ def spawn_agent(
         cmd += ["--disk-bytes", str(disk_bytes)]
     if store is not None:
         cmd += ["--store", store]
+    if store_latency is not None:
+        cmd += ["--store-latency", repr(float(store_latency))]
+    if store_bandwidth is not None:
+        cmd += ["--store-bandwidth", str(int(store_bandwidth))]
     if parent_pid is not None:
         cmd += ["--parent-pid", str(parent_pid)]
     if log_level is not None:

@@ -34,18 +34,25 @@ Ops (request fields → reply fields; payload frames):
 =========  ==========================================  ==========================================
 op         request fields                              reply fields (payload frames)
 =========  ==========================================  ==========================================
-ping       -                                           pid, version, protocol
+ping       -                                           pid, version, protocol, write_errors
 stats      -                                           pid, host, tiers, leases, mem_total,
-                                                       mem_available, cpu_load
+                                                       mem_available, cpu_load, write_errors,
+                                                       last_write_error, queued_loads,
+                                                       queued_bytes, read_bandwidth, prefetch
 has        key                                         tier (str or None)
 get        key                                         found, tier, version, meta (entry frames)
 put        key, meta, expect_version? (entry frames)   version
-evict      key                                         removed (bool)
+prefetch   keys, tier? ("ram" | "disk")                queued, present, missing
+migrate    keys, source (a peer agent's endpoint)      queued, present
+evict      key | keys, tier? ("ram")                   removed (bool for key, int for keys)
 clear      -                                           removed (int)
 lease      key, holder, ttl, pid?, host?, wait?        granted, present, holder, expires_in
 release    key, holder                                 released
 shutdown   -                                           - (the agent then exits)
 =========  ==========================================  ==========================================
+
+PREFETCH and MIGRATE are answered at once; the agent loads in background threads. ``evict``
+takes exactly one of ``key`` and ``keys``.
 
 Unknown request fields are ignored (forward compatibility within one protocol version);
 ``decode_request`` returns only the fields it knows. The protocol version is independent of the
@@ -69,9 +76,12 @@ MAX_KEY_CHARS: Final = 512
 MAX_HOLDER_CHARS: Final = 256
 MAX_HOST_CHARS: Final = 256
 MAX_LEASE_WAIT: Final = 10.0  # s: longest a LEASE may wait for the holder to finish
+MAX_KEYS: Final = 10_000  # keys in one PREFETCH, MIGRATE or EVICT (clients send batches)
+MAX_ENDPOINT_CHARS: Final = 1024
 MAX_REQUEST_ID: Final = 2**63 - 1
 
 __all__ = [
+    "MAX_KEYS",
     "MAX_KEY_CHARS",
     "PROTOCOL_VERSION",
     "BindRefused",
@@ -94,6 +104,8 @@ class Op(str, Enum):
     HAS = "has"
     GET = "get"
     PUT = "put"
+    PREFETCH = "prefetch"
+    MIGRATE = "migrate"
     EVICT = "evict"
     CLEAR = "clear"
     LEASE = "lease"
@@ -187,8 +199,43 @@ def _positive_int(value: Any) -> str | None:
     return reason
 
 
+def _choice(*allowed: str) -> Validator:
+    def check(value: Any) -> str | None:
+        if value not in allowed or not isinstance(value, str):
+            return "must be one of " + ", ".join(repr(a) for a in allowed)
+        return None
+
+    return check
+
+
 _KEY = _str_field(MAX_KEY_CHARS)
 _HOLDER = _str_field(MAX_HOLDER_CHARS)
+
+
+def _keys_field(value: Any) -> str | None:
+    if not isinstance(value, list):
+        return "must be a list of keys"
+    if len(value) > MAX_KEYS:
+        return f"must hold at most {MAX_KEYS} keys"
+    for i, key in enumerate(value):
+        reason = _KEY(key)
+        if reason is not None:
+            return f"item {i} {reason}"
+    return None
+
+
+def _peer_endpoint(value: Any) -> str | None:
+    reason = _str_field(MAX_ENDPOINT_CHARS)(value)
+    if reason is not None:
+        return reason
+    try:
+        check_endpoint(value)
+    except BindRefused:
+        return "must be an ipc:// or loopback tcp:// endpoint"
+    if value.endswith(":*"):
+        return "must name a port, not *"
+    return None
+
 
 #: op -> field name -> (validator, required). Optional fields default to None.
 FIELDS: Final[Mapping[Op, Mapping[str, tuple[Validator, bool]]]] = {
@@ -201,7 +248,16 @@ FIELDS: Final[Mapping[Op, Mapping[str, tuple[Validator, bool]]]] = {
         "meta": (_map_field, True),
         "expect_version": (_optional(_non_negative_int), False),
     },
-    Op.EVICT: {"key": (_KEY, True)},
+    Op.PREFETCH: {
+        "keys": (_keys_field, True),
+        "tier": (_optional(_choice("ram", "disk")), False),
+    },
+    Op.MIGRATE: {"keys": (_keys_field, True), "source": (_peer_endpoint, True)},
+    Op.EVICT: {
+        "key": (_optional(_KEY), False),
+        "keys": (_optional(_keys_field), False),
+        "tier": (_optional(_choice("ram")), False),
+    },
     Op.CLEAR: {},
     Op.LEASE: {
         "key": (_KEY, True),
@@ -214,6 +270,9 @@ FIELDS: Final[Mapping[Op, Mapping[str, tuple[Validator, bool]]]] = {
     Op.RELEASE: {"key": (_KEY, True), "holder": (_HOLDER, True)},
     Op.SHUTDOWN: {},
 }
+
+#: op -> fields of which exactly one must be given (not nil).
+EXACTLY_ONE: Final[Mapping[Op, tuple[str, ...]]] = {Op.EVICT: ("key", "keys")}
 
 _RESERVED: Final = frozenset({"v", "op", "id", "ok"})
 
@@ -234,6 +293,12 @@ def validate_fields(op: Op, fields: Mapping[str, Any], req_id: int | None = None
         if reason is not None:
             raise ProtocolError("bad-field", f"{op.value}: field {name!r} {reason}", req_id)
         out[name] = fields[name]
+    group = EXACTLY_ONE.get(op)
+    if group and sum(out[name] is not None for name in group) != 1:
+        names = " and ".join(repr(name) for name in group)
+        raise ProtocolError(
+            "bad-field", f"{op.value}: exactly one of fields {names} is needed", req_id
+        )
     return out
 
 

@@ -3,10 +3,17 @@
 Any failure while handling a message (bad header, bad field, a bug in a handler) becomes an
 error reply and one log line; the server keeps serving. A message without a routing identity
 cannot be answered and is dropped.
+
+Threads: the loop is the only one that touches RAM, versions, leases and the socket, which is
+what makes one agent linearizable per key. Besides it run the writer (write-behind of PUTs and
+of loaded copies, in order) and two loaders (``nodeagent.loads``: PREFETCH reads of this
+agent's disk and store, MIGRATE reads from peers), which hand their results back through a
+socket pair the loop polls. All are joined when the agent stops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import math
@@ -16,13 +23,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 import zmq
 
 from nodeagent import __version__
 from nodeagent.leases import LeaseTable, pid_alive
+from nodeagent.loads import QUEUED, Load, Loader, PeerReader
 from nodeagent.protocol import (
     PROTOCOL_VERSION,
     BindRefused,
@@ -33,7 +41,7 @@ from nodeagent.protocol import (
     encode_error,
     encode_reply,
 )
-from nodeagent.tiers import TieredStore, VersionConflict
+from nodeagent.tiers import Entry, TieredStore, VersionConflict
 
 __all__ = ["AgentServer", "BindRefused", "check_endpoint"]
 
@@ -54,6 +62,20 @@ class _Parked:
     req_id: int
     fields: dict[str, Any]
     deadline: float
+
+
+@dataclass
+class PrefetchCounters:
+    """STATS ``prefetch``: what background loads (PREFETCH and MIGRATE) did and whether the
+    copies they made were used."""
+
+    loads: int = 0  # copies kept
+    bytes: int = 0  # their bytes
+    used_bytes: int = 0  # bytes of kept copies later served by a GET (each copy once)
+    waits: int = 0  # GETs that waited for a load in flight instead of reading a tier
+    failed: int = 0  # loads that found nothing (key gone, peer without it, dead peer, error)
+    cancelled: int = 0  # loads dropped by an EVICT, CLEAR or PUT of their key
+    discarded: int = 0  # copies read but not kept: the agent held that or a newer version
 
 
 class AgentServer:
@@ -85,6 +107,23 @@ class AgentServer:
         self._writer_thread.start()
         self.write_errors = 0  # deferred writes that failed (a full disk)
         self.last_write_error: str | None = None
+        # Background loads. A key has at most one attached load (``_loading``); ``_open``
+        # holds every load not yet finished, detached ones included, for STATS.
+        self._loading: dict[str, Load] = {}
+        self._open: set[Load] = set()
+        self._unanswered: list[Load] = []  # cancelled loads whose waiters get a plain GET
+        self._finished: queue.SimpleQueue[Load] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()  # a loader tells the loop: load done
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._stopping = threading.Event()
+        self._loaders_stopped = False
+        self._local = Loader("loader", self._read_local, self._loaded)
+        peers = PeerReader(self._stopping)
+        self._migrations = Loader("migrator", peers, self._loaded, idle=peers.idle)
+        self.prefetch = PrefetchCounters()
+        self._bandwidth: dict[str, list[float]] = {}  # source -> [bytes, seconds] of loads
+        self._prefetched: dict[str, tuple[int, int]] = {}  # key -> (version, bytes), unused
         self._context: zmq.Context[zmq.Socket[bytes]] | None = None
         self._socket: zmq.Socket[bytes] | None = None
         self._handlers: dict[Op, Handler] = {
@@ -93,6 +132,8 @@ class AgentServer:
             Op.HAS: self._has,
             Op.GET: self._get,
             Op.PUT: self._put,
+            Op.PREFETCH: self._prefetch,
+            Op.MIGRATE: self._migrate,
             Op.EVICT: self._evict,
             Op.CLEAR: self._clear,
             Op.LEASE: self._lease,
@@ -117,7 +158,11 @@ class AgentServer:
         return self.endpoint
 
     def close(self) -> None:
-        """Finish pending writes, stop the writer, close the socket (the tiers stay open)."""
+        """Stop the loaders, finish pending writes, stop the writer, close the socket (the
+        tiers stay open)."""
+        self._stop_loads()
+        self._wake_r.close()
+        self._wake_w.close()
         if self._writer_thread.is_alive():
             self._writes.put(None)
             self._writer_thread.join()
@@ -141,12 +186,16 @@ class AgentServer:
         assert sock is not None
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
         self._running = True
         next_check = time.monotonic() + POLL_MS / 1000
         while self._running:
-            if poller.poll(self._poll_ms()):
+            events = dict(poller.poll(self._poll_ms()))
+            if sock in events:
                 frames = sock.recv_multipart(copy=False)
                 self._handle(sock, frames)
+            if self._wake_r.fileno() in events:  # zmq reports plain sockets by fd
+                self._finish_loads(sock)
             now = time.monotonic()
             if self._parked:
                 self._answer_parked(sock, now, recheck=now >= next_check)
@@ -156,6 +205,7 @@ class AgentServer:
                     log.warning("parent process %s is gone; exiting", self.parent_pid)
                     break
         self._answer_parked(sock, math.inf)  # stopping: nobody is left waiting for a reply
+        self._stop_loads(sock)
 
     # -- one message
 
@@ -175,6 +225,8 @@ class AgentServer:
             op, req_id, fields = decode_request(body[0].buffer)
             if op is Op.LEASE and self._park(envelope, req_id, fields):
                 return
+            if op is Op.GET and self._park_get(envelope, req_id, fields["key"]):
+                return
             reply, payload = self._handlers[op](fields, [f.buffer for f in body[1:]])
             out = [encode_reply(req_id, **reply), *payload]
         except ProtocolError as exc:
@@ -188,13 +240,28 @@ class AgentServer:
             log.error("request %s failed: %s: %s", req_id, type(exc).__name__, exc)
             log.debug("traceback", exc_info=True)
             out = [encode_error(req_id, "internal", f"{type(exc).__name__}: {exc}")]
+        self._send(sock, envelope, out, req_id)
+        self._after_reply(sock)
+
+    def _send(
+        self, sock: zmq.Socket[bytes], envelope: list[Any], out: list[Any], req_id: Any
+    ) -> None:
         try:
             sock.send_multipart([*envelope, *out], copy=False)
         except zmq.ZMQError as exc:  # e.g. the peer vanished; nothing to answer
             log.error("could not send reply to request %s: %s", req_id, exc)
+
+    def _after_reply(self, sock: zmq.Socket[bytes] | None) -> None:
+        """Hand deferred writes to the writer; answer what the last step woke up (with a
+        socket: a server closed without serving has nobody to answer)."""
         deferred, self._deferred = self._deferred, []
         for write in deferred:
             self._writes.put(write)
+        if sock is None:
+            return
+        unanswered, self._unanswered = self._unanswered, []
+        for load in unanswered:
+            self._answer_waiters(sock, load, None)
         woken, self._woken = self._woken, set()
         for key in sorted(woken):
             self._answer_parked(sock, math.inf, key)
@@ -263,6 +330,156 @@ class AgentServer:
         current = self.leases.holder(key)
         return current is None or current == holder
 
+    # -- background loads (PREFETCH, MIGRATE) and the GETs that wait for them
+
+    def _loader(self, load: Load) -> Loader:
+        return self._migrations if load.source == "migrate" else self._local
+
+    def _start(self, load: Load) -> None:
+        self._loading[load.key] = load
+        self._open.add(load)
+        self._loader(load).submit(load)
+
+    def _read_local(self, load: Load) -> None:
+        """Loader thread: read the key from disk, else the store (no promotion)."""
+        found = self.tiers.read_below(load.key)
+        if found is not None:
+            load.entry, load.found_in = found
+
+    def _loaded(self, load: Load) -> None:
+        """Loader thread: hand a finished load to the loop and wake it."""
+        self._finished.put(load)
+        # OSError: the pair is full (the loop is due to wake anyway) or closed (stopping).
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def _park_get(self, envelope: list[Any], req_id: int, key: str) -> bool:
+        """Keep a GET of a key being loaded unanswered until the load ends, so that the key
+        is read from a lower tier once, not once by the load and once by the GET."""
+        load = self._loading.get(key)
+        if load is None or self.tiers.in_memory(key) is not None:
+            return False
+        if load.source == "migrate" and self.tiers.has(key) is not None:
+            return False  # this agent holds a copy: no need to wait for a peer's
+        load.waiters.append((envelope, req_id))
+        self.prefetch.waits += 1
+        self._loader(load).hurry(load)
+        return True
+
+    def _detach(self, load: Load) -> None:
+        """An EVICT, CLEAR or PUT of the key: the load's copy must not be kept.
+
+        A load that has not started is dropped and its waiters get a plain GET after this
+        reply; a running one finishes, and its waiters get its copy if it is still current.
+        """
+        if self._loading.get(load.key) is load:
+            del self._loading[load.key]
+        load.attached = False
+        self.prefetch.cancelled += 1
+        if self._loader(load).cancel(load):
+            self._open.discard(load)
+            self._unanswered.append(load)
+
+    def _finish_loads(self, sock: zmq.Socket[bytes] | None) -> None:
+        """Keep what the loaders read (unless outdated) and answer the GETs that waited."""
+        with contextlib.suppress(BlockingIOError):
+            while self._wake_r.recv(4096):
+                pass
+        while True:
+            try:
+                load = self._finished.get_nowait()
+            except queue.Empty:
+                break
+            self._open.discard(load)
+            attached = self._loading.get(load.key) is load
+            if attached:
+                del self._loading[load.key]
+            entry = load.entry
+            if entry is None:
+                if attached:
+                    self.prefetch.failed += 1
+                    log.info("load of %.80r failed: %s", load.key, load.error or "not found")
+                self._answer_waiters(sock, load, None)
+                continue
+            if load.found_in is not None and load.seconds > 0:
+                measured = self._bandwidth.setdefault(load.found_in, [0.0, 0.0])
+                measured[0] += entry.nbytes
+                measured[1] += load.seconds
+            kept = attached and self._keep(load, entry)
+            usable = kept or (load.source == "local" and self.tiers.is_current(load.key, entry))
+            self._answer_waiters(sock, load, entry if usable else None)
+        self._after_reply(sock)
+
+    def _keep(self, load: Load, entry: Entry) -> bool:
+        """Install a load's copy in this agent's tiers (the tiers refuse outdated copies)."""
+        if load.source == "migrate":
+            disk = True  # write-through to disk; never to the store (the peer's value)
+        elif load.target == "disk":
+            disk = True
+        else:  # promote like a GET does: a store hit is copied to disk too
+            disk = load.found_in == "store" and self.tiers.write_disk
+        kept = self.tiers.install(
+            load.key,
+            entry,
+            ram=load.target == "ram",
+            disk=disk,
+            migrated=load.source == "migrate",
+            defer=self._deferred,
+        )
+        if not kept:
+            self.prefetch.discarded += 1
+            return False
+        self.prefetch.loads += 1
+        self.prefetch.bytes += entry.nbytes
+        self._prefetched[load.key] = (entry.version, entry.nbytes)
+        if load.key in self._parked:  # a migrated key may be one a LEASE waits for
+            self._woken.add(load.key)
+        return True
+
+    def _answer_waiters(
+        self, sock: zmq.Socket[bytes] | None, load: Load, entry: Entry | None
+    ) -> None:
+        """Answer the GETs parked on ``load``: with ``entry``, else as a plain GET now."""
+        waiters, load.waiters = load.waiters, []
+        if sock is None or not waiters:
+            return
+        if entry is not None:
+            self._note_use(load.key, entry)
+        for envelope, req_id in waiters:
+            try:
+                if entry is not None:
+                    tier = "ram" if load.source == "migrate" else load.found_in
+                    reply, payload = self._entry_reply(load.key, entry, tier)
+                else:
+                    reply, payload = self._get({"key": load.key}, [])
+                out = [encode_reply(req_id, **reply), *payload]
+            except Exception as exc:
+                log.error("request %s failed: %s: %s", req_id, type(exc).__name__, exc)
+                out = [encode_error(req_id, "internal", f"{type(exc).__name__}: {exc}")]
+            self._send(sock, envelope, out, req_id)
+
+    def _note_use(self, key: str, entry: Entry) -> None:
+        """Count a loaded copy as used the first time a GET serves it."""
+        loaded = self._prefetched.get(key)
+        if loaded is not None and loaded[0] == entry.version:
+            self.prefetch.used_bytes += loaded[1]
+            del self._prefetched[key]
+
+    def _stop_loads(self, sock: zmq.Socket[bytes] | None = None) -> None:
+        """Stop and join the loaders; with ``sock``, answer every GET still waiting."""
+        if self._loaders_stopped:
+            return
+        self._loaders_stopped = True
+        self._stopping.set()
+        self.tiers.stop_delays()
+        never_started = self._local.stop() + self._migrations.stop()
+        self._finish_loads(sock)
+        for load in never_started:
+            self._open.discard(load)
+            self._loading.pop(load.key, None)
+            self._answer_waiters(sock, load, None)
+        self._after_reply(sock)
+
     # -- write-behind: one writer thread, in order
 
     def _writer(self) -> None:
@@ -319,18 +536,35 @@ class AgentServer:
             "cpu_load": cpu_load,
             "write_errors": self.write_errors,
             "last_write_error": self.last_write_error,
+            "queued_loads": len(self._open),
+            "queued_bytes": sum(load.nbytes for load in self._open),
+            "read_bandwidth": {
+                source: int(nbytes / seconds)
+                for source, (nbytes, seconds) in sorted(self._bandwidth.items())
+                if seconds > 0
+            },
+            "prefetch": asdict(self.prefetch),
         }, ()
 
     def _has(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
         return {"tier": self.tiers.has(fields["key"])}, ()
 
+    @staticmethod
+    def _entry_reply(key: str, entry: Entry, tier: str | None) -> Reply:
+        reply = {"found": True, "tier": tier, "version": entry.version, "meta": dict(entry.meta)}
+        return reply, entry.frames
+
     def _get(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
-        found = self.tiers.get(fields["key"])
+        key = fields["key"]
+        found = self.tiers.get(key)
         if found is None:
             return {"found": False, "tier": None, "version": None, "meta": None}, ()
         entry, tier = found
-        reply = {"found": True, "tier": tier, "version": entry.version, "meta": dict(entry.meta)}
-        return reply, entry.frames
+        if tier == "ram":
+            self._note_use(key, entry)
+        else:  # the loaded copy left RAM before anyone used it
+            self._prefetched.pop(key, None)
+        return self._entry_reply(key, entry, tier)
 
     def _put(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
         key = fields["key"]
@@ -338,15 +572,75 @@ class AgentServer:
             key, payload, fields["meta"], fields["expect_version"], defer=self._deferred
         )
         self.leases.drop(key)
+        self._prefetched.pop(key, None)
+        load = self._loading.get(key)
+        if load is not None and load.state == QUEUED:  # it would read an older version
+            self._detach(load)
         if key in self._parked:
             self._woken.add(key)
         return {"version": version}, ()
 
+    def _prefetch(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
+        """Queue background loads of the keys not yet in ``tier``; answer at once.
+
+        Only headers are read here (to size the loads); payloads are read by the loader.
+        """
+        tier = fields["tier"] or "ram"
+        queued = present = missing = 0
+        for key in dict.fromkeys(fields["keys"]):
+            load = self._loading.get(key)
+            if load is not None:
+                if tier == "ram":
+                    load.target = "ram"
+                present += 1
+                continue
+            if self.tiers.in_memory(key) is not None:
+                present += 1
+                continue
+            below = self.tiers.peek_below(key)
+            if below is None:
+                missing += 1
+                continue
+            where, _version, size = below
+            if tier == "disk" and (where == "disk" or not self.tiers.write_disk):
+                present += 1  # on local disk already (a store on the disk's device counts)
+                continue
+            self._start(Load(key, "local", tier, nbytes=size))
+            queued += 1
+        return {"queued": queued, "present": present, "missing": missing}, ()
+
+    def _migrate(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
+        """Queue copies of the keys from the peer agent ``source``; answer at once."""
+        source = fields["source"]
+        if source in (self.endpoint, self.requested_endpoint):
+            raise ProtocolError("bad-field", "migrate: field 'source' is this agent")
+        queued = present = 0
+        for key in dict.fromkeys(fields["keys"]):
+            if key in self._loading:
+                present += 1
+                continue
+            self._start(Load(key, "migrate", "ram", peer=source))
+            queued += 1
+        return {"queued": queued, "present": present}, ()
+
     def _evict(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
-        self._drain()  # a pending write must not bring the entry back
-        return {"removed": self.tiers.evict(fields["key"])}, ()
+        """Remove keys from every tier, or (``tier`` "ram") demote them out of RAM."""
+        keys = [fields["key"]] if fields["key"] is not None else list(dict.fromkeys(fields["keys"]))
+        demote = fields["tier"] == "ram"
+        for key in keys:
+            load = self._loading.get(key)
+            if load is not None and (not demote or load.target == "ram"):
+                self._detach(load)
+            if not demote:
+                self._prefetched.pop(key, None)
+        self._drain()  # a pending write must not bring the entry back, nor be lost
+        removed = sum(self.tiers.demote(key) if demote else self.tiers.evict(key) for key in keys)
+        return {"removed": removed if fields["key"] is None else bool(removed)}, ()
 
     def _clear(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
+        for load in list(self._loading.values()):
+            self._detach(load)
+        self._prefetched.clear()
         self._drain()
         return {"removed": self.tiers.clear()}, ()
 

@@ -9,20 +9,28 @@ unpickles (``_BytesOnlyDisk`` refuses both)::
     header = {"key": str, "meta": map, "version": int, "sizes": [int, ...]}
 
 A value that does not decode (or names another key) is corrupt: it is deleted, counted, and
-the read is a miss.
+the read is a miss. :func:`peek_entry` reads only the header, so the version and size of an
+entry below RAM can be learnt without reading its payload.
+
+Threads: the agent's ROUTER loop owns RAM, the pending writes and the version numbers; its
+writer and loader threads only call the disk and store tiers (diskcache and plain files are
+safe to use from several threads) and :meth:`TieredStore.read_below`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import struct
 import tempfile
+import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import IO, Any, Final
 
 import diskcache
 import msgpack
@@ -36,6 +44,7 @@ __all__ = [
     "VersionConflict",
     "decode_entry",
     "encode_entry",
+    "peek_entry",
     "write_raw_disk_value",
 ]
 
@@ -111,20 +120,10 @@ class _PartsReader:
         return head[:size]
 
 
-def decode_entry(key: str, blob: bytes) -> Entry:
-    """Parse a value written by :func:`encode_entry`; frames are zero-copy slices of ``blob``.
-
-    :raises CorruptEntry: when ``blob`` is not a well-formed entry for ``key``.
-    """
-    view = memoryview(blob)
-    start = len(_MAGIC) + _LEN.size
-    if len(view) < start or bytes(view[: len(_MAGIC)]) != _MAGIC:
-        raise CorruptEntry("bad magic")
-    (hlen,) = _LEN.unpack(view[len(_MAGIC) : start])
-    if start + hlen > len(view):
-        raise CorruptEntry("truncated header")
+def _check_header(key: str, raw: BufferLike) -> tuple[Mapping[str, Any], int, list[int]]:
+    """Validate an entry header: ``(meta, version, frame sizes)``."""
     try:
-        header = msgpack.unpackb(view[start : start + hlen], raw=False)
+        header = msgpack.unpackb(raw, raw=False)
     except Exception as exc:
         raise CorruptEntry(f"bad header: {exc}") from None
     if not isinstance(header, dict):
@@ -138,6 +137,22 @@ def decode_entry(key: str, blob: bytes) -> Entry:
         isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in sizes
     ):
         raise CorruptEntry("bad frame sizes")
+    return meta, version, sizes
+
+
+def decode_entry(key: str, blob: bytes) -> Entry:
+    """Parse a value written by :func:`encode_entry`; frames are zero-copy slices of ``blob``.
+
+    :raises CorruptEntry: when ``blob`` is not a well-formed entry for ``key``.
+    """
+    view = memoryview(blob)
+    start = len(_MAGIC) + _LEN.size
+    if len(view) < start or bytes(view[: len(_MAGIC)]) != _MAGIC:
+        raise CorruptEntry("bad magic")
+    (hlen,) = _LEN.unpack(view[len(_MAGIC) : start])
+    if start + hlen > len(view):
+        raise CorruptEntry("truncated header")
+    meta, version, sizes = _check_header(key, view[start : start + hlen])
     offset = start + hlen
     if offset + sum(sizes) != len(view):
         raise CorruptEntry("frame sizes do not match the value length")
@@ -146,6 +161,23 @@ def decode_entry(key: str, blob: bytes) -> Entry:
         frames.append(view[offset : offset + size])
         offset += size
     return Entry(tuple(frames), meta, version)
+
+
+def peek_entry(key: str, fh: IO[bytes]) -> int:
+    """The version of the entry written by :func:`encode_entry` at the start of ``fh``.
+
+    Reads the header only (a few hundred bytes, whatever the payload size).
+
+    :raises CorruptEntry: when the header is not a well-formed entry header for ``key``.
+    """
+    prefix = fh.read(len(_MAGIC) + _LEN.size)
+    if len(prefix) < len(_MAGIC) + _LEN.size or prefix[: len(_MAGIC)] != _MAGIC:
+        raise CorruptEntry("bad magic")
+    (hlen,) = _LEN.unpack(prefix[len(_MAGIC) :])
+    raw = fh.read(hlen)
+    if len(raw) != hlen:
+        raise CorruptEntry("truncated header")
+    return _check_header(key, raw)[1]
 
 
 @dataclass
@@ -199,6 +231,10 @@ class RamTier:
         self._entries.move_to_end(key)
         self.counters.hits += 1
         return entry
+
+    def peek(self, key: str) -> Entry | None:
+        """The entry of ``key`` without counting a hit or refreshing its recency."""
+        return self._entries.get(key)
 
     def put(self, key: str, entry: Entry) -> list[tuple[str, Entry]]:
         """Keep ``entry``, evicting least recently used entries to fit the budget.
@@ -336,6 +372,25 @@ class DiskTier:
         self.counters.hits += 1
         return entry
 
+    def peek(self, key: str) -> tuple[int, int] | None:
+        """``(version, stored size in bytes)`` of ``key``, reading only the entry's header.
+
+        None when absent or unreadable (a later :meth:`get` deletes a corrupt value).
+        """
+        try:
+            value = self._cache.get(self.internal_key(key), default=None, read=True)
+        except CorruptEntry:
+            return None
+        if value is None:
+            return None
+        try:
+            if isinstance(value, bytes):  # small values live in diskcache's database
+                return peek_entry(key, io.BytesIO(value)), len(value)
+            with value:  # an open file of a larger value
+                return peek_entry(key, value), os.fstat(value.fileno()).st_size
+        except CorruptEntry:
+            return None
+
     def put(self, key: str, entry: Entry) -> None:
         parts = _entry_parts(key, entry)
         if sum(_nbytes(p) for p in parts) < self._cache.disk.min_file_size:
@@ -366,15 +421,29 @@ class DiskTier:
 
 
 class StoreTier:
-    """T3: one file per key (``sha256(key).hex()``), written atomically, never evicted."""
+    """T3: one file per key (``sha256(key).hex()``), written atomically, never evicted.
+
+    :param latency: seconds added to every value read (a benchmark aid that makes a local
+        directory behave like a remote store; a miss or a :meth:`peek` costs nothing).
+    :param bandwidth: bytes per second all value reads together may take (a benchmark aid;
+        None: no cap). A read of N bytes ends no earlier than N / bandwidth seconds after the
+        previous capped read ended, so concurrent readers share the cap.
+    """
 
     name: Final = "store"
     _TMP_PREFIX: Final = ".tmp-"
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, latency: float = 0.0, bandwidth: int | None = None) -> None:
+        if latency < 0 or (bandwidth is not None and bandwidth <= 0):
+            raise ValueError("latency must be >= 0 and bandwidth > 0")
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
+        self.latency = latency
+        self.bandwidth = bandwidth
         self.counters = _Counters()
+        self._throttle_lock = threading.Lock()
+        self._free_at = 0.0  # monotonic time at which the bandwidth cap is free again
+        self._no_delays = threading.Event()  # set when the agent stops: delays end at once
 
     def path(self, key: str) -> str:
         return os.path.join(self.directory, hashlib.sha256(key.encode()).hexdigest())
@@ -382,11 +451,30 @@ class StoreTier:
     def __contains__(self, key: str) -> bool:
         return os.path.exists(self.path(key))
 
+    def stop_delays(self) -> None:
+        """End the simulated latency and bandwidth waits (now and later): the agent stops."""
+        self._no_delays.set()
+
+    def _delay(self, seconds: float) -> None:
+        if seconds > 0:
+            self._no_delays.wait(seconds)
+
+    def _read(self, path: str) -> bytes:
+        with open(path, "rb") as fh:
+            self._delay(self.latency)
+            started = time.monotonic()
+            blob = fh.read()
+        if self.bandwidth is not None:
+            with self._throttle_lock:
+                self._free_at = max(started, self._free_at) + len(blob) / self.bandwidth
+                until = self._free_at
+            self._delay(until - time.monotonic())
+        return blob
+
     def get(self, key: str) -> Entry | None:
         path = self.path(key)
         try:
-            with open(path, "rb") as fh:
-                blob = fh.read()
+            blob = self._read(path)
         except FileNotFoundError:
             self.counters.misses += 1
             return None
@@ -400,6 +488,14 @@ class StoreTier:
             return None
         self.counters.hits += 1
         return entry
+
+    def peek(self, key: str) -> tuple[int, int] | None:
+        """``(version, file size)`` of ``key``, reading only the header; None when absent."""
+        try:
+            with open(self.path(key), "rb") as fh:
+                return peek_entry(key, fh), os.fstat(fh.fileno()).st_size
+        except (FileNotFoundError, CorruptEntry):
+            return None
 
     def put(self, key: str, entry: Entry) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=self._TMP_PREFIX)
@@ -442,6 +538,8 @@ class StoreTier:
             "bytes": total,
             "limit": None,
             "directory": self.directory,
+            "latency": self.latency,
+            "bandwidth": self.bandwidth,
             **self.counters.as_dict(),
         }
 
@@ -457,10 +555,16 @@ class TieredStore:
     same device as the disk tier, the store is written and the disk tier skipped (a store hit
     is then served from the store, promoted to RAM).
 
-    RAM evictions are spilled to disk if no lower tier holds them (the disk tier may have
-    evicted them under its own size limit). ``ram`` stats count ``evictions`` (entries pushed
-    out of RAM) and ``spills`` (those still served by a lower tier afterwards); ``disk``
-    ``spills`` counts the spill writes it received.
+    RAM evictions are spilled to disk if no lower tier holds their version (the disk tier may
+    have evicted them under its own size limit). Reads look at disk before the store, so the
+    disk tier never keeps a version older than the store's: a PUT that skips the disk tier
+    removes any disk copy of the key. ``ram`` stats count ``evictions`` (entries pushed
+    out of RAM, demotions included) and ``spills`` (those still served by a lower tier
+    afterwards); ``disk`` ``spills`` counts the spill writes it received.
+
+    Background loads (PREFETCH, MIGRATE) read with :meth:`read_below` in another thread and
+    come back through :meth:`install`, which keeps them only when no newer version arrived
+    meanwhile.
     """
 
     def __init__(self, ram: RamTier, disk: DiskTier | None, store: StoreTier | None = None) -> None:
@@ -470,8 +574,9 @@ class TieredStore:
         self.write_disk = disk is not None and not (
             store is not None and os.stat(store.directory).st_dev == os.stat(disk.directory).st_dev
         )
-        # Highest version handed out per key in this process; kept after evict/clear so a
-        # version number is never reused for different bytes while the agent runs.
+        # Highest version handed out or installed per key in this process; kept after
+        # evict/clear so a version number is never reused for different bytes while the agent
+        # runs, and so a load that read an older version can tell it is outdated.
         self._versions: dict[str, int] = {}
         # Entries acknowledged but not yet written below RAM (write-behind); read here too,
         # so an entry too large for RAM is served while its disk write is under way.
@@ -479,7 +584,11 @@ class TieredStore:
 
     # -- reads
 
-    def _lower(self, key: str) -> tuple[Entry, str] | None:
+    def read_below(self, key: str) -> tuple[Entry, str] | None:
+        """Read ``key`` from disk, else from the store, without promoting it.
+
+        Safe from a loader thread: it touches neither RAM nor the pending writes.
+        """
         if self.disk is not None:
             entry = self.disk.get(key)
             if entry is not None:
@@ -498,7 +607,7 @@ class TieredStore:
         entry = self.ram.get(key) or self._pending.get(key)
         if entry is not None:
             return entry, "ram"
-        found = self._lower(key)
+        found = self.read_below(key)
         if found is None:
             return None
         entry, tier = found
@@ -506,6 +615,10 @@ class TieredStore:
             self.disk.put(key, entry)
         self._spill(self.ram.put(key, entry))
         return entry, tier
+
+    def in_memory(self, key: str) -> Entry | None:
+        """The entry of ``key`` held in RAM or awaiting its write-behind, without counting."""
+        return self.ram.peek(key) or self._pending.get(key)
 
     def has(self, key: str) -> str | None:
         """The name of the highest tier that holds ``key`` (no promotion, no decoding)."""
@@ -517,14 +630,33 @@ class TieredStore:
             return "store"
         return None
 
+    def is_current(self, key: str, entry: Entry) -> bool:
+        """Whether a copy read from below is still the newest version (no PUT or install
+        since gave the key a newer one, and RAM does not hold it)."""
+        return entry.version >= self._versions.get(key, 0) and self.in_memory(key) is None
+
+    def peek_below(self, key: str) -> tuple[str, int, int] | None:
+        """``(tier, version, stored bytes)`` of ``key`` in the highest tier below RAM.
+
+        Reads headers only, so the loop can size and check loads without reading payloads.
+        """
+        if self.disk is not None:
+            found = self.disk.peek(key)
+            if found is not None:
+                return "disk", *found
+        if self.store is not None:
+            found = self.store.peek(key)
+            if found is not None:
+                return "store", *found
+        return None
+
     def version(self, key: str) -> int:
-        """The stored version of ``key``, 0 when no tier holds it."""
-        if key in self.ram:
-            return self.ram._entries[key].version
-        if key in self._pending:
-            return self._pending[key].version
-        found = self._lower(key)
-        return 0 if found is None else found[0].version
+        """The stored version of ``key``, 0 when no tier holds it (headers only)."""
+        entry = self.in_memory(key)
+        if entry is not None:
+            return entry.version
+        found = self.peek_below(key)
+        return 0 if found is None else found[1]
 
     # -- writes
 
@@ -552,16 +684,78 @@ class TieredStore:
         if expect_version is not None and current != expect_version:
             raise VersionConflict(f"key {key[:80]!r} is at version {current}, not {expect_version}")
         new = max(self._versions.get(key, 0), current or 0) + 1
-        entry = Entry(tuple(frames), dict(meta), new)
-        self._versions[key] = new
+        self._keep(
+            key,
+            Entry(tuple(frames), dict(meta), new),
+            ram=True,
+            disk=self.write_disk,
+            store=True,
+            defer=defer,
+        )
+        return new
+
+    def install(
+        self,
+        key: str,
+        entry: Entry,
+        *,
+        ram: bool,
+        disk: bool,
+        migrated: bool = False,
+        defer: list[Callable[[], None]] | None = None,
+    ) -> bool:
+        """Keep a copy read by a background load; never replace a newer version.
+
+        A copy read from this agent's own lower tiers is kept unless a PUT (or another install)
+        gave the key a newer version while it was read, or RAM already holds that version. A
+        ``migrated`` copy (from a peer) is kept only when its version is greater than every
+        copy this agent holds, lower tiers included, since it did not come from them.
+
+        :param ram: keep it in RAM; otherwise only write it to disk.
+        :param disk: write it to the disk tier too (after the reply, like a PUT); a
+            migrated copy never goes to the store (it is the peer's, not a new value).
+        :returns: whether the copy was kept.
+        """
+        in_memory = self.in_memory(key)
+        held = max(self._versions.get(key, 0), 0 if in_memory is None else in_memory.version)
+        if migrated:
+            below = self.peek_below(key)
+            held = max(held, below[1] if below is not None else 0)
+        if entry.version < held or (entry.version == held and (migrated or in_memory is not None)):
+            return False
+        disk = disk and self.disk is not None
+        if not disk and (not ram or entry.nbytes > self.ram.budget_bytes):
+            return False  # nowhere to keep it
+        self._keep(key, entry, ram=ram, disk=disk, store=False, defer=defer)
+        return True
+
+    def _keep(
+        self,
+        key: str,
+        entry: Entry,
+        *,
+        ram: bool,
+        disk: bool,
+        store: bool,
+        defer: list[Callable[[], None]] | None,
+    ) -> None:
+        """Put ``entry`` in RAM (when ``ram``) and schedule its writes below RAM."""
+        self._versions[key] = max(self._versions.get(key, 0), entry.version)
         # An entry too large for RAM comes back among the evicted: the write below stores it.
-        evicted = [(k, e) for k, e in self.ram.put(key, entry) if k != key]
+        evicted = [(k, e) for k, e in self.ram.put(key, entry) if k != key] if ram else []
+        to_disk = disk and self.disk is not None
+        to_store = store and self.store is not None
 
         def write_lower() -> None:
             try:
-                if self.write_disk and self.disk is not None:
+                if to_disk and self.disk is not None:
                     self.disk.put(key, entry)
-                if self.store is not None:
+                elif to_store and self.disk is not None:
+                    # Reads look at disk before the store: a copy a spill left there must not
+                    # outlive this newer version (the entry is pending, so reads meanwhile
+                    # are served from memory).
+                    self.disk.remove(key)
+                if to_store and self.store is not None:
                     self.store.put(key, entry)
                 self._spill(evicted)
             finally:
@@ -570,22 +764,47 @@ class TieredStore:
 
         if defer is None:
             write_lower()
-        else:
+            return
+        if to_disk or to_store:
             self._pending[key] = entry
+        if to_disk or to_store or evicted:
             defer.append(write_lower)
-        return new
 
     def _spill(self, evicted: list[tuple[str, Entry]]) -> None:
         for key, entry in evicted:
-            if (self.disk is not None and key in self.disk) or (
-                self.store is not None and key in self.store
-            ):
-                self.ram.counters.spills += 1
-            elif self.disk is not None:
-                self.disk.put(key, entry)
-                self.disk.counters.spills += 1
+            if self._keep_below(key, entry):
                 self.ram.counters.spills += 1
             # else: no lower tier; the entry is gone (counted as an eviction only)
+
+    def _keep_below(self, key: str, entry: Entry) -> bool:
+        """Make sure a tier below RAM holds ``entry``'s version (or a newer one): write it to
+        disk when none does (the disk tier culled it, or its write failed). False when there
+        is no disk tier to write to."""
+        below = self.peek_below(key)
+        if below is not None and below[1] >= entry.version:
+            return True
+        if self.disk is None:
+            return False
+        self.disk.put(key, entry)
+        self.disk.counters.spills += 1
+        return True
+
+    def demote(self, key: str) -> bool:
+        """Drop ``key`` from RAM only, keeping a copy below; call with no write pending.
+
+        When no lower tier holds this version (its write-behind failed, or the disk tier
+        culled it), it is written to disk first: a demotion never loses the only copy. Without
+        a disk tier such an entry stays in RAM.
+
+        :returns: whether RAM dropped the entry.
+        """
+        entry = self.ram.peek(key)
+        if entry is None or not self._keep_below(key, entry):
+            return False
+        self.ram.remove(key)
+        self.ram.counters.evictions += 1
+        self.ram.counters.spills += 1
+        return True
 
     def evict(self, key: str) -> bool:
         """Remove ``key`` from every tier; True if any tier held it."""
@@ -616,6 +835,11 @@ class TieredStore:
         if self.store is not None:
             out["store"] = self.store.stats()
         return out
+
+    def stop_delays(self) -> None:
+        """End the store's simulated delays (the agent is stopping)."""
+        if self.store is not None:
+            self.store.stop_delays()
 
     def close(self) -> None:
         if self.disk is not None:

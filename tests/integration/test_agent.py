@@ -21,7 +21,7 @@ import pytest
 import zmq
 
 import nodeagent
-from nodeagent.__main__ import parse_size
+from nodeagent.__main__ import build_parser, parse_size
 from nodeagent.client import AgentClient, AgentError
 from nodeagent.launcher import AgentProcess, start_agent
 from nodeagent.protocol import decode_reply, encode_request
@@ -465,6 +465,29 @@ def test_parse_size(text: str, size: int) -> None:
 def test_parse_size_refuses(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="invalid size"):
         parse_size(text)
+
+
+def test_slow_store_options() -> None:
+    base = ["--bind", "ipc:///tmp/x.sock", "--no-disk", "--store", "/tmp/s"]
+    args = build_parser().parse_args(base)
+    assert args.store_latency == 0.0 and args.store_bandwidth is None
+    args = build_parser().parse_args(
+        [*base, "--store-latency", "0.05", "--store-bandwidth", "200M"]
+    )
+    assert args.store_latency == 0.05 and args.store_bandwidth == 200 * MiB
+    assert "slow-store simulation" in build_parser().format_help()
+
+
+@pytest.mark.parametrize(
+    "option", [["--store-latency", "-1"], ["--store-latency", "x"], ["--store-bandwidth", "0"]]
+)
+def test_slow_store_options_refuse_bad_values(
+    option: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--bind", "ipc:///tmp/x.sock", "--no-disk", *option])
+    assert info.value.code == 2
+    assert "invalid" in capsys.readouterr().err
 
 
 def test_req_socket_peer_is_answered(agent: AgentProcess) -> None:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from nodeagent import PROTOCOL_VERSION
 from nodeagent.protocol import (
     FIELDS,
+    MAX_KEYS,
     BindRefused,
     Op,
     ProtocolError,
@@ -40,6 +41,8 @@ metas = st.dictionaries(
 )
 ttls = st.one_of(st.integers(1, 10**6), st.floats(min_value=1e-3, max_value=1e6))
 req_ids = st.integers(0, 2**63 - 1)
+key_lists = st.lists(keys, max_size=5)
+peers = st.sampled_from(["ipc:///tmp/sm-x/agent.sock", "tcp://127.0.0.1:5555", "tcp://[::1]:1"])
 
 FIELD_STRATEGIES: dict[Op, st.SearchStrategy[dict[str, Any]]] = {
     Op.PING: st.just({}),
@@ -48,7 +51,16 @@ FIELD_STRATEGIES: dict[Op, st.SearchStrategy[dict[str, Any]]] = {
     Op.SHUTDOWN: st.just({}),
     Op.HAS: st.fixed_dictionaries({"key": keys}),
     Op.GET: st.fixed_dictionaries({"key": keys}),
-    Op.EVICT: st.fixed_dictionaries({"key": keys}),
+    Op.EVICT: st.one_of(
+        st.fixed_dictionaries({"key": keys}, optional={"tier": st.sampled_from([None, "ram"])}),
+        st.fixed_dictionaries(
+            {"keys": key_lists}, optional={"tier": st.sampled_from([None, "ram"])}
+        ),
+    ),
+    Op.PREFETCH: st.fixed_dictionaries(
+        {"keys": key_lists}, optional={"tier": st.sampled_from([None, "ram", "disk"])}
+    ),
+    Op.MIGRATE: st.fixed_dictionaries({"keys": key_lists, "source": peers}),
     Op.PUT: st.fixed_dictionaries(
         {"key": keys, "meta": metas},
         optional={"expect_version": st.one_of(st.none(), st.integers(0, 2**63 - 1))},
@@ -131,7 +143,21 @@ msgpack_values = st.recursive(
 @given(
     header=st.dictionaries(
         st.sampled_from(
-            ["v", "op", "id", "key", "meta", "ttl", "holder", "pid", "host", "expect_version"]
+            [
+                "v",
+                "op",
+                "id",
+                "key",
+                "keys",
+                "tier",
+                "source",
+                "meta",
+                "ttl",
+                "holder",
+                "pid",
+                "host",
+                "expect_version",
+            ]
         ),
         st.one_of(msgpack_values, st.sampled_from([op.value for op in Op]), st.just(1)),
     )
@@ -176,6 +202,22 @@ def raw(**header: Any) -> bytes:
         (raw(op="lease", key="k", holder="h", ttl=1, wait=11), "bad-field", "'wait'"),
         (raw(op="lease", key="k", holder="h", ttl=1, wait="1"), "bad-field", "'wait'"),
         (raw(op="release", key="k"), "bad-field", "'holder' is missing"),
+        (raw(op="prefetch"), "bad-field", "'keys' is missing"),
+        (raw(op="prefetch", keys="k"), "bad-field", "'keys' must be a list"),
+        (raw(op="prefetch", keys=["a", ""]), "bad-field", "'keys' item 1 must not be empty"),
+        (raw(op="prefetch", keys=["a", 3]), "bad-field", "'keys' item 1 must be a string"),
+        (raw(op="prefetch", keys=["a"] * (MAX_KEYS + 1)), "bad-field", "'keys' must hold at most"),
+        (raw(op="prefetch", keys=["a"], tier="store"), "bad-field", "'tier' must be one of"),
+        (raw(op="prefetch", keys=["a"], tier=1), "bad-field", "'tier'"),
+        (raw(op="migrate", keys=["a"]), "bad-field", "'source' is missing"),
+        (raw(op="migrate", keys=["a"], source="tcp://10.0.0.1:5"), "bad-field", "'source'"),
+        (raw(op="migrate", keys=["a"], source="tcp://127.0.0.1:*"), "bad-field", "not *"),
+        (raw(op="migrate", keys=["a"], source=5), "bad-field", "'source'"),
+        (raw(op="migrate", source="ipc:///x"), "bad-field", "'keys' is missing"),
+        (raw(op="evict"), "bad-field", "exactly one of fields 'key' and 'keys'"),
+        (raw(op="evict", key="a", keys=["a"]), "bad-field", "exactly one of"),
+        (raw(op="evict", key="a", tier="disk"), "bad-field", "'tier' must be one of 'ram'"),
+        (raw(op="evict", keys=[""]), "bad-field", "'keys' item 0"),
     ],
 )
 def test_bad_requests_are_named(frame: bytes, error: str, needle: str) -> None:
@@ -185,6 +227,25 @@ def test_bad_requests_are_named(frame: bytes, error: str, needle: str) -> None:
     assert needle in info.value.message
     if error != "bad-header":
         assert info.value.req_id == 7
+
+
+def test_batch_ops_take_lists_of_keys() -> None:
+    assert decode_request(raw(op="prefetch", keys=["a", "b"])) == (
+        Op.PREFETCH,
+        7,
+        {"keys": ["a", "b"], "tier": None},
+    )
+    assert decode_request(raw(op="evict", keys=[], tier="ram"))[2] == {
+        "key": None,
+        "keys": [],
+        "tier": "ram",
+    }
+    assert decode_request(raw(op="evict", key="k", keys=None))[2]["key"] == "k"
+    source = "ipc:///tmp/a.sock"
+    assert decode_request(raw(op="migrate", keys=["k"], source=source))[2] == {
+        "keys": ["k"],
+        "source": source,
+    }
 
 
 def test_unknown_fields_are_ignored() -> None:

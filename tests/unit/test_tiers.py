@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import diskcache
@@ -31,6 +33,7 @@ from nodeagent.tiers import (
     VersionConflict,
     decode_entry,
     encode_entry,
+    peek_entry,
     write_raw_disk_value,
 )
 
@@ -71,6 +74,17 @@ def test_decode_refuses_mangled(mangle: object) -> None:
     blob = encode_entry("k", entry(b"abc", b"def"))
     with pytest.raises(CorruptEntry):
         decode_entry("k", mangle(blob))  # type: ignore[operator]
+
+
+def test_peek_reads_the_version_from_the_header_only() -> None:
+    blob = encode_entry("k", entry(b"x" * 10_000, version=7, m=1))
+    fh = io.BytesIO(blob)
+    assert peek_entry("k", fh) == 7
+    assert fh.tell() < 100  # the payload was not read
+    with pytest.raises(CorruptEntry):
+        peek_entry("other", io.BytesIO(blob))
+    with pytest.raises(CorruptEntry):
+        peek_entry("k", io.BytesIO(blob[:10]))
 
 
 def test_decode_refuses_other_key() -> None:
@@ -255,6 +269,20 @@ def test_same_device_store_skips_the_disk_tier(tmp_path: Path) -> None:
         ts.close()
 
 
+def test_same_device_store_put_removes_a_stale_disk_copy(tmp_path: Path) -> None:
+    ts = make_store(tmp_path, ram=100, store=True)
+    try:
+        assert ts.disk is not None
+        ts.put("k", [b"v1"], {})
+        ts.disk.put("k", entry(b"v1", version=1))  # as a spill leaves it
+        ts.put("k", [b"v2"], {})
+        ts.ram.remove("k")
+        found = ts.get("k")
+        assert found is not None and found[1] == "store" and payload(found[0]) == [b"v2"]
+    finally:
+        ts.close()
+
+
 def test_other_device_store_writes_both(tmp_path: Path) -> None:
     if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
         pytest.skip("needs a second file system (/dev/shm)")
@@ -294,6 +322,147 @@ def test_tiers_never_pickle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         assert ts.get("k") is not None
     finally:
         ts.close()
+
+
+def test_disk_and_store_peek(tmp_path: Path) -> None:
+    ts = make_store(tmp_path, ram=0, store=True)
+    try:
+        assert ts.disk is not None and ts.store is not None
+        ts.disk.put("small", entry(b"s", version=3))
+        ts.disk.put("large", entry(b"L" * 100_000, version=4))  # a file, not a row
+        ts.store.put("far", entry(b"f", version=5))
+        assert ts.disk.peek("small") == (3, len(encode_entry("small", entry(b"s"))))
+        assert ts.peek_below("large") == (
+            "disk",
+            4,
+            len(encode_entry("large", entry(b"L" * 100_000))),
+        )
+        far = ts.peek_below("far")
+        assert far is not None and far[:2] == ("store", 5)
+        assert ts.peek_below("none") is None and ts.version("far") == 5
+        write_raw_disk_value(ts.disk.directory, "small", b"garbage")
+        assert ts.disk.peek("small") is None
+    finally:
+        ts.close()
+
+
+def test_demote_keeps_a_copy_below(tmp_path: Path) -> None:
+    ts = make_store(tmp_path, ram=100)
+    try:
+        assert ts.disk is not None
+        ts.put("k", [b"abc"], {"m": 1})
+        assert ts.demote("k") is True
+        assert ts.has("k") == "disk" and ts.demote("k") is False
+        found = ts.get("k")  # promoted again
+        assert found is not None and found[1] == "disk" and payload(found[0]) == [b"abc"]
+        ts.disk.remove("k")  # the only copy is in RAM now
+        assert ts.demote("k") is True
+        found = ts.get("k")
+        assert found is not None and payload(found[0]) == [b"abc"] and found[0].meta == {"m": 1}
+        ts.put("k", [b"v2"], {})  # RAM at version 2
+        ts.disk.put("k", entry(b"stale", version=1))  # as if the write of v2 had failed
+        assert ts.demote("k") is True
+        found = ts.get("k")
+        assert found is not None and found[0].version == 2 and payload(found[0]) == [b"v2"]
+    finally:
+        ts.close()
+
+
+def test_spill_replaces_a_stale_lower_copy(tmp_path: Path) -> None:
+    ts = make_store(tmp_path, ram=10)
+    try:
+        assert ts.disk is not None
+        ts.put("a", [b"v1"], {})
+        ts.put("a", [b"v2"], {})
+        ts.disk.put("a", entry(b"v1", version=1))  # as if the write of v2 had failed
+        ts.put("b", [b"12345678"], {})  # pushes a out of RAM: v2 must not be lost
+        found = ts.get("a")
+        assert found is not None and found[0].version == 2 and payload(found[0]) == [b"v2"]
+    finally:
+        ts.close()
+
+
+def test_demote_without_a_disk_tier_keeps_the_only_copy(tmp_path: Path) -> None:
+    ts = TieredStore(RamTier(100), None)
+    ts.put("k", [b"abc"], {})
+    assert ts.demote("k") is False and ts.has("k") == "ram"
+    with_store = TieredStore(RamTier(100), None, StoreTier(str(tmp_path / "store")))
+    with_store.put("k", [b"abc"], {})
+    assert with_store.demote("k") is True and with_store.has("k") == "store"
+
+
+def test_install_never_replaces_a_newer_version(tmp_path: Path) -> None:
+    ts = make_store(tmp_path, ram=100)
+    try:
+        ts.put("k", [b"v1"], {})
+        ts.put("k", [b"v2"], {})
+        ts.demote("k")
+        assert not ts.install("k", entry(b"v1", version=1), ram=True, disk=False)  # older
+        assert ts.install("k", entry(b"v2", version=2), ram=True, disk=False)  # the current one
+        assert ts.has("k") == "ram"
+        assert not ts.install("k", entry(b"v2", version=2), ram=True, disk=False)  # held
+        found = ts.get("k")
+        assert found is not None and payload(found[0]) == [b"v2"]
+        # a migrated copy must be newer than every copy, the disk's included
+        ts.demote("k")
+        assert not ts.install("k", entry(b"peer", version=2), ram=True, disk=True, migrated=True)
+        assert ts.install("k", entry(b"peer", version=5), ram=True, disk=True, migrated=True)
+        assert ts.put("k", [b"local"], {}) == 6  # versions go on from the installed copy
+        assert ts.disk is not None
+        peeked = ts.disk.peek("k")
+        assert peeked is not None and peeked[0] == 6
+    finally:
+        ts.close()
+
+
+def test_install_is_refused_when_nothing_can_hold_it(tmp_path: Path) -> None:
+    ts = make_store(tmp_path, ram=4)
+    try:
+        big = entry(b"123456", version=1)
+        assert not ts.install("k", big, ram=True, disk=False)
+        assert ts.install("k", big, ram=True, disk=True)  # too big for RAM: disk only
+        assert ts.has("k") == "disk"
+        assert ts.is_current("k", big)
+        ts.put("k", [b"x"], {})
+        assert not ts.is_current("k", big)
+    finally:
+        ts.close()
+
+
+def test_install_defers_its_disk_write(tmp_path: Path) -> None:
+    ts = make_store(tmp_path, ram=0)
+    try:
+        writes: list[Callable[[], None]] = []
+        assert ts.install("k", entry(b"abc", version=3), ram=False, disk=True, defer=writes)
+        assert len(writes) == 1 and ts.has("k") == "ram"  # pending: served from memory
+        writes[0]()
+        assert ts.has("k") == "disk" and ts.version("k") == 3
+    finally:
+        ts.close()
+
+
+def test_store_latency_and_bandwidth(tmp_path: Path) -> None:
+    slow = StoreTier(str(tmp_path / "store"), latency=0.2)
+    slow.put("k", entry(b"x"))
+    began = time.monotonic()
+    assert slow.get("k") is not None
+    assert time.monotonic() - began >= 0.2
+    began = time.monotonic()
+    assert slow.get("missing") is None and slow.peek("k") is not None  # no delay for these
+    assert time.monotonic() - began < 0.2
+    capped = StoreTier(str(tmp_path / "store"), bandwidth=10 * 2**20)
+    capped.put("big", entry(b"x" * 2**20))
+    began = time.monotonic()
+    assert capped.get("big") is not None and capped.get("big") is not None
+    assert time.monotonic() - began >= 0.2  # 2 MiB at 10 MiB/s
+    assert slow.stats()["latency"] == 0.2 and capped.stats()["bandwidth"] == 10 * 2**20
+    stopping = StoreTier(str(tmp_path / "store"), latency=30.0)
+    stopping.stop_delays()  # the agent stops: no more simulated waits
+    began = time.monotonic()
+    assert stopping.get("k") is not None
+    assert time.monotonic() - began < 15
+    with pytest.raises(ValueError):
+        StoreTier(str(tmp_path / "store"), latency=-1)
 
 
 # --------------------------------------------------------------------------- model test
@@ -357,6 +526,12 @@ class TieredStoreModel(RuleBasedStateMachine):
     def evict(self, key: str) -> None:
         assert self.ts.evict(key) == (key in self.model)
         self.model.pop(key, None)
+
+    @rule(key=keys)
+    def demote(self, key: str) -> None:
+        in_ram = key in self.ts.ram
+        assert self.ts.demote(key) == in_ram  # a disk tier always takes the only copy
+        assert key not in self.ts.ram
 
     @rule()
     def clear(self) -> None:

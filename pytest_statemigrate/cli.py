@@ -235,6 +235,29 @@ def _partition(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    import json
+
+    from .engine import format_plan
+
+    path = Path(args.path) if args.path else Path(args.dir) / "plan.json"
+    try:
+        data = json.loads(path.read_text())
+        lines = format_plan(data, actions=not args.summary)
+    except FileNotFoundError:
+        print(
+            f"statemigrate plan: no plan at {path}: a run makes one once the ESG has "
+            "partitions (or write one with --sm-plan PATH)",
+            file=sys.stderr,
+        )
+        return 1
+    except (ValueError, KeyError, TypeError) as exc:
+        print(f"statemigrate plan: {path} is not a plan ({exc})", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
 def _size_arg(text: str) -> int:
     try:
         value = parse_size(text)
@@ -293,8 +316,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="target partition size, e.g. 64M (default 64M)",
     )
     part.add_argument("--agents", type=int, default=1, help="node agents (default 1)")
+    plan = esg_command("plan", "the last run's migration plan: what was prefetched, when")
+    plan.add_argument(
+        "path", nargs="?", default=None, help="a plan file (default: plan.json in --dir)"
+    )
+    plan.add_argument("--summary", action="store_true", help="one line per agent only")
     args = parser.parse_args(argv)
     commands = {
+        "plan": _plan,
         "clear": _clear,
         "esg": _esg,
         "partitions": _partitions,

@@ -246,6 +246,23 @@ class Partition:
 
 
 @dataclass(frozen=True)
+class Prediction:
+    """What the kept history says the next run's tests will need (for the engine).
+
+    ``footprints``: test node id → the keys it used the last time it ran; ``latest``: element
+    label (fixture id and param label) → its most recently built or loaded key; ``partition_of``:
+    key → partition id; ``sizes``: partition id → bytes; ``members``: partition id → keys.
+    """
+
+    footprints: dict[str, tuple[str, ...]]
+    latest: dict[str, str]
+    partition_of: dict[str, int]
+    sizes: dict[int, int]
+    members: dict[int, tuple[str, ...]]
+    nbytes: dict[str, int] = field(default_factory=dict)  # key → its size
+
+
+@dataclass(frozen=True)
 class GraphData:
     """The ESG without networkx: ``edges`` maps index pairs ``(i, j)`` into ``elements`` to
     their co-access weight (each unordered pair once, no self-loops)."""
@@ -853,6 +870,40 @@ class ESGStore:
                 "SELECT id FROM sessions ORDER BY started DESC, uid DESC LIMIT 1"
             ).fetchone()
             return None if row is None else _records(db, row[0])[0]
+
+    def prediction(self) -> Prediction:
+        """The footprints and partitions the engine plans with (one read transaction)."""
+        with _transaction(self._db) as db:
+            key_of = dict(db.execute("SELECT id, key FROM elements"))
+            nbytes = dict(db.execute("SELECT key, nbytes FROM elements"))
+            footprints: dict[str, tuple[str, ...]] = {}
+            rows = db.execute(
+                "SELECT t.nodeid, f.elements, f.writes FROM runs r"
+                " JOIN tests t ON t.id = r.test JOIN footprints f ON f.id = r.footprint"
+                " JOIN sessions s ON s.id = r.session ORDER BY s.started, s.uid"
+            )
+            for nodeid, used, written in rows:  # later sessions overwrite earlier ones
+                ids = dict.fromkeys([*_ids(used), *_ids(written)])
+                footprints[nodeid] = tuple(key_of[i] for i in ids if i in key_of)
+            latest: dict[str, str] = {}
+            for label, key in db.execute(
+                "SELECT fixture, key FROM elements WHERE fixture != ''"
+                " ORDER BY max(coalesce(load_at, 0), coalesce(build_at, 0)), id"
+            ):
+                latest[label] = key
+            partition_of = dict(db.execute("SELECT key, part FROM partition_elements"))
+            sizes = dict(db.execute("SELECT id, nbytes FROM partitions"))
+        members: defaultdict[int, list[str]] = defaultdict(list)
+        for key, part in sorted(partition_of.items()):
+            members[part].append(key)
+        return Prediction(
+            footprints,
+            latest,
+            partition_of,
+            sizes,
+            {p: tuple(k) for p, k in members.items()},
+            nbytes,
+        )
 
     def elements(self) -> list[ElementInfo]:
         """Every kept element, by fixture label then key."""

@@ -70,8 +70,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="record the execution state graph even when no fixture is managed (for "
         "`statemigrate suggest`)",
     )
+    group.addoption(
+        "--sm-prefetch",
+        dest="sm_prefetch",
+        choices=st.SWITCHES,
+        default=None,
+        help="prefetch the state the next tests need into the agent's RAM (default: on; the "
+        "ini key statemigrate_prefetch)",
+    )
+    group.addoption(
+        "--sm-plan",
+        dest="sm_plan",
+        default=None,
+        metavar="PATH",
+        help="write the run's migration plan (schedule and per-agent RAM) as JSON to PATH; "
+        "`statemigrate plan PATH` shows it",
+    )
     for name, (text, kind) in st.INI.items():
         parser.addini(name, text, type=kind)  # type: ignore[arg-type]
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -136,8 +158,19 @@ class _FixtureHooks:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
+        self.hooks.session.before_test(item)
         yield
         self.hooks.session.test_ready(item)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """The run order is final (after reordering and deselection): plan the prefetches."""
+        config = self.hooks.config
+        self.hooks.session.plan_run(
+            session.items,
+            override=config.hook.pytest_statemigrate_select_node,
+            worker=hasattr(config, "workerinput"),
+        )
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_teardown(

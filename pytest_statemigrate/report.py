@@ -38,6 +38,10 @@ class RunStats:
     refused: dict[str, str] = field(default_factory=dict)  # fixture id → why it runs unmanaged
     built_instead: dict[str, str] = field(default_factory=dict)  # fixture id → why it is built
     fallbacks: dict[str, int] = field(default_factory=dict)  # trouble → how often
+    prefetched: int = 0  # keys sent in PREFETCH or MIGRATE before the tests needing them
+    prefetch_bytes: int = 0  # bytes the agent loaded for them (single process only)
+    prefetch_used_bytes: int = 0  # of those, bytes a GET then served
+    planned: dict[str, Any] = field(default_factory=dict)  # the plan's own measures
 
     def fixture(self, ident: str, name: str) -> str:
         """Note a fixture's name; returns ``ident`` for chaining."""
@@ -84,6 +88,10 @@ class RunStats:
             "built_instead_ids": dict(sorted(self.built_instead.items())),
             "stale_ids": dict(sorted(self.stale.items())),
             "fallbacks": dict(self.fallbacks),
+            "prefetched": self.prefetched,
+            "prefetch_bytes": self.prefetch_bytes,
+            "prefetch_used_bytes": self.prefetch_used_bytes,
+            "planned": dict(self.planned),
         }
 
     @classmethod
@@ -104,6 +112,10 @@ class RunStats:
             refused=dict(data["refused_ids"]),
             built_instead=dict(data["built_instead_ids"]),
             fallbacks=dict(data["fallbacks"]),
+            prefetched=int(data.get("prefetched", 0)),
+            prefetch_bytes=int(data.get("prefetch_bytes", 0)),
+            prefetch_used_bytes=int(data.get("prefetch_used_bytes", 0)),
+            planned=dict(data.get("planned", {})),
         )
 
     def merge(self, other: RunStats) -> None:
@@ -123,6 +135,9 @@ class RunStats:
         self.built_instead.update(other.built_instead)
         for message, count in other.fallbacks.items():
             self.fallbacks[message] = self.fallbacks.get(message, 0) + count
+        self.prefetched += other.prefetched
+        self.prefetch_bytes += other.prefetch_bytes
+        self.prefetch_used_bytes += other.prefetch_used_bytes
 
     def is_empty(self) -> bool:
         return not (self.managed or self.refused or self.fallbacks)
@@ -145,6 +160,12 @@ class RunStats:
             f"built in {self.build_seconds:.2f}s; "
             + (f"saved ~{saved:.2f}s" if saved >= 0 else f"loading cost ~{-saved:.2f}s more"),
         ]
+        if self.prefetched:
+            line = f"prefetched {self.prefetched} value(s) before the tests that need them"
+            if self.prefetch_bytes:
+                used = self.prefetch_used_bytes / self.prefetch_bytes
+                line += f": {_size(self.prefetch_bytes)} loaded ahead, {used:.0%} of it used"
+            out.append(line)
         out += [f"rebuilt {names}: {why}" for why, names, _ in self._grouped(self.stale)]
         out += [
             f"refused {names}: {why}; {'they run' if n > 1 else 'it runs'} unmanaged"

@@ -6,18 +6,22 @@ fixture setup into: key → lookup → (hit: hand the value over) | (miss: build
 
 from __future__ import annotations
 
+import itertools
 import os
+import select
+import socket
 import time
 import warnings
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from . import fixtures as fx
 from .codec import load_secret, state_digest
-from .esg import ESGStore, SessionRecord
+from .esg import ESGStore, Prediction, SessionRecord
 from .inputs import BuildRecorder, fingerprint, static_paths
 from .keys import (
     KeyParts,
@@ -29,6 +33,7 @@ from .keys import (
     make_key,
     param_token,
 )
+from .migrate import Migrator, write_plan
 from .proxy import (
     AgentLink,
     BuildRecord,
@@ -126,6 +131,21 @@ class EmbeddedAgent:
         """This run's agent started on an empty store, and this process is its only client
         (a single-process run): a key it did not store itself can only miss."""
         return self.empty and (self.process is not None or self.direct is not None)
+
+    def up(self) -> bool:
+        """The agent has booted (answers now): True without waiting for it."""
+        process = self.process
+        if process is None:
+            return False
+        if not process.ready:
+            out = process.process.stdout
+            try:
+                if out is None or out.closed or not select.select([out], [], [], 0)[0]:
+                    return False
+                process.wait_ready(self.settings.timeout)  # its ready line is there: fast
+            except Exception:  # (select on a pipe is POSIX-only) the proxy finds out later
+                return False
+        return bool(process.ready)
 
     def local_client(self) -> DiskClient | None:
         """The disk tier as this run's client, when this process alone uses a store that was
@@ -258,6 +278,12 @@ class StateMigrateSession:
         self._deps: dict[Any, dict[str, Any]] = {}  # fixturedef → its dependencies' values
         self._nbytes: dict[str, int] = {}  # key → size of its pickle
         self._exclude = (str(settings.store_dir), _PACKAGE_DIR)
+        self.migrator: Migrator | None = None
+        self._run_index: dict[int, int] = {}  # id(item) → its index in the planned order
+        self._queue: Any = None  # xdist's worker queue, when this process is a worker
+        self._needs: dict[str, tuple[str, ...]] = {}  # node id → predicted keys
+        self._prefetch_base: tuple[int, int] = (0, 0)  # the agent's prefetch counters at start
+        self._on_disk = True  # the agent keeps values in its disk tier (else only its store)
         self.esg = SessionRecord.new()
         self.recorder = AccessRecorder(
             self.esg, rootdir, settings.write_check_bytes, settings.max_value_bytes
@@ -333,7 +359,9 @@ class StateMigrateSession:
         node = request.node.nodeid if analysis.uses_node else None
         return make_key(
             KeyParts(
-                fixture=analysis.fixture_id,
+                # Where it is registered too: one function may serve under several names, or
+                # under one name in several modules (a factory's fixtures).
+                fixture=f"{analysis.fixture_id}|{fixturedef.argname}|{fixturedef.baseid}",
                 code=analysis.code,
                 param=param,
                 deps=deps,
@@ -404,6 +432,134 @@ class StateMigrateSession:
     ) -> None:
         self._nbytes[key] = nbytes
         self.esg.element(key, label, scope, nbytes, build_s=build_s, load_s=load_s)
+
+    # -- predictive migration (engine.py, migrate.py) -------------------------------------
+    def plan_run(self, items: list[Any], override: Any = None, worker: bool = False) -> None:
+        """After collection (after any reordering or deselection): plan what to prefetch
+        before which test, from the tests' predicted state and the ESG's partitions."""
+        s = self.settings
+        embedded = self.embedded
+        if not s.prefetch or not items or (embedded is not None and embedded.empty):
+            return  # nothing stored yet: nothing to prefetch
+        path = s.store_dir / "esg.sqlite"
+        if not path.exists():
+            return
+        try:
+            with ESGStore(path, s.history) as store:
+                prediction = store.prediction()
+        except Exception as exc:  # planning is an optimisation
+            self.stats.fallback(f"could not plan prefetching ({exc})")
+            return
+        if not prediction.partition_of:
+            return
+        ready = embedded.up if embedded is not None else (lambda: True)
+        migrator = Migrator(self.proxy, prediction, ready=ready, lookahead_tests=s.lookahead_tests)
+        self.migrator = migrator
+        if worker:  # xdist: the queue is handed out while the run goes: a rolling window
+            self._queue = _worker_queue(items[0].config)
+            return
+        agent = self._agent_info()
+        if agent is None:
+            self.migrator = None
+            return
+        tests = [(item.nodeid, self.predicted(item, prediction)) for item in items]
+        plan = migrator.make_plan(
+            tests,
+            agent,
+            socket.gethostname(),
+            policy=s.eviction,
+            lookahead_bytes=s.lookahead_bytes or None,
+            override=override,
+            on_disk=self._on_disk,
+        )
+        self._run_index = {id(item): i for i, item in enumerate(items)}
+        self.stats.planned = {
+            "partitions": len(plan.assignment),
+            "loads": sum(len(sc.loads()) for sc in plan.schedules.values()),
+            "hit_rate": round(plan.stats.hit_rate, 4),
+            "ready_rate": round(plan.stats.ready_rate, 4),
+        }
+        for target in (s.store_dir / "plan.json", s.plan_json):  # the last one; --sm-plan
+            if target is not None:
+                try:
+                    write_plan(plan, target)
+                except OSError as exc:
+                    self.stats.fallback(f"could not write the plan to {target} ({exc})")
+
+    def _agent_info(self) -> Any:
+        from .engine import AgentInfo
+
+        s = self.settings
+        host = socket.gethostname()
+        if self.embedded is not None:  # started for this run: its RAM is empty
+            self._on_disk = s.store is None
+            return AgentInfo("embedded", host, s.ram_bytes, s.ram_bytes)
+        reply = self.proxy._call(lambda c: c.stats())
+        self.proxy.close_link()
+        if reply is None:
+            return None
+        disk: dict[str, Any] = (reply.get("tiers") or {}).get("disk") or {}
+        self._on_disk = bool(disk) and bool(disk.get("write_through", True))
+        counters = reply.get("prefetch") or {}
+        self._prefetch_base = (int(counters.get("bytes", 0)), int(counters.get("used_bytes", 0)))
+        return AgentInfo.from_stats(str(self.settings.agent or "agent"), reply)
+
+    def predicted(self, item: Any, prediction: Prediction) -> tuple[str, ...]:
+        """The keys ``item`` will need: what it used when it last ran (dynamic requests
+        included), else the latest keys of the managed fixtures in its closure."""
+        known = self._needs.get(item.nodeid)
+        if known is not None:
+            return known
+        keys = prediction.footprints.get(item.nodeid)
+        if keys is None:
+            found: list[str] = []
+            infos = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+            callspec = getattr(item, "callspec", None)
+            for name in getattr(item, "fixturenames", ()):
+                defs = infos.get(name)
+                if not defs:
+                    continue
+                analysis = self.analysis(defs[-1])
+                if analysis is None or analysis.refused is not None:
+                    continue
+                label = analysis.fixture_id + _collected_param_label(callspec, name, defs[-1])
+                key = prediction.latest.get(label)
+                if key is not None:
+                    found.append(key)
+            keys = tuple(found)
+        self._needs[item.nodeid] = keys
+        return keys
+
+    def before_test(self, item: Any) -> None:
+        """``item`` is about to be set up: send the migrations due now."""
+        migrator = self.migrator
+        if migrator is None:
+            return
+        try:
+            if self._queue is not None:
+                session = item.session
+                upcoming = [item, *_peek(self._queue, session.items, migrator.lookahead_tests)]
+                migrator.window([self.predicted(i, migrator.prediction) for i in upcoming])
+            else:
+                index = self._run_index.get(id(item))
+                if index is not None:
+                    migrator.before(index)
+        except Exception as exc:  # prefetching never costs a test
+            self.stats.fallback(f"prefetching stopped ({type(exc).__name__}: {exc})")
+            self.migrator = None
+
+    def _prefetch_report(self) -> None:
+        migrator = self.migrator
+        if migrator is None or not migrator.sent_keys:
+            return
+        self.stats.prefetched += migrator.sent_keys
+        if self._queue is not None or self.proxy.link.down is not None:
+            return  # an xdist worker: the shared agent's counters are not this worker's
+        reply = self.proxy._call(lambda c: c.stats())
+        counters = (reply or {}).get("prefetch") or {}
+        base_bytes, base_used = self._prefetch_base
+        self.stats.prefetch_bytes += max(0, int(counters.get("bytes", 0)) - base_bytes)
+        self.stats.prefetch_used_bytes += max(0, int(counters.get("used_bytes", 0)) - base_used)
 
     # -- the tests that use managed values ------------------------------------------------
     def test_ready(self, item: Any) -> None:
@@ -575,6 +731,7 @@ class StateMigrateSession:
 
     def finish(self) -> None:
         """At the end of the session, before the summary: what the agent failed to keep."""
+        self._prefetch_report()
         self.proxy.check_writes()
         self.proxy.close_link()
         if self.embedded is not None:
@@ -602,6 +759,32 @@ def _recording_warnings() -> Iterator[list[warnings.WarningMessage]]:
         catcher.__exit__(None, None, None)
         for w in log:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+def _collected_param_label(callspec: Any, name: str, fixturedef: Any) -> str:
+    """:func:`_param_label` from a collected item's callspec (no request yet)."""
+    params = getattr(callspec, "params", {})
+    if name not in params:
+        return ""
+    index = callspec.indices.get(name, 0)
+    given = fx.given_id(SimpleNamespace(param=params[name], param_index=index), fixturedef)
+    return f"[{given if given is not None else index}]"
+
+
+def _worker_queue(config: Any) -> Any:
+    """pytest-xdist's queue of this worker's next test indices (its ``TestQueue``), or None."""
+    for plugin in config.pluginmanager.get_plugins():
+        queue = getattr(plugin, "torun", None)
+        if queue is not None and hasattr(queue, "lock"):
+            return queue
+    return None
+
+
+def _peek(queue: Any, items: list[Any], count: int) -> list[Any]:
+    """The next ``count`` items in xdist's queue, without taking them."""
+    with queue.lock() as indices:
+        upcoming = list(itertools.islice(indices, count))
+    return [items[i] for i in upcoming if isinstance(i, int) and 0 <= i < len(items)]
 
 
 def _param_label(request: Any, fixturedef: Any) -> str:

@@ -25,9 +25,15 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "write_check_bytes": 64 * 2**10,  # 64 KiB: larger values are not checked for writes
     "partition_bytes": 64 * 2**20,  # 64 MiB: target size of one partition
     "partitioner": "metis",  # or "spectral"
+    "prefetch": "on",  # PREFETCH what the next tests need (engine.py); "off": load on demand
+    "eviction": "belady",  # RAM eviction of the plan: next use ("belady") or "lru"
+    "lookahead_tests": 16,  # a load is issued at most this many tests ahead of its use
+    "lookahead_bytes": 0,  # bytes loaded ahead of their use, per agent (0: its RAM budget)
 }
 
 PARTITIONERS: Final = ("metis", "spectral")
+SWITCHES: Final = ("on", "off")
+EVICTIONS: Final = ("belady", "lru")
 
 
 class SettingsError(ValueError):
@@ -82,6 +88,11 @@ class Settings:
     partition_bytes: int = DEFAULTS["partition_bytes"]
     partitioner: str = DEFAULTS["partitioner"]
     record: bool = False  # record the ESG even when nothing is managed
+    prefetch: bool = True
+    eviction: str = DEFAULTS["eviction"]
+    lookahead_tests: int = DEFAULTS["lookahead_tests"]
+    lookahead_bytes: int = DEFAULTS["lookahead_bytes"]
+    plan_json: Path | None = None  # --sm-plan: where the run's migration plan is written
 
     @property
     def disk_dir(self) -> Path:
@@ -148,7 +159,21 @@ def build(
         partition_bytes=ini_or_default("partition_bytes", _positive(parse_size)),
         partitioner=partitioner,
         record=bool(option("sm_record")),
+        prefetch=(option("sm_prefetch") or ini_or_default("prefetch", _choice(SWITCHES))) == "on",
+        eviction=ini_or_default("eviction", _choice(EVICTIONS)),
+        lookahead_tests=ini_or_default("lookahead_tests", _positive(int)),
+        lookahead_bytes=ini_or_default("lookahead_bytes", parse_size),
+        plan_json=Path(option("sm_plan")) if option("sm_plan") else None,
     )
+
+
+def _choice(allowed: Sequence[str]) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        if text not in allowed:
+            raise ValueError(f"{text!r} is not one of {', '.join(allowed)}")
+        return text
+
+    return convert
 
 
 def _partitioner(text: str) -> str:
@@ -184,4 +209,20 @@ INI: Final[Mapping[str, tuple[str, str]]] = {
     ),
     "statemigrate_partition_bytes": ("target size of one state partition (default 64M)", "string"),
     "statemigrate_partitioner": ("metis (default) or spectral", "string"),
+    "statemigrate_prefetch": (
+        "on (default): prefetch what the next tests need into the agent's RAM; off",
+        "string",
+    ),
+    "statemigrate_eviction": (
+        "RAM eviction of the plan: belady (default, next use) or lru",
+        "string",
+    ),
+    "statemigrate_lookahead_tests": (
+        "a prefetch is issued at most this many tests ahead of its use (default 16)",
+        "string",
+    ),
+    "statemigrate_lookahead_bytes": (
+        "bytes prefetched ahead of their use per agent (default 0: the agent's RAM budget)",
+        "string",
+    ),
 }

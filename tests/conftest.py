@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 
 # Plugins installed next to ours that are slow to import and irrelevant to these runs.
-QUIET = ("-p", "no:hypothesispytest", "-p", "no:benchmark", "-p", "no:cacheprovider")
+QUIET = (
+    *("-p", "no:hypothesispytest", "-p", "no:benchmark", "-p", "no:cacheprovider"),
+    *("-p", "no:randomly"),  # a test that wants it passes "-p randomly" after these
+)
 
 OUTCOMES_PLUGIN = """
 import json, os

@@ -61,6 +61,10 @@ def test_values_are_read() -> None:
         ("statemigrate_partition_bytes", "0"),
         ("statemigrate_partitioner", "kmeans"),
         ("statemigrate_lease_seconds", "-3"),
+        ("statemigrate_prefetch", "yes"),
+        ("statemigrate_eviction", "fifo"),
+        ("statemigrate_lookahead_tests", "0"),
+        ("statemigrate_lookahead_bytes", "lots"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_key(key: str, value: str) -> None:
@@ -68,3 +72,31 @@ def test_a_bad_value_is_one_line_naming_the_key(key: str, value: str) -> None:
         build({key: value})
     message = str(info.value)
     assert message.startswith(f"statemigrate: bad value for {key}:") and "\n" not in message
+
+
+def test_prefetch_settings() -> None:
+    s = build({})
+    assert (s.prefetch, s.eviction, s.lookahead_tests, s.lookahead_bytes, s.plan_json) == (
+        True,
+        "belady",
+        16,
+        0,
+        None,
+    )
+    s = build(
+        {
+            "statemigrate_prefetch": "on",
+            "statemigrate_eviction": "lru",
+            "statemigrate_lookahead_tests": "4",
+            "statemigrate_lookahead_bytes": "64M",
+        },
+        sm_prefetch="off",
+        sm_plan="out/plan.json",
+    )
+    assert (s.prefetch, s.eviction, s.lookahead_tests, s.lookahead_bytes, s.plan_json) == (
+        False,
+        "lru",
+        4,
+        64 * 2**20,
+        Path("out/plan.json"),
+    )

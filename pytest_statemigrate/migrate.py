@@ -78,7 +78,7 @@ class Migrator:
         self._steps: dict[int, _Actions] = {}
         self._pending = _Actions()  # due while no agent was up yet: sent at the next chance
         self._window: set[int] = set()  # xdist: partitions this worker asked for already
-        self.sent_keys = 0
+        self.sent: set[str] = set()  # keys asked for in PREFETCH or MIGRATE
 
     # -- planning ------------------------------------------------------------------------
     def make_plan(
@@ -176,11 +176,11 @@ class Migrator:
                 call(lambda c: c.evict_many(evict, tier="ram"))
             keys = _due(pending.prefetch, now)
             if keys and call(lambda c: c.prefetch(keys)) is not None:
-                self.sent_keys += len(keys)
+                self.sent.update(keys)
             for peer, pairs in pending.migrate.items():
                 moved = _due(pairs, now)
                 if moved and call(lambda c, p=peer, k=moved: c.migrate(k, p)) is not None:  # type: ignore[misc]
-                    self.sent_keys += len(moved)
+                    self.sent.update(moved)
         finally:
             self.proxy.close_link()  # no zmq thread while the test body runs
 

@@ -162,6 +162,10 @@ class _FixtureHooks:
         yield
         self.hooks.session.test_ready(item)
 
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        if not hasattr(self.hooks.config, "workerinput"):
+            self.hooks.session.early_prefetch(_selection(self.hooks.config))
+
     @pytest.hookimpl(trylast=True)
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         """The run order is final (after reordering and deselection): plan the prefetches."""
@@ -170,6 +174,7 @@ class _FixtureHooks:
             session.items,
             override=config.hook.pytest_statemigrate_select_node,
             worker=hasattr(config, "workerinput"),
+            selection=_selection(config),
         )
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -261,3 +266,9 @@ class _XdistController:
         output = getattr(node, "workeroutput", {})
         if output.get("statemigrate") is not None:
             self.hooks.session.merge_worker(output["statemigrate"], output.get("statemigrate_esg"))
+
+
+def _selection(config: pytest.Config) -> list[str]:
+    """What chooses this run's tests before collection: its paths, -k and -m."""
+    option = config.option
+    return [*map(str, config.args), f"-k={option.keyword}", f"-m={option.markexpr}"]

@@ -7,6 +7,7 @@ fixture setup into: key → lookup → (hit: hand the value over) | (miss: build
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import select
 import socket
@@ -282,8 +283,10 @@ class StateMigrateSession:
         self._run_index: dict[int, int] = {}  # id(item) → its index in the planned order
         self._queue: Any = None  # xdist's worker queue, when this process is a worker
         self._needs: dict[str, tuple[str, ...]] = {}  # node id → predicted keys
-        self._prefetch_base: tuple[int, int] = (0, 0)  # the agent's prefetch counters at start
+        self._prefetch_base: tuple[int, int] | None = None  # the agent's counters at start
         self._on_disk = True  # the agent keeps values in its disk tier (else only its store)
+        self._predicted: Prediction | None = None
+        self._early: set[str] = set()  # keys prefetched before collection
         self.esg = SessionRecord.new()
         self.recorder = AccessRecorder(
             self.esg, rootdir, settings.write_check_bytes, settings.max_value_bytes
@@ -434,23 +437,21 @@ class StateMigrateSession:
         self.esg.element(key, label, scope, nbytes, build_s=build_s, load_s=load_s)
 
     # -- predictive migration (engine.py, migrate.py) -------------------------------------
-    def plan_run(self, items: list[Any], override: Any = None, worker: bool = False) -> None:
+    def plan_run(
+        self,
+        items: list[Any],
+        override: Any = None,
+        worker: bool = False,
+        selection: list[str] | None = None,
+    ) -> None:
         """After collection (after any reordering or deselection): plan what to prefetch
         before which test, from the tests' predicted state and the ESG's partitions."""
         s = self.settings
         embedded = self.embedded
         if not s.prefetch or not items or (embedded is not None and embedded.empty):
             return  # nothing stored yet: nothing to prefetch
-        path = s.store_dir / "esg.sqlite"
-        if not path.exists():
-            return
-        try:
-            with ESGStore(path, s.history) as store:
-                prediction = store.prediction()
-        except Exception as exc:  # planning is an optimisation
-            self.stats.fallback(f"could not plan prefetching ({exc})")
-            return
-        if not prediction.partition_of:
+        prediction = self._prediction()
+        if prediction is None or not prediction.partition_of:
             return
         ready = embedded.up if embedded is not None else (lambda: True)
         migrator = Migrator(self.proxy, prediction, ready=ready, lookahead_tests=s.lookahead_tests)
@@ -482,9 +483,58 @@ class StateMigrateSession:
         for target in (s.store_dir / "plan.json", s.plan_json):  # the last one; --sm-plan
             if target is not None:
                 try:
-                    write_plan(plan, target)
+                    write_plan(plan, target, {"selection": selection})
                 except OSError as exc:
                     self.stats.fallback(f"could not write the plan to {target} ({exc})")
+
+    def _prediction(self) -> Prediction | None:
+        """The ESG's prediction (read once per run), or None without an ESG."""
+        if self._predicted is None:
+            path = self.settings.store_dir / "esg.sqlite"
+            if not path.exists():
+                return None
+            try:
+                with ESGStore(path, self.settings.history) as store:
+                    self._predicted = store.prediction()
+            except Exception as exc:  # planning is an optimisation
+                self.stats.fallback(f"could not plan prefetching ({exc})")
+                return None
+        return self._predicted
+
+    def early_prefetch(self, selection: list[str]) -> None:
+        """Before collection, with a long-lived agent: prefetch what the first tests of the
+        last run's plan used, when this run selects tests as that one did (same paths, -k and
+        -m), so that loading overlaps collecting. The real plan follows once the order is
+        known; what it asks again is already there or on its way."""
+        s = self.settings
+        if not s.prefetch or self.embedded is not None:
+            return  # an embedded agent is still booting now: the plan starts when it answers
+        try:
+            last = json.loads((s.store_dir / "plan.json").read_text())
+            first = [str(t) for t in last["tests"][: s.lookahead_tests]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        if last.get("selection") != selection:
+            return
+        prediction = self._prediction()
+        if prediction is None:
+            return
+        room = s.lookahead_bytes or s.ram_bytes
+        keys: list[str] = []
+        for test in first:
+            for key in prediction.footprints.get(test, ()):
+                size = prediction.nbytes.get(key, 0)
+                if key in keys or key not in prediction.partition_of or size > room:
+                    continue
+                keys.append(key)
+                room -= size
+        if keys:
+            before = self.proxy._call(lambda c: c.stats())
+            if before is not None:
+                self._note_base(before)
+                if self.proxy._call(lambda c: c.prefetch(keys)) is not None:
+                    self._early.update(keys)
+            self.proxy.close_link()
 
     def _agent_info(self) -> Any:
         from .engine import AgentInfo
@@ -500,9 +550,18 @@ class StateMigrateSession:
             return None
         disk: dict[str, Any] = (reply.get("tiers") or {}).get("disk") or {}
         self._on_disk = bool(disk) and bool(disk.get("write_through", True))
-        counters = reply.get("prefetch") or {}
-        self._prefetch_base = (int(counters.get("bytes", 0)), int(counters.get("used_bytes", 0)))
+        self._note_base(reply)
         return AgentInfo.from_stats(str(self.settings.agent or "agent"), reply)
+
+    def _note_base(self, reply: dict[str, Any]) -> None:
+        """The agent's prefetch counters before this run asked for anything (a long-lived
+        agent counts since it started)."""
+        if self._prefetch_base is None:
+            counters = reply.get("prefetch") or {}
+            self._prefetch_base = (
+                int(counters.get("bytes", 0)),
+                int(counters.get("used_bytes", 0)),
+            )
 
     def predicted(self, item: Any, prediction: Prediction) -> tuple[str, ...]:
         """The keys ``item`` will need: what it used when it last ran (dynamic requests
@@ -550,14 +609,15 @@ class StateMigrateSession:
 
     def _prefetch_report(self) -> None:
         migrator = self.migrator
-        if migrator is None or not migrator.sent_keys:
+        sent = self._early | (migrator.sent if migrator is not None else set())
+        if not sent:
             return
-        self.stats.prefetched += migrator.sent_keys
+        self.stats.prefetched += len(sent)
         if self._queue is not None or self.proxy.link.down is not None:
             return  # an xdist worker: the shared agent's counters are not this worker's
         reply = self.proxy._call(lambda c: c.stats())
         counters = (reply or {}).get("prefetch") or {}
-        base_bytes, base_used = self._prefetch_base
+        base_bytes, base_used = self._prefetch_base or (0, 0)
         self.stats.prefetch_bytes += max(0, int(counters.get("bytes", 0)) - base_bytes)
         self.stats.prefetch_used_bytes += max(0, int(counters.get("used_bytes", 0)) - base_used)
 

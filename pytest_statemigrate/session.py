@@ -474,11 +474,19 @@ class StateMigrateSession:
             on_disk=self._on_disk,
         )
         self._run_index = {id(item): i for i, item in enumerate(items)}
+        # The embedded agent's disk tier is on this machine and this process reads it
+        # directly (local_get): a prefetch into the agent's RAM would only add a copy through
+        # the agent (measured: +0.07 s and +5% CPU on the example suite's warm run). Its plan
+        # is still made and written; it is carried out where values come from an agent.
+        local = embedded is not None and s.store is None
+        if local:
+            self.migrator = None
         self.stats.planned = {
             "partitions": len(plan.assignment),
             "loads": sum(len(sc.loads()) for sc in plan.schedules.values()),
             "hit_rate": round(plan.stats.hit_rate, 4),
             "ready_rate": round(plan.stats.ready_rate, 4),
+            "sent": not local,
         }
         for target in (s.store_dir / "plan.json", s.plan_json):  # the last one; --sm-plan
             if target is not None:

@@ -186,3 +186,20 @@ def test_cold_and_warm_with_the_embedded_agent_keep_outcomes(project: Suite) -> 
     assert any(line.startswith("  before 0 test_a.py::test_a1: load ") for line in shown)
     parallel = project.same_as_plain("-n", "2")
     assert parallel.stats is not None and parallel.stats["builds"] == 0
+
+
+def test_a_test_never_seen_is_planned_from_its_fixture_closure(project: Suite, disk: Path) -> None:
+    """The ESG has no footprint for a new test: the managed fixtures it requests (their
+    latest keys) stand in, so its value is prefetched too."""
+    project.pytester.makepyfile(
+        test_new="def test_new(table_b):\n    assert table_b['name'] == 'table_b'\n"
+    )
+    with _fresh_agent(disk) as agent:
+        run = project.same_as_plain("--sm-agent", agent.endpoint, "test_new.py")
+    assert run.stats is not None and run.stats["builds"] == 0
+    assert run.stats["prefetched"] == 1 and run.stats["hits"] == {"ram": 1}
+    with _fresh_agent(disk) as agent:  # without the plan: the same value, from disk
+        off = project.same_as_plain(
+            "--sm-agent", agent.endpoint, "--sm-prefetch=off", "test_new.py"
+        )
+    assert off.stats is not None and off.stats["hits"] == {"disk": 1}

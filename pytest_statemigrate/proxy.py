@@ -351,6 +351,26 @@ class StateProxy:
         self.stats.store_seconds += time.perf_counter() - start
         return nbytes
 
+    def rebuild(self, key: str) -> Miss:
+        """Build ``key`` again whatever is stored (its dependency was just rebuilt), holding
+        its lease when free so other workers wait for this build instead of repeating it."""
+        if self.link.down is not None:
+            return Miss(store=False)
+        reply = self._call(
+            lambda c: c.lease(
+                key, self.holder, self.lease_seconds, pid=os.getpid(), host=socket.gethostname()
+            )
+        )
+        if reply is None:
+            return Miss(store=False)
+        if reply.granted:
+            return Miss(store=True, holder=self.holder)
+        return Miss(store=bool(reply.present))  # another holder builds it: do not race it
+
+    def stored_now(self, key: str) -> bool:
+        """This process stored ``key``'s value in this run."""
+        return key in self._fresh
+
     def check_writes(self) -> None:
         """Report values the agent acknowledged but could not write (write-behind)."""
         before = self.link.write_errors

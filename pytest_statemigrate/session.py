@@ -277,6 +277,9 @@ class StateMigrateSession:
         self._unmanaged: dict[Any, tuple[str | None, str]] = {}  # fixturedef → (refusal, code)
         self._pending: dict[Any, Any] = {}  # fixturedef → loaded value, for the tryfirst impl
         self._deps: dict[Any, dict[str, Any]] = {}  # fixturedef → its dependencies' values
+        #: fixturedef → how its current value came: "loaded", "stored" (built and stored in
+        #: this run) or "built" (built in-process only).
+        self._origin: dict[Any, str] = {}
         self._nbytes: dict[str, int] = {}  # key → size of its pickle
         self._exclude = (str(settings.store_dir), _PACKAGE_DIR)
         self.migrator: Migrator | None = None
@@ -397,17 +400,45 @@ class StateMigrateSession:
         deps = {n: request.getfixturevalue(n) for n in fixturedef.argnames if n != "request"}
         self._deps[fixturedef] = deps
         label = analysis.fixture_id + _param_label(request, fixturedef)
+        self._origin.pop(fixturedef, None)
         try:
-            found = self.proxy.lookup(key, name, deps.__getitem__)
+            fresh_dep = self._fresh_dependency(fixturedef, request)
+            if fresh_dep is None or (fresh_dep[1] and self.proxy.stored_now(key)):
+                # (Stored by this run: made from the dependency's current instance.)
+                found = self.proxy.lookup(key, name, deps.__getitem__)
+            else:
+                # A stored value of this fixture was made from another instance of that
+                # dependency: what it derived from it (an id, a count) may differ.
+                dep_name, stored = fresh_dep
+                if stored:
+                    found = self.proxy.rebuild(key)
+                else:
+                    found = Miss(store=False)
+                    self.stats.built_instead[name] = f"depends on {dep_name}, built in-process"
             if isinstance(found, Hit):
                 self.stats.managed.add(name)
                 _replay(found.warnings)
                 self._pending[fixturedef] = found.value
+                self._origin[fixturedef] = "loaded"
                 self._element(key, label, fixturedef.scope, found.nbytes, load_s=found.load_s)
                 return (yield)
-            return (yield from self._build(fixturedef, key, name, deps, found, analysis, label))
+            value = yield from self._build(fixturedef, key, name, deps, found, analysis, label)
+            stored = isinstance(found, Miss) and found.store and self.proxy.stored_now(key)
+            self._origin[fixturedef] = "stored" if stored else "built"
+            return value
         finally:
             self.proxy.close_link()
+
+    def _fresh_dependency(self, fixturedef: Any, request: Any) -> tuple[str, bool] | None:
+        """A managed dependency whose current value was built in this setup chain rather
+        than loaded: (its name, whether it was stored); None when every one was loaded."""
+        for argname in fixturedef.argnames:
+            if argname == "request":
+                continue
+            origin = self._origin.get(request._get_active_fixturedef(argname))
+            if origin in ("built", "stored"):
+                return argname, origin == "stored"
+        return None
 
     def _unmanaged_setup(self, fixturedef: Any) -> Generator[None, Any, Any]:
         start = time.perf_counter()
@@ -672,6 +703,7 @@ class StateMigrateSession:
         """A fixture was torn down: drop what was kept about its value."""
         self.recorder.forget(fixturedef)
         self._deps.pop(fixturedef, None)
+        self._origin.pop(fixturedef, None)
         self._keys.pop(fixturedef, None)
 
     def _digest_of(self, fixturedef: Any) -> tuple[str, int] | None:

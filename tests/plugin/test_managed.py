@@ -587,3 +587,53 @@ def test_local(local):
     assert cold.stats is not None and cold.stats["builds"] == 4
     assert warm.stats is not None and warm.stats["builds"] == 0
     assert warm.stats["hits_total"] == 4
+
+
+def test_a_value_derived_from_a_rebuilt_dependency_is_rebuilt(suite: Suite) -> None:
+    """What a value derived from its dependency (an id, a length) is only right for the
+    instance it was made from: when the dependency is built again (it is cheaper to build
+    than to load, or its data file changed), so is the dependent."""
+    suite.pytester.makeini(
+        "[pytest]\nfilterwarnings = error\nstatemigrate_fixtures =\n"
+        "    user\n    serialized\n    data\n    summary\n"
+    )
+    suite.pytester.makeconftest("""
+import time
+import uuid
+from pathlib import Path
+import pytest
+
+@pytest.fixture
+def user():
+    return {"uid": str(uuid.uuid4())}  # cheap: built rather than loaded, a new id each time
+
+@pytest.fixture
+def serialized(user):
+    time.sleep(0.05)
+    return "uid=" + user["uid"]
+
+@pytest.fixture(scope="session")
+def data():
+    return (Path(__file__).parent / "data.txt").read_text()
+
+@pytest.fixture(scope="session")
+def summary(data):
+    time.sleep(0.05)
+    return len(data)
+""")
+    suite.pytester.makepyfile(
+        "from pathlib import Path\n\n"
+        + "".join(
+            f"def test_{i}(serialized, user):\n    assert serialized == 'uid=' + user['uid']\n\n"
+            for i in range(4)
+        )
+        + "def test_summary(summary):\n"
+        "    assert summary == len((Path(__file__).parent / 'data.txt').read_text())\n"
+    )
+    data = suite.pytester.path / "data.txt"
+    data.write_text("short")
+    suite.same_as_plain()
+    suite.same_as_plain()
+    data.write_text("a good deal longer")
+    run = suite.same_as_plain()
+    assert run.stats is not None and run.stats["stale"] == {"data": "data.txt changed"}

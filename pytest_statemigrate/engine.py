@@ -26,6 +26,7 @@ What is guaranteed (and tested) is in docs/engine.md. Only the standard library 
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections import defaultdict
@@ -36,7 +37,9 @@ from typing import Any, Final, Literal, Protocol
 Tier = Literal["ram", "disk", "store"]
 Source = Literal["disk", "store", "migrate"]
 
-POLICIES: Final = ("belady", "lru")
+POLICIES: Final = ("belady", "lru")  # demand paging; prefetch only moves their loads earlier
+#: Next-use eviction that also evicts to prefetch early (see :func:`_aggressive`).
+PREFETCHING_POLICIES: Final = ("aggressive",)
 TIERS: Final = ("ram", "disk", "store")
 DEFAULT_LOOKAHEAD_TESTS: Final = 16  # tests ahead that a load may be issued
 DEFAULT_READ_BANDWIDTH: Final = 2**30  # B/s assumed for queued loads when an agent has no figure
@@ -560,6 +563,102 @@ def _hoist(
     return issued
 
 
+def _aggressive(
+    ram: Sequence[tuple[int, ...]],
+    sizes: Mapping[int, int],
+    budget: int,
+    initial: Collection[int],
+    lookahead_tests: int,
+    lookahead_bytes: int,
+) -> tuple[list[tuple[int, _Demand]], list[int]]:
+    """Next-use eviction with aggressive prefetching (Cao, Felten, Karlin, Li 1995).
+
+    Before each test: first the loads it cannot start without (victims by next use, as
+    Belady); then, while the lookahead allows, the partition next needed (within
+    ``lookahead_tests`` tests) that is not resident is loaded now, into free room or in place
+    of the resident partition whose next use is farthest, but only if that use comes after the
+    loaded partition's (so nothing needed sooner is pushed out). More loads than Belady's in a
+    cycle, but each is issued while the partitions it replaces are idle, not at the test that
+    needs it. Returns ``(issue step, load)`` pairs and the initial partitions evicted at once.
+    """
+    n = len(ram)
+    uses: dict[int, list[int]] = defaultdict(list)
+    for i, parts in enumerate(ram):
+        for p in parts:
+            uses[p].append(i)
+
+    def next_use(p: int, i: int) -> int:
+        found = uses.get(p, [])
+        at = bisect.bisect_left(found, i)
+        return found[at] if at < len(found) else n
+
+    resident: dict[int, None] = {}
+    used = 0
+    trimmed: list[int] = []
+    for p in sorted(initial, key=lambda p: (next_use(p, 0), p)):
+        if used + sizes[p] <= budget:
+            resident[p] = None
+            used += sizes[p]
+        else:
+            trimmed.append(p)
+    ahead: dict[int, int] = {}  # partition loaded ahead → the test it is for
+    issued: list[tuple[int, _Demand]] = []
+
+    def make_room(size: int, i: int, keep: Collection[int], before: int) -> list[int] | None:
+        """Victims (farthest next use, used after ``before``) freeing ``size`` bytes."""
+        nonlocal used
+        free, victims = budget - used, []
+        order = sorted(
+            (v for v in resident if v not in keep),
+            key=lambda v: (-next_use(v, i), -sizes[v], v),
+        )
+        for v in order:
+            if free >= size:
+                break
+            if next_use(v, i) <= before:
+                return None
+            victims.append(v)
+            free += sizes[v]
+        return victims if free >= size else None
+
+    for i, parts in enumerate(ram):
+        for p in [p for p, due in ahead.items() if due <= i]:
+            del ahead[p]
+        current = set(parts)
+        for p in parts:  # the loads this test waits for
+            if p in resident:
+                continue
+            victims = make_room(sizes[p], i, current, i) or []
+            for v in victims:
+                del resident[v]
+                used -= sizes[v]
+                ahead.pop(v, None)
+            resident[p] = None
+            used += sizes[p]
+            issued.append((i, _Demand(p, i, tuple(victims), -1)))
+        while True:  # prefetch the next partition needed, while it pays
+            window = range(i + 1, min(n, i + 1 + lookahead_tests))
+            wanted = [
+                (t, q) for t in window for q in ram[t] if q not in resident and q not in current
+            ]
+            if not wanted:
+                break
+            due, q = min(wanted)
+            if sum(sizes[a] for a in ahead) + sizes[q] > lookahead_bytes:
+                break
+            victims_q = make_room(sizes[q], i, current | set(ahead), due)
+            if victims_q is None:
+                break
+            for v in victims_q:
+                del resident[v]
+                used -= sizes[v]
+            resident[q] = None
+            used += sizes[q]
+            ahead[q] = due
+            issued.append((i, _Demand(q, due, tuple(victims_q), -1)))
+    return issued, trimmed
+
+
 def schedule(
     requests: Sequence[Request],
     sizes: Mapping[int, int],
@@ -593,8 +692,11 @@ def schedule(
     _check(requests, sizes, policy, budget, lookahead_tests, lookahead_bytes, present)
     ram, direct = ram_sets([r.partitions for r in requests], sizes, budget)
     initial = sorted(p for p, tier in present.items() if tier == "ram" and p in sizes)
-    demand, trimmed, after = _demand(ram, sizes, budget, policy, initial)
-    issued = _hoist(demand, trimmed, after, sizes, budget, lookahead_tests, lookahead_bytes)
+    if policy in PREFETCHING_POLICIES:
+        issued, trimmed = _aggressive(ram, sizes, budget, initial, lookahead_tests, lookahead_bytes)
+    else:
+        demand, trimmed, after = _demand(ram, sizes, budget, policy, initial)
+        issued = _hoist(demand, trimmed, after, sizes, budget, lookahead_tests, lookahead_bytes)
 
     on_disk = {p for p, tier in present.items() if tier in ("ram", "disk")}
     evict: list[list[int]] = [[] for _ in requests]
@@ -621,8 +723,9 @@ def _check(
     lookahead_bytes: int,
     present: Mapping[int, str],
 ) -> None:
-    if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    if policy not in POLICIES + PREFETCHING_POLICIES:
+        known = ", ".join(POLICIES + PREFETCHING_POLICIES)
+        raise ValueError(f"policy must be one of {known}, got {policy!r}")
     for name, value in (
         ("budget", budget),
         ("lookahead_tests", lookahead_tests),

@@ -26,14 +26,16 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "partition_bytes": 64 * 2**20,  # 64 MiB: target size of one partition
     "partitioner": "metis",  # or "spectral"
     "prefetch": "on",  # PREFETCH what the next tests need (engine.py); "off": load on demand
-    "eviction": "belady",  # RAM eviction of the plan: next use ("belady") or "lru"
+    # RAM eviction of the plan: by next use, evicting early to prefetch ("aggressive"), by
+    # next use only at the test that needs room ("belady"), or by recency ("lru")
+    "eviction": "aggressive",
     "lookahead_tests": 16,  # a load is issued at most this many tests ahead of its use
     "lookahead_bytes": 0,  # bytes loaded ahead of their use, per agent (0: its RAM budget)
 }
 
 PARTITIONERS: Final = ("metis", "spectral")
 SWITCHES: Final = ("on", "off")
-EVICTIONS: Final = ("belady", "lru")
+EVICTIONS: Final = ("belady", "lru", "aggressive")
 
 
 class SettingsError(ValueError):
@@ -214,7 +216,8 @@ INI: Final[Mapping[str, tuple[str, str]]] = {
         "string",
     ),
     "statemigrate_eviction": (
-        "RAM eviction of the plan: belady (default, next use) or lru",
+        "RAM eviction of the plan: aggressive (default: next use, prefetching early), belady "
+        "or lru",
         "string",
     ),
     "statemigrate_lookahead_tests": (

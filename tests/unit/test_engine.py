@@ -432,7 +432,9 @@ def test_prefetch_waits_for_its_victim_last_use() -> None:
 
 
 def test_errors() -> None:
-    with pytest.raises(ValueError, match="policy must be one of belady, lru, got 'fifo'"):
+    with pytest.raises(
+        ValueError, match="policy must be one of belady, lru, aggressive, got 'fifo'"
+    ):
         schedule([], {}, 1, policy="fifo")
     with pytest.raises(ValueError, match="budget must be >= 0"):
         schedule([], {}, -1)
@@ -504,3 +506,45 @@ def test_plan_edge_cases() -> None:
         plan(stream([0]), {0: 1}, [], "h")
     with pytest.raises(ValueError, match="has no size"):
         plan(stream([0]), {}, [agent("a")], "h")
+
+
+@settings(max_examples=300, deadline=None)
+@given(instances(), st.integers(0, 6), st.none() | st.integers(0, 40), present_st)
+def test_aggressive_keeps_every_promise(
+    case: dict[str, Any], tests: int, bytes_ahead: int | None, present: dict[int, str]
+) -> None:
+    requests, sizes, budget = case["requests"], case["sizes"], case["budget"]
+    present = {p: t for p, t in present.items() if p in sizes}
+    sch = schedule(
+        requests,
+        sizes,
+        budget,
+        policy="aggressive",
+        lookahead_tests=tests,
+        lookahead_bytes=bytes_ahead,
+        present=present,
+        peers={0: "peer"},
+    )
+    check(sch, requests, sizes)
+    # nothing prefetched is evicted before its use, and with no lookahead it is Belady
+    assert sch.stats.bytes_prefetch_used == sch.stats.bytes_prefetched
+    if tests == 0:
+        belady = schedule(requests, sizes, budget, policy="belady", present=present)
+        assert sch.stats.misses == belady.stats.misses
+
+
+def test_aggressive_prefetches_where_belady_waits() -> None:
+    """The cycle of bench/prefetch.py: modules use (i, i+1) of 8 partitions, room for 4.
+    Belady's victim is the partition just used, so its loads cannot move ahead; aggressive
+    loads each partition while the one it replaces is idle."""
+    needs = [(m % 8, (m + 1) % 8) for m in range(16) for _ in range(3)]
+    requests = stream(*needs)
+    sizes = dict.fromkeys(range(8), 8)
+    plans = {
+        policy: schedule(requests, sizes, 32, policy=policy, lookahead_tests=16)
+        for policy in ("belady", "lru", "aggressive")
+    }
+    waited = {p: s.stats.misses - s.stats.prefetched for p, s in plans.items()}
+    assert waited["aggressive"] < waited["belady"]
+    assert waited["aggressive"] <= waited["lru"]
+    assert plans["belady"].stats.hit_rate >= plans["aggressive"].stats.hit_rate

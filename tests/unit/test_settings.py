@@ -78,7 +78,7 @@ def test_prefetch_settings() -> None:
     s = build({})
     assert (s.prefetch, s.eviction, s.lookahead_tests, s.lookahead_bytes, s.plan_json) == (
         True,
-        "belady",
+        "aggressive",
         16,
         0,
         None,

@@ -182,7 +182,7 @@ def test_cold_and_warm_with_the_embedded_agent_keep_outcomes(project: Suite) -> 
         check=True,
     ).stdout.splitlines()
     assert shown[0].startswith("6 tests, client host ")
-    assert shown[1].startswith("agent embedded: ") and "belady" in shown[1]
+    assert shown[1].startswith("agent embedded: ") and "aggressive" in shown[1]
     assert any(line.startswith("  before 0 test_a.py::test_a1: load ") for line in shown)
     parallel = project.same_as_plain("-n", "2")
     assert parallel.stats is not None and parallel.stats["builds"] == 0

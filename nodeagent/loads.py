@@ -72,6 +72,7 @@ class Loader:
         miss); an exception becomes ``load.error``. Runs in the thread.
     :param done: called in the thread with each load that ran (it must be thread-safe).
     :param idle: called in the thread whenever the queue runs empty and when it stops.
+    :param exit: called in the thread as it ends.
     """
 
     def __init__(
@@ -80,10 +81,12 @@ class Loader:
         read: Callable[[Load], None],
         done: Callable[[Load], None],
         idle: Callable[[], None] | None = None,
+        exit: Callable[[], None] | None = None,
     ) -> None:
         self._read = read
         self._done = done
         self._idle = idle
+        self._exit = exit  # run in the thread as it ends (closes its own connections)
         # Cancelled and hurried loads stay in the deque and are skipped when their turn comes
         # (state is no longer QUEUED): removing them would cost O(n) each.
         self._queue: deque[Load] = deque()
@@ -160,6 +163,8 @@ class Loader:
         finally:
             if self._idle is not None:
                 self._idle()
+            if self._exit is not None:
+                self._exit()
 
 
 class PeerReader:

@@ -118,9 +118,11 @@ class AgentServer:
         self._wake_w.setblocking(False)
         self._stopping = threading.Event()
         self._loaders_stopped = False
-        self._local = Loader("loader", self._read_local, self._loaded)
+        self._local = Loader("loader", self._read_local, self._loaded, exit=tiers.close_thread)
         peers = PeerReader(self._stopping)
-        self._migrations = Loader("migrator", peers, self._loaded, idle=peers.idle)
+        self._migrations = Loader(
+            "migrator", peers, self._loaded, idle=peers.idle, exit=tiers.close_thread
+        )
         self.prefetch = PrefetchCounters()
         self._bandwidth: dict[str, list[float]] = {}  # source -> [bytes, seconds] of loads
         self._prefetched: dict[str, tuple[int, int]] = {}  # key -> (version, bytes), unused
@@ -494,6 +496,7 @@ class AgentServer:
             write = self._writes.get()
             try:
                 if write is None:
+                    self.tiers.close_thread()
                     return
                 write()
             except Exception as exc:

@@ -844,3 +844,10 @@ class TieredStore:
     def close(self) -> None:
         if self.disk is not None:
             self.disk.close()
+
+    def close_thread(self) -> None:
+        """Close the calling thread's own database connection to the disk tier (diskcache
+        keeps one per thread): a worker thread calls it before it ends, so no connection is
+        left for the garbage collector (a ResourceWarning on Python 3.13)."""
+        if self.disk is not None:
+            self.disk.close()  # diskcache closes the calling thread's connection only

@@ -6,6 +6,7 @@ fixture setup into: key → lookup → (hit: hand the value over) | (miss: build
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import os
@@ -181,13 +182,10 @@ class EmbeddedAgent:
     def open_disk(self) -> None:
         """Open the disk tier in this process (for warm runs, before the first lookup, so that
         opening it is not counted as the cost of loading a value)."""
-        from nodeagent.tiers import DiskTier
-
         if self._disk is None and not self.empty and not self._no_local:
-            try:
-                self._disk = DiskTier(str(self.settings.disk_dir), self.settings.disk_bytes)
-            except Exception:  # reading locally is an optimisation: the agent serves instead
-                self._no_local = True
+            self._disk = _open_disk_tier(self.settings)
+            # Reading locally is an optimisation: when it cannot open, the agent serves.
+            self._no_local = self._disk is None
 
     def close_disk(self) -> None:
         disk, self._disk = self._disk, None
@@ -204,13 +202,10 @@ class EmbeddedAgent:
             self.empty = s.store is None and not s.disk_dir.exists()
             s.store_dir.mkdir(parents=True, exist_ok=True)
             if direct and self.empty and self.single:
-                from nodeagent.tiers import DiskTier
-
-                try:
-                    self.direct = DiskClient(DiskTier(str(s.disk_dir), s.disk_bytes))
+                disk = _open_disk_tier(s)
+                if disk is not None:  # else the agent writes it
+                    self.direct = DiskClient(disk)
                     return
-                except Exception:  # the agent writes it instead
-                    pass
             from nodeagent.launcher import spawn_agent
 
             self.process = spawn_agent(
@@ -859,6 +854,25 @@ def _recording_warnings() -> Iterator[list[warnings.WarningMessage]]:
         catcher.__exit__(None, None, None)
         for w in log:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+def _open_disk_tier(settings: Settings) -> Any:
+    """The disk tier opened in this process, or None when it cannot be (a full disk).
+
+    diskcache opens its SQLite database before it fails; the half-built cache is collected
+    here, with its ResourceWarning silenced, so that the warning does not surface later inside
+    a test (Python 3.13 warns on unclosed connections, and suites run with warnings as errors).
+    """
+    from nodeagent.tiers import DiskTier
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        try:
+            return DiskTier(str(settings.disk_dir), settings.disk_bytes)
+        except Exception:
+            pass
+        gc.collect()
+    return None
 
 
 def _collected_param_label(callspec: Any, name: str, fixturedef: Any) -> str:

@@ -208,6 +208,7 @@ class AgentServer:
                     break
         self._answer_parked(sock, math.inf)  # stopping: nobody is left waiting for a reply
         self._stop_loads(sock)
+        self.tiers.close_thread()  # this loop's own disk connection (it may run in a thread)
 
     # -- one message
 

@@ -77,7 +77,7 @@ class Migrator:
         self.members: dict[int, tuple[str, ...]] = {}  # partition → the keys this run uses
         self._steps: dict[int, _Actions] = {}
         self._pending = _Actions()  # due while no agent was up yet: sent at the next chance
-        self._window: set[int] = set()  # xdist: partitions this worker asked for already
+        self._window: set[str] = set()  # xdist: keys this worker asked for already
         self.sent: set[str] = set()  # keys asked for in PREFETCH or MIGRATE
 
     # -- planning ------------------------------------------------------------------------
@@ -151,17 +151,19 @@ class Migrator:
 
     def window(self, upcoming: Sequence[Iterable[str]]) -> None:
         """xdist: the keys of this worker's next tests (the current one first): prefetch the
-        partitions among them not asked for yet (as far as those tests use them)."""
+        partitions among them, as far as those tests use them, without asking twice."""
         part_of = self.prediction.partition_of
         ahead = [tuple(keys) for keys in upcoming[: self.lookahead_tests + 1]]
         live = {key for keys in ahead for key in keys}
         for keys in ahead:
             for key in keys:
                 p = part_of.get(key)
-                if p is not None and p not in self._window:
-                    self._window.add(p)
-                    members = self.prediction.members.get(p, ())
-                    self._pending.prefetch.extend((k, 0) for k in members if k in live)
+                if p is None or key in self._window:
+                    continue
+                members = [k for k in self.prediction.members.get(p, ()) if k in live]
+                fresh = [k for k in members if k not in self._window]
+                self._window.update(fresh)
+                self._pending.prefetch.extend((k, 0) for k in fresh)
         self._flush(0)
 
     def _flush(self, now: int) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -18,6 +17,8 @@ import zmq
 from nodeagent.protocol import (
     MAX_KEYS,
     BindRefused,
+    Fetched,
+    LeaseReply,
     Op,
     ProtocolError,
     check_endpoint,
@@ -42,24 +43,6 @@ class AgentError(Exception):
         super().__init__(f"agent {endpoint}: {error}: {message}")
         self.endpoint = endpoint
         self.error = error
-
-
-@dataclass(frozen=True)
-class Fetched:
-    """A GET hit: payload frames (buffer-protocol objects), meta, version and tier."""
-
-    frames: list[memoryview]
-    meta: dict[str, Any]
-    version: int
-    tier: str
-
-
-@dataclass(frozen=True)
-class LeaseReply:
-    granted: bool
-    present: bool
-    holder: str | None
-    expires_in: float
 
 
 def _stop_idle_zmq_gc() -> None:

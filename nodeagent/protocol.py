@@ -65,6 +65,7 @@ import ipaddress
 import math
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
 
@@ -85,6 +86,8 @@ __all__ = [
     "MAX_KEY_CHARS",
     "PROTOCOL_VERSION",
     "BindRefused",
+    "Fetched",
+    "LeaseReply",
     "Op",
     "ProtocolError",
     "check_endpoint",
@@ -111,6 +114,25 @@ class Op(str, Enum):
     LEASE = "lease"
     RELEASE = "release"
     SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A GET hit: payload frames (buffer-protocol objects), meta, version and tier. (Here,
+    not in client.py, so that readers of a disk tier need not import zmq.)"""
+
+    frames: list[memoryview]
+    meta: dict[str, Any]
+    version: int
+    tier: str
+
+
+@dataclass(frozen=True)
+class LeaseReply:
+    granted: bool
+    present: bool
+    holder: str | None
+    expires_in: float
 
 
 class ProtocolError(Exception):

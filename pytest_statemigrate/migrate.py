@@ -171,7 +171,7 @@ class Migrator:
         if not pending or self.proxy.link.down is not None or not self.ready():
             return
         self._pending = _Actions()
-        call = self.proxy._call
+        call = self.proxy.call
         try:
             if pending.evict:
                 evict = list(dict.fromkeys(pending.evict))

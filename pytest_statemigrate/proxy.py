@@ -157,7 +157,7 @@ class StateProxy:
     def close_link(self) -> None:
         self.link.close()
 
-    def _call(self, what: Callable[[AgentClient], Any]) -> Any:
+    def call(self, what: Callable[[AgentClient], Any]) -> Any:
         """Run one agent call; None on failure.
 
         An error *reply* (say, the agent's disk is full) costs this one operation; a transport
@@ -213,7 +213,7 @@ class StateProxy:
             if self.link.client() is None:
                 return None
             start = time.perf_counter()
-            fetched = self._call(lambda c: c.get(key))
+            fetched = self.call(lambda c: c.get(key))
             if fetched is None:
                 return None
         try:
@@ -275,16 +275,7 @@ class StateProxy:
         while True:
             asked = time.monotonic()
             wait = max(0.0, min(LEASE_WAIT, deadline - asked))
-            reply = self._call(
-                lambda c, wait=wait: c.lease(  # type: ignore[misc]
-                    key,
-                    self.holder,
-                    self.lease_seconds,
-                    pid=os.getpid(),
-                    host=socket.gethostname(),
-                    wait=wait,
-                )
-            )
+            reply = self._lease(key, wait)
             if reply is None:
                 return Miss(store=False)
             if reply.granted:
@@ -344,7 +335,7 @@ class StateProxy:
             "inputs": record.fingerprints.to_wire(),
         }
         frames = codec.seal(self.secret, key, meta, payload)
-        if self._call(lambda c: c.put(key, frames, {"fixture": name, "nbytes": nbytes})) is None:
+        if self.call(lambda c: c.put(key, frames, {"fixture": name, "nbytes": nbytes})) is None:
             return nbytes
         self._fresh.add(key)
         self.stats.bytes_stored += nbytes
@@ -356,16 +347,25 @@ class StateProxy:
         its lease when free so other workers wait for this build instead of repeating it."""
         if self.link.down is not None:
             return Miss(store=False)
-        reply = self._call(
-            lambda c: c.lease(
-                key, self.holder, self.lease_seconds, pid=os.getpid(), host=socket.gethostname()
-            )
-        )
+        reply = self._lease(key)
         if reply is None:
             return Miss(store=False)
         if reply.granted:
             return Miss(store=True, holder=self.holder)
         return Miss(store=bool(reply.present))  # another holder builds it: do not race it
+
+    def _lease(self, key: str, wait: float = 0.0) -> Any:
+        """One LEASE for this process's holder (None when the agent failed)."""
+        return self.call(
+            lambda c: c.lease(
+                key,
+                self.holder,
+                self.lease_seconds,
+                pid=os.getpid(),
+                host=socket.gethostname(),
+                wait=wait,
+            )
+        )
 
     def stored_now(self, key: str) -> bool:
         """This process stored ``key``'s value in this run."""
@@ -376,7 +376,7 @@ class StateProxy:
         before = self.link.write_errors
         if before is None or self.link.down is not None or not self.stats.bytes_stored:
             return
-        reply = self._call(lambda c: c.stats())
+        reply = self.call(lambda c: c.stats())
         if reply is not None and int(reply.get("write_errors") or 0) > before:
             failed = int(reply["write_errors"]) - before
             self.stats.fallback(
@@ -388,7 +388,7 @@ class StateProxy:
         """The build failed: let the next process build it."""
         holder = miss.holder
         if holder is not None:
-            self._call(lambda c: c.release(key, holder))
+            self.call(lambda c: c.release(key, holder))
 
     def refuse(self, key: str, name: str, why: str, record: BuildRecord) -> None:
         """A built value that must not be stored (and is built from now on): say why."""
@@ -413,7 +413,7 @@ class StateProxy:
             "inputs": prints.to_wire(),
         }
         frames = codec.seal(self.secret, key, meta, [])
-        self._call(lambda c: c.put(key, frames, {"fixture": name, "nbytes": 0}))
+        self.call(lambda c: c.put(key, frames, {"fixture": name, "nbytes": 0}))
 
 
 def warning_to_wire(message: Any) -> list[Any]:

@@ -16,10 +16,11 @@ import time
 import warnings
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+from nodeagent.protocol import Fetched, LeaseReply
 
 from . import fixtures as fx
 from .codec import load_secret, state_digest
@@ -53,20 +54,6 @@ _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 _NOTHING = object()
 
 
-@dataclass(frozen=True)
-class _Fetched:
-    frames: list[memoryview]
-    meta: dict[str, Any]
-    version: int
-    tier: str = "disk"
-
-
-@dataclass(frozen=True)
-class _Granted:
-    granted: bool = True
-    present: bool = False
-
-
 class DiskClient:
     """The disk tier of this machine, written and read in-process with the agent's entry
     format: the subset of ``AgentClient`` the proxy uses, for a run with no agent (see
@@ -82,11 +69,12 @@ class DiskClient:
     def stats(self) -> dict[str, Any]:
         return {"write_errors": self.write_errors}
 
-    def get(self, key: str) -> _Fetched | None:
+    def get(self, key: str) -> Fetched | None:
         entry = self.disk.get(key)
         if entry is None:
             return None
-        return _Fetched([memoryview(f) for f in entry.frames], dict(entry.meta), entry.version)
+        frames = [memoryview(f) for f in entry.frames]
+        return Fetched(frames, dict(entry.meta), entry.version, "disk")
 
     def put(self, key: str, frames: Any, meta: Any, expect_version: int | None = None) -> int:
         from nodeagent.tiers import Entry
@@ -99,8 +87,8 @@ class DiskClient:
             raise _DiskFull(f"disk tier {self.disk.directory}: cannot write ({exc})") from None
         return version
 
-    def lease(self, key: str, holder: str, ttl: float, **_: Any) -> _Granted:
-        return _Granted()
+    def lease(self, key: str, holder: str, ttl: float, **_: Any) -> LeaseReply:
+        return LeaseReply(granted=True, present=False, holder=holder, expires_in=ttl)
 
     def release(self, key: str, holder: str) -> bool:
         return True
@@ -168,8 +156,6 @@ class EmbeddedAgent:
         process = self.process
         if self.empty or self._no_local or process is None or process.ready:
             return None
-        from nodeagent.client import Fetched
-
         self.open_disk()
         if self._disk is None:
             return None
@@ -563,10 +549,10 @@ class StateMigrateSession:
                 keys.append(key)
                 room -= size
         if keys:
-            before = self.proxy._call(lambda c: c.stats())
+            before = self.proxy.call(lambda c: c.stats())
             if before is not None:
                 self._note_base(before)
-                if self.proxy._call(lambda c: c.prefetch(keys)) is not None:
+                if self.proxy.call(lambda c: c.prefetch(keys)) is not None:
                     self._early.update(keys)
             self.proxy.close_link()
 
@@ -578,7 +564,7 @@ class StateMigrateSession:
         if self.embedded is not None:  # started for this run: its RAM is empty
             self._on_disk = s.store is None
             return AgentInfo("embedded", host, s.ram_bytes, s.ram_bytes)
-        reply = self.proxy._call(lambda c: c.stats())
+        reply = self.proxy.call(lambda c: c.stats())
         self.proxy.close_link()
         if reply is None:
             return None
@@ -649,7 +635,7 @@ class StateMigrateSession:
         self.stats.prefetched += len(sent)
         if self._queue is not None or self.proxy.link.down is not None:
             return  # an xdist worker: the shared agent's counters are not this worker's
-        reply = self.proxy._call(lambda c: c.stats())
+        reply = self.proxy.call(lambda c: c.stats())
         counters = (reply or {}).get("prefetch") or {}
         base_bytes, base_used = self._prefetch_base or (0, 0)
         self.stats.prefetch_bytes += max(0, int(counters.get("bytes", 0)) - base_bytes)
@@ -880,9 +866,8 @@ def _collected_param_label(callspec: Any, name: str, fixturedef: Any) -> str:
     params = getattr(callspec, "params", {})
     if name not in params:
         return ""
-    index = callspec.indices.get(name, 0)
-    given = fx.given_id(SimpleNamespace(param=params[name], param_index=index), fixturedef)
-    return f"[{given if given is not None else index}]"
+    at = SimpleNamespace(param=params[name], param_index=callspec.indices.get(name, 0))
+    return _param_label(at, fixturedef)
 
 
 def _worker_queue(config: Any) -> Any:

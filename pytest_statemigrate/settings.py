@@ -143,7 +143,7 @@ def build(
         store_dir = rootdir / store_dir
     store = (ini("statemigrate_store") or "").strip() or None
     stats_json = option("sm_stats_json")
-    partitioner = option("sm_partitioner") or ini_or_default("partitioner", _partitioner)
+    partitioner = option("sm_partitioner") or ini_or_default("partitioner", _choice(PARTITIONERS))
     return Settings(
         patterns=tuple(p for p in patterns if p),
         agent=agent,
@@ -176,12 +176,6 @@ def _choice(allowed: Sequence[str]) -> Callable[[str], str]:
         return text
 
     return convert
-
-
-def _partitioner(text: str) -> str:
-    if text not in PARTITIONERS:
-        raise ValueError(f"{text!r} is not one of {', '.join(PARTITIONERS)}")
-    return text
 
 
 #: ini keys: name → (help, type for ``parser.addini``). Sizes take K/M/G/T suffixes.

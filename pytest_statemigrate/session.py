@@ -79,8 +79,8 @@ class DiskClient:
     def put(self, key: str, frames: Any, meta: Any, expect_version: int | None = None) -> int:
         from nodeagent.tiers import Entry
 
-        old = self.disk.get(key)
-        version = 1 if old is None else old.version + 1
+        old = self.disk.peek(key)  # (version, size) from the header alone
+        version = 1 if old is None else old[0] + 1
         try:
             self.disk.put(key, Entry(tuple(frames), dict(meta), version))
         except OSError as exc:  # a full disk: this run builds; it never fails a test

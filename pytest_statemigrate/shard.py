@@ -1,0 +1,337 @@
+"""Tests split by state affinity: CI shards and pytest-xdist units of work.
+
+Pure of pytest and of xdist: it takes node ids, what each test used the last time it ran
+(state keys, from the ESG), how long each test took on its own and what each element costs
+where it is first used, and returns groups of tests.
+
+**The cost model.** A group of tests that runs in one process pays its tests' own seconds
+(setup, call and teardown, without the managed values they got) plus, once, every element
+any of its tests uses (its build seconds, or its load seconds where a shared store serves it).
+Splitting two tests that use the same element apart pays that element twice: that is the
+duplicated state the plan keeps small.
+
+**The plan.** Tests with the same footprint are one group (they cannot be told apart). Groups
+and elements are one graph: a group's weight is its tests' seconds, an element's its cost, and
+an edge joins a group to each element it uses, weighted by that element's cost. METIS splits
+the graph into parts of balanced weight with the least cut weight, that is the least
+duplicated cost. A greedy pass then moves groups from the longest part to the shortest while
+that shortens the longest. A greedy affinity split (largest group first, each to the part where
+it adds the least) is computed too, and the better of the two (the shorter longest part
+within :data:`BALANCE`, then the less duplicated state) is the plan.
+
+**Tests the ESG has never seen** are spread by a stable hash of their node id, so that every
+shard computes the same plan from the same collection and the same ESG. The plan is
+deterministic: no set iteration order, no random state but METIS's fixed seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from . import partition as pt
+
+#: The longest part may take this many times the mean before the plan trades duplicated state
+#: for balance (the issue's target is 1.15; the plan aims a little below it).
+BALANCE: Final = 1.10
+SEED: Final = 0  # METIS's seed: the same on every shard
+DEFAULT_TEST_S: Final = 0.0  # seconds of a test the ESG has no duration for
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the plan knows about the tests to split.
+
+    ``needs``: node id → the state keys it used (tests absent were never seen: hashed).
+    ``seconds``: node id → the test's own seconds. ``cost``: key → what using it first costs.
+    """
+
+    needs: Mapping[str, Sequence[str]]
+    seconds: Mapping[str, float]
+    cost: Mapping[str, float]
+
+    def own(self, test: str) -> float:
+        return max(0.0, float(self.seconds.get(test, DEFAULT_TEST_S)))
+
+    def element_cost(self, key: str) -> float:
+        return max(0.0, float(self.cost.get(key, 0.0)))
+
+
+@dataclass(frozen=True)
+class Part:
+    """One shard's (or unit's) tests, in collection order, and what running them costs."""
+
+    tests: tuple[str, ...]
+    elements: tuple[str, ...]  # the state keys its tests use, sorted
+    test_s: float  # the tests' own seconds
+    state_s: float  # each element's cost once
+
+    @property
+    def seconds(self) -> float:
+        return self.test_s + self.state_s
+
+
+@dataclass(frozen=True)
+class Plan:
+    parts: tuple[Part, ...]
+
+    @property
+    def longest(self) -> float:
+        return max((p.seconds for p in self.parts), default=0.0)
+
+    @property
+    def mean(self) -> float:
+        return sum(p.seconds for p in self.parts) / len(self.parts) if self.parts else 0.0
+
+    @property
+    def imbalance(self) -> float:
+        """The longest part over the mean (1.0: perfectly balanced)."""
+        mean = self.mean
+        return self.longest / mean if mean > 0 else 1.0
+
+    @property
+    def state_s(self) -> float:
+        """State paid over all parts: each element once per part that uses it."""
+        return sum(p.state_s for p in self.parts)
+
+    def digest(self) -> str:
+        """A short digest of the assignment: shards that print the same one split the same."""
+        h = hashlib.sha256()
+        for i, part in enumerate(self.parts):
+            for test in part.tests:
+                h.update(f"{i}\0{test}\n".encode())
+        return h.hexdigest()[:12]
+
+
+def stable_bucket(nodeid: str, n: int) -> int:
+    """The part of a test the ESG has never seen: the same in every process and on every host."""
+    return int.from_bytes(hashlib.sha256(nodeid.encode()).digest()[:8], "big") % n
+
+
+def split(tests: Sequence[str], work: Workload, n: int) -> Plan:
+    """Split ``tests`` (collection order) into ``n`` parts by state affinity (module docstring).
+
+    Every test lands in exactly one part; parts keep collection order; the same inputs give
+    the same plan. Parts may be empty when there are fewer tests than parts.
+
+    :raises ValueError: ``n < 1`` or a test named twice.
+    """
+    if n < 1:
+        raise ValueError(f"the number of parts must be >= 1, got {n}")
+    if len(set(tests)) != len(tests):
+        raise ValueError("a test id appears twice in the collection")
+    groups = _groups(tests, work)
+    assignment = _assign(groups, work, n)
+    parts: list[list[str]] = [[] for _ in range(n)]
+    for test in tests:
+        if test in work.needs:
+            parts[assignment[_footprint(work, test)]].append(test)
+        else:
+            parts[stable_bucket(test, n)].append(test)
+    return Plan(tuple(_part(p, work) for p in parts))
+
+
+def _footprint(work: Workload, test: str) -> tuple[str, ...]:
+    return tuple(sorted(set(work.needs[test])))
+
+
+def _groups(tests: Sequence[str], work: Workload) -> dict[tuple[str, ...], float]:
+    """Known tests by footprint → their own seconds, in the order of each group's first test."""
+    groups: dict[tuple[str, ...], float] = {}
+    for test in tests:
+        if test in work.needs:
+            fp = _footprint(work, test)
+            groups[fp] = groups.get(fp, 0.0) + work.own(test)
+    return groups
+
+
+def _part(tests: list[str], work: Workload) -> Part:
+    elements = sorted({k for t in tests if t in work.needs for k in work.needs[t]})
+    return Part(
+        tuple(tests),
+        tuple(elements),
+        sum(work.own(t) for t in tests),
+        sum(work.element_cost(k) for k in elements),
+    )
+
+
+# --------------------------------------------------------------------------- assignment
+
+Assignment = dict[tuple[str, ...], int]
+
+
+def _assign(groups: dict[tuple[str, ...], float], work: Workload, n: int) -> Assignment:
+    if not groups:
+        return {}
+    if n == 1:
+        return dict.fromkeys(groups, 0)
+    candidates = [_greedy(groups, work, n)]
+    metis = _metis(groups, work, n)
+    if metis is not None:
+        candidates.append(_refine(metis, groups, work, n))
+    return min(candidates, key=lambda a: _score(a, groups, work, n))
+
+
+def _loads(
+    assignment: Assignment, groups: Mapping[tuple[str, ...], float], work: Workload, n: int
+) -> tuple[list[float], float]:
+    """Seconds per part, and the state paid over all parts."""
+    own = [0.0] * n
+    used: list[set[str]] = [set() for _ in range(n)]
+    for fp, seconds in groups.items():
+        part = assignment[fp]
+        own[part] += seconds
+        used[part].update(fp)
+    state = [sum(work.element_cost(k) for k in u) for u in used]
+    return [o + s for o, s in zip(own, state, strict=True)], sum(state)
+
+
+def _score(
+    assignment: Assignment, groups: Mapping[tuple[str, ...], float], work: Workload, n: int
+) -> tuple[float, float, float]:
+    loads, state = _loads(assignment, groups, work, n)
+    mean = sum(loads) / n
+    longest = max(loads)
+    over = max(0.0, longest - BALANCE * mean)  # 0 for every plan within the balance
+    return (round(over, 9), round(state, 9), round(longest, 9))
+
+
+def _greedy(groups: Mapping[tuple[str, ...], float], work: Workload, n: int) -> Assignment:
+    """Largest group first (own seconds plus its elements), each to the part it lengthens least,
+    preferring parts that hold its elements already while the part stays within the balance."""
+    total_state = sum(work.element_cost(k) for k in {k for fp in groups for k in fp})
+    target = (sum(groups.values()) + total_state) / n  # a lower bound of the mean
+    order = sorted(
+        groups, key=lambda fp: (-(groups[fp] + sum(work.element_cost(k) for k in fp)), fp)
+    )
+    load = [0.0] * n
+    held: list[set[str]] = [set() for _ in range(n)]
+    out: Assignment = {}
+    for fp in order:
+
+        def added(part: int, fp: tuple[str, ...] = fp) -> float:
+            new = sum(work.element_cost(k) for k in fp if k not in held[part])
+            return groups[fp] + new
+
+        fits = [p for p in range(n) if load[p] + added(p) <= BALANCE * target]
+        if fits:  # the least new state; ties: the shortest part, then the lowest index
+            part = min(fits, key=lambda p: (round(added(p) - groups[fp], 9), load[p], p))
+        else:
+            part = min(range(n), key=lambda p: (round(load[p] + added(p), 9), p))
+        out[fp] = part
+        load[part] += added(part)
+        held[part].update(fp)
+    return out
+
+
+def _metis(groups: Mapping[tuple[str, ...], float], work: Workload, n: int) -> Assignment | None:
+    """METIS over groups and elements (module docstring); None when there is nothing to cut."""
+    elements = sorted({k for fp in groups for k in fp})
+    if len(groups) < n:
+        return None
+    keys = [f"g{i:08d}" for i in range(len(groups))] + [f"e{k}" for k in elements]
+    index = {k: len(groups) + i for i, k in enumerate(elements)}
+    micro = 1_000_000  # weights in microseconds: ints for METIS (partition.py scales them down)
+    sizes: list[object] = [max(1, round(s * micro)) for s in groups.values()]
+    sizes += [max(1, round(work.element_cost(k) * micro)) for k in elements]
+    edges: dict[tuple[int, int], object] = {}
+    for g, fp in enumerate(groups):
+        for k in fp:
+            edges[(g, index[k])] = max(1, round(work.element_cost(k) * micro))
+    membership = pt.partition_data(keys, sizes, edges, n, seed=SEED)
+    return {fp: membership[f"g{g:08d}"] for g, fp in enumerate(groups)}
+
+
+class _Parts:
+    """Parts being changed one group at a time: loads and element counts kept up to date."""
+
+    def __init__(
+        self,
+        assignment: Assignment,
+        groups: Mapping[tuple[str, ...], float],
+        work: Workload,
+        n: int,
+    ) -> None:
+        self.groups, self.work, self.n = groups, work, n
+        self.of = dict(assignment)
+        self.count: list[defaultdict[str, int]] = [defaultdict(int) for _ in range(n)]
+        self.load = [0.0] * n
+        for fp, part in self.of.items():
+            self.load[part] += self.delta_in(fp, part)
+            for k in fp:
+                self.count[part][k] += 1
+
+    def delta_in(self, fp: tuple[str, ...], part: int) -> float:
+        new = sum(self.work.element_cost(k) for k in fp if not self.count[part][k])
+        return self.groups[fp] + new
+
+    def delta_out(self, fp: tuple[str, ...], part: int) -> float:
+        gone = sum(self.work.element_cost(k) for k in fp if self.count[part][k] == 1)
+        return self.groups[fp] + gone
+
+    def move(self, fp: tuple[str, ...], part: int) -> None:
+        old = self.of[fp]
+        self.load[old] -= self.delta_out(fp, old)
+        for k in fp:
+            self.count[old][k] -= 1
+        self.load[part] += self.delta_in(fp, part)
+        for k in fp:
+            self.count[part][k] += 1
+        self.of[fp] = part
+
+
+def _refine(
+    assignment: Assignment, groups: Mapping[tuple[str, ...], float], work: Workload, n: int
+) -> Assignment:
+    """Move single groups off the longest part while that makes the longest part shorter,
+    each time the move that adds the least duplicated state."""
+    parts = _Parts(assignment, groups, work, n)
+    members: list[list[tuple[str, ...]]] = [[] for _ in range(n)]
+    for fp in groups:
+        members[parts.of[fp]].append(fp)
+    for _ in range(4 * len(groups)):
+        load = parts.load
+        longest = max(range(n), key=lambda p: (load[p], -p))
+        if load[longest] <= BALANCE * (sum(load) / n):
+            break
+        others = max((load[p] for p in range(n) if p != longest), default=0.0)
+        best: tuple[float, float, int, tuple[str, ...], int] | None = None
+        for i, fp in enumerate(members[longest]):
+            out = parts.delta_out(fp, longest)
+            for part in range(n):
+                if part == longest:
+                    continue
+                into = parts.delta_in(fp, part)
+                new_longest = max(load[longest] - out, load[part] + into, others)
+                if new_longest >= load[longest] - 1e-12:
+                    continue
+                # the least added state (into - out), then the shorter longest part
+                rank = (round(into - out, 9), round(new_longest, 9), i, fp, part)
+                if best is None or rank < best:
+                    best = rank
+        if best is None:
+            break
+        _, _, i, fp, part = best
+        members[longest].pop(i)
+        members[part].append(fp)
+        parts.move(fp, part)
+    return parts.of
+
+
+def units(tests: Sequence[str], work: Workload, workers: int, per_worker: int = 4) -> Plan:
+    """Units of work for ``workers`` pytest-xdist workers: :func:`split` into ``per_worker``
+    times as many parts (so that the tail can balance), the longest first, empty ones dropped.
+    Tests the ESG has never seen form one unit per module (file), as ``--dist loadfile``."""
+    known = [t for t in tests if t in work.needs]
+    plan = split(known, work, max(1, min(len(known), workers * per_worker))) if known else None
+    parts = [p for p in plan.parts if p.tests] if plan is not None else []
+    by_module: defaultdict[str, list[str]] = defaultdict(list)
+    for test in tests:
+        if test not in work.needs:
+            by_module[test.split("::", 1)[0]].append(test)
+    parts += [_part(t, work) for t in by_module.values()]
+    parts.sort(key=lambda p: (-p.seconds, p.tests[0]))
+    return Plan(tuple(parts))

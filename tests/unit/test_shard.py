@@ -1,0 +1,136 @@
+"""The shard plan: deterministic, every test exactly once, balanced, little duplicated state."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pytest_statemigrate import shard
+from pytest_statemigrate.shard import Workload
+
+
+def clustered(clusters: int = 12, tests_per: int = 20, seed: int = 7) -> tuple[list[str], Workload]:
+    """Tests in clusters that share expensive elements, a few tests crossing clusters."""
+    rng = random.Random(seed)
+    tests: list[str] = []
+    needs: dict[str, list[str]] = {}
+    seconds: dict[str, float] = {}
+    cost: dict[str, float] = {}
+    for c in range(clusters):
+        own = [f"c{c}e{i}" for i in range(3)]
+        for key in own:
+            cost[key] = rng.uniform(0.5, 3.0)
+        for t in range(tests_per):
+            test = f"tests/test_c{c}.py::test_{t}"
+            tests.append(test)
+            used = rng.sample(own, rng.randint(1, 3))
+            if rng.random() < 0.05:
+                used.append(f"c{rng.randrange(clusters)}e0")
+            needs[test] = used
+            seconds[test] = rng.uniform(0.01, 0.2)
+    return tests, Workload(needs, seconds, cost)
+
+
+def test_every_test_exactly_once_in_collection_order() -> None:
+    tests, work = clustered()
+    plan = shard.split(tests, work, 4)
+    flat = [t for p in plan.parts for t in p.tests]
+    assert sorted(flat) == sorted(tests)
+    for part in plan.parts:
+        assert list(part.tests) == [t for t in tests if t in set(part.tests)]
+
+
+def test_same_inputs_same_plan_in_any_dict_order() -> None:
+    tests, work = clustered()
+    shuffled = Workload(
+        dict(reversed(list(work.needs.items()))),
+        dict(reversed(list(work.seconds.items()))),
+        dict(reversed(list(work.cost.items()))),
+    )
+    assert shard.split(tests, work, 4) == shard.split(tests, shuffled, 4)
+    assert shard.split(tests, work, 4).digest() == shard.split(tests, shuffled, 4).digest()
+
+
+def test_balanced_and_far_less_state_than_a_duration_split() -> None:
+    tests, work = clustered()
+    plan = shard.split(tests, work, 4)
+    assert plan.imbalance <= 1.15
+    # A duration-only split (round robin by test, as a naive splitter does) pays nearly every
+    # element in every shard.
+    naive = [tests[i::4] for i in range(4)]
+    naive_state = sum(
+        sum(work.element_cost(k) for k in {k for t in part for k in work.needs[t]})
+        for part in naive
+    )
+    assert plan.state_s <= 0.6 * naive_state
+    total = sum(work.element_cost(k) for k in work.cost)
+    assert plan.state_s <= 1.2 * total  # little duplicated
+
+
+def test_unseen_tests_spread_by_a_stable_hash() -> None:
+    tests, work = clustered(clusters=2, tests_per=4)
+    new = [f"tests/test_new.py::test_{i}" for i in range(40)]
+    plan = shard.split(tests + new, work, 3)
+    for i, part in enumerate(plan.parts):
+        for test in new:
+            assert (test in part.tests) == (shard.stable_bucket(test, 3) == i)
+    assert all(any(t in p.tests for t in new) for p in plan.parts)  # spread over all
+
+
+def test_one_part_and_more_parts_than_tests() -> None:
+    tests, work = clustered(clusters=1, tests_per=3)
+    assert shard.split(tests, work, 1).parts[0].tests == tuple(tests)
+    plan = shard.split(tests, work, 8)
+    assert sorted(t for p in plan.parts for t in p.tests) == sorted(tests)
+    assert len(plan.parts) == 8
+
+
+def test_bad_input() -> None:
+    with pytest.raises(ValueError, match="must be >= 1"):
+        shard.split(["a"], Workload({}, {}, {}), 0)
+    with pytest.raises(ValueError, match="twice"):
+        shard.split(["a", "a"], Workload({}, {}, {}), 2)
+
+
+def test_units_more_than_workers_longest_first() -> None:
+    tests, work = clustered()
+    plan = shard.units([*tests, "tests/test_x.py::a", "tests/test_x.py::b"], work, workers=2)
+    assert len(plan.parts) > 2
+    seconds = [p.seconds for p in plan.parts]
+    assert seconds == sorted(seconds, reverse=True)
+    unseen = [p for p in plan.parts if "tests/test_x.py::a" in p.tests]
+    assert unseen[0].tests == ("tests/test_x.py::a", "tests/test_x.py::b")  # one per module
+    flat = [t for p in plan.parts for t in p.tests]
+    assert sorted(flat) == sorted([*tests, "tests/test_x.py::a", "tests/test_x.py::b"])
+
+
+footprints = st.lists(
+    st.lists(st.sampled_from([f"k{i}" for i in range(12)]), max_size=4), min_size=1, max_size=60
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    footprints,
+    st.lists(st.floats(0, 5), min_size=12, max_size=12),
+    st.integers(1, 6),
+    st.integers(0, 2**16),
+)
+def test_any_input_covers_every_test_once_deterministically(
+    fps: list[list[str]], costs: list[float], n: int, seed: int
+) -> None:
+    rng = random.Random(seed)
+    tests = [f"t.py::test_{i}" for i in range(len(fps))]
+    needs = {t: fp for t, fp in zip(tests, fps, strict=True) if rng.random() < 0.9}
+    seconds = {t: rng.uniform(0, 1) for t in tests}
+    work = Workload(needs, seconds, {f"k{i}": c for i, c in enumerate(costs)})
+    plan = shard.split(tests, work, n)
+    assert len(plan.parts) == n
+    assert sorted(t for p in plan.parts for t in p.tests) == sorted(tests)
+    assert shard.split(tests, work, n) == plan
+    # No part pays more than a part that ran everything would.
+    everything = shard.split(tests, work, 1)
+    assert plan.longest <= everything.longest + 1e-6

@@ -224,6 +224,59 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Collected:
+    """A pytest plugin that keeps the node ids of the collected tests."""
+
+    def __init__(self) -> None:
+        self.nodeids: list[str] = []
+
+    def pytest_collection_finish(self, session: Any) -> None:
+        self.nodeids = [item.nodeid for item in session.items]
+
+
+def _shard(args: argparse.Namespace) -> int:
+    import contextlib
+    import io
+
+    import pytest
+
+    from .shard import esg_workload, split
+
+    if args.total < 1:
+        print("statemigrate shard: N must be >= 1", file=sys.stderr)
+        return 2
+    collected = _Collected()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = pytest.main(["--co", "-q", "--sm-shard=off", *args.pytest_args], [collected])
+    if code not in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        print(out.getvalue(), end="")
+        print(f"statemigrate shard: collecting the tests failed ({code!r})", file=sys.stderr)
+        return 1
+    work = esg_workload(Path(args.dir) / "esg.sqlite", DEFAULTS["history"])
+    plan = split(collected.nodeids, work, args.total)
+    known = sum(1 for t in collected.nodeids if t in work.needs)
+    print(
+        f"{len(collected.nodeids)} tests, {known} known to the ESG in {args.dir}; "
+        f"plan {plan.digest()}"
+    )
+    for i, part in enumerate(plan.parts):
+        print(
+            f"shard {i + 1}/{args.total}: {len(part.tests)} tests, ~{part.seconds:.2f}s "
+            f"(tests {part.test_s:.2f}s, state {part.state_s:.2f}s in "
+            f"{len(part.elements)} elements)"
+        )
+        if args.tests:
+            for test in part.tests:
+                print(f"    {test}")
+    distinct = sum(work.element_cost(k) for k in {k for p in plan.parts for k in p.elements})
+    print(
+        f"longest ~{plan.longest:.2f}s, mean ~{plan.mean:.2f}s ({plan.imbalance:.2f}x); state "
+        f"paid over all shards ~{plan.state_s:.2f}s, ~{distinct:.2f}s of it distinct"
+    )
+    return 0
+
+
 def _partition(args: argparse.Namespace) -> int:
     from .partition import repartition
 
@@ -321,7 +374,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "path", nargs="?", default=None, help="a plan file (default: plan.json in --dir)"
     )
     plan.add_argument("--summary", action="store_true", help="one line per agent only")
+    shard = esg_command(
+        "shard",
+        "the CI shard plan: which tests each of N shards runs (pytest arguments that select "
+        "the tests, as the shards get them, go after --)",
+    )
+    shard.add_argument("total", type=int, metavar="N", help="number of shards")
+    shard.add_argument("--tests", action="store_true", help="list each shard's tests")
+    pytest_args: list[str] = []
+    if argv[:1] == ["shard"] and "--" in argv:
+        cut = argv.index("--")
+        argv, pytest_args = argv[:cut], argv[cut + 1 :]
     args = parser.parse_args(argv)
+    args.pytest_args = pytest_args
     commands = {
         "plan": _plan,
         "clear": _clear,
@@ -331,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "graph": _graph,
         "merge": _merge,
         "partition": _partition,
+        "shard": _shard,
     }
     try:
         return commands[args.command](args)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import statistics
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -96,6 +97,9 @@ class SessionRecord:
     elements: dict[str, Element] = field(default_factory=dict)
     accesses: list[Access] = field(default_factory=list)
     setups: dict[str, FixtureSetup] = field(default_factory=dict)
+    #: node id → the test's own seconds: setup, call and teardown, less the managed values'
+    #: builds and loads (which the shard plan counts per element, where they are paid)
+    durations: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def new(cls) -> SessionRecord:
@@ -117,6 +121,9 @@ class SessionRecord:
         new = Element(key, fixture, scope, nbytes, build_s, load_s)
         old = self.elements.get(key)
         self.elements[key] = new if old is None else _combine(old, new)
+
+    def duration(self, test: str, seconds: float) -> None:
+        self.durations[test] = self.durations.get(test, 0.0) + max(0.0, seconds)
 
     def read(self, test: str, key: str) -> None:
         self.accesses.append(Access(test, key, "read"))
@@ -159,6 +166,8 @@ class SessionRecord:
             mine.setups += theirs.setups
             mine.tests += theirs.tests
             mine.picklable = _picklable(mine.picklable, theirs.picklable)
+        for test, seconds in other.durations.items():
+            self.duration(test, seconds)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON data (what execnet and ``json`` can carry)."""
@@ -169,6 +178,7 @@ class SessionRecord:
             "elements": [asdict(e) for e in self.elements.values()],
             "accesses": [list(a) for a in self.accesses],
             "setups": [asdict(s) for s in self.setups.values()],
+            "durations": self.durations,
         }
 
     @classmethod
@@ -180,6 +190,7 @@ class SessionRecord:
             elements={e["key"]: Element(**e) for e in data["elements"]},
             accesses=[Access(*a) for a in data["accesses"]],
             setups={s["fixture"]: FixtureSetup(**s) for s in data["setups"]},
+            durations=dict(data.get("durations", {})),
         )
 
 
@@ -260,6 +271,10 @@ class Prediction:
     sizes: dict[int, int]
     members: dict[int, tuple[str, ...]]
     nbytes: dict[str, int] = field(default_factory=dict)  # key → its size
+    #: key → seconds its first use costs: the latest build, else the latest load
+    cost: dict[str, float] = field(default_factory=dict)
+    #: node id → the test's own seconds (median over the kept sessions that ran it)
+    durations: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -361,13 +376,23 @@ _V1: Final = (
         part INTEGER NOT NULL) WITHOUT ROWID""",
 )
 
+# Version 2: each test's own seconds per session (the shard plan balances with them), for every
+# test that ran, whether or not it used managed state.
+_V2: Final = (
+    """CREATE TABLE durations (
+        session INTEGER NOT NULL,
+        test INTEGER NOT NULL,
+        seconds REAL NOT NULL,
+        PRIMARY KEY (session, test)) WITHOUT ROWID""",
+)
+
 #: MIGRATIONS[v] takes a file from schema version v to v + 1 (version 0: an empty file). A new
 #: schema version appends a step; it never edits an old one.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
 
 #: The tables this code reads and writes.
 TABLES: Final = frozenset(
-    {"meta", "sessions", "elements", "tests", "footprints", "runs", "setups"}
+    {"meta", "sessions", "elements", "tests", "footprints", "runs", "setups", "durations"}
     | {"partitions", "partition_elements"}
 )
 
@@ -598,7 +623,10 @@ class ESGStore:
             "INSERT OR IGNORE INTO elements (key, fixture, scope, nbytes) VALUES (?, '', '', 0)",
             ((key,) for key in keys),
         )
-        db.executemany("INSERT OR IGNORE INTO tests (nodeid) VALUES (?)", ((t,) for t in used))
+        db.executemany(
+            "INSERT OR IGNORE INTO tests (nodeid) VALUES (?)",
+            ((t,) for t in {*used, *record.durations}),
+        )
         element_id = dict(db.execute("SELECT key, id FROM elements").fetchall())
         test_id = dict(db.execute("SELECT nodeid, id FROM tests").fetchall())
         footprint = {
@@ -619,6 +647,10 @@ class ESGStore:
         db.executemany(
             "INSERT INTO runs VALUES (?, ?, ?)",
             ((session, test_id[test], footprint_id[f]) for test, f in footprint.items()),
+        )
+        db.executemany(
+            "INSERT INTO durations VALUES (?, ?, ?)",
+            ((session, test_id[t], seconds) for t, seconds in record.durations.items()),
         )
         db.executemany(
             "INSERT INTO setups VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -651,9 +683,13 @@ class ESGStore:
         if old:
             db.executemany("DELETE FROM runs WHERE session = ?", old)
             db.executemany("DELETE FROM setups WHERE session = ?", old)
+            db.executemany("DELETE FROM durations WHERE session = ?", old)
             db.executemany("DELETE FROM sessions WHERE id = ?", old)
             db.execute("DELETE FROM footprints WHERE id NOT IN (SELECT footprint FROM runs)")
-            db.execute("DELETE FROM tests WHERE id NOT IN (SELECT test FROM runs)")
+            db.execute(
+                "DELETE FROM tests WHERE id NOT IN (SELECT test FROM runs)"
+                " AND id NOT IN (SELECT test FROM durations)"
+            )
         used: set[int] = set()
         for elements, _ in _footprints(db).values():
             used.update(elements)
@@ -876,6 +912,18 @@ class ESGStore:
         with _transaction(self._db) as db:
             key_of = dict(db.execute("SELECT id, key FROM elements"))
             nbytes = dict(db.execute("SELECT key, nbytes FROM elements"))
+            cost = {
+                key: float(seconds)
+                for key, seconds in db.execute(
+                    "SELECT key, coalesce(build_s, load_s) FROM elements"
+                    " WHERE coalesce(build_s, load_s) IS NOT NULL"
+                )
+            }
+            runs: defaultdict[str, list[float]] = defaultdict(list)
+            for nodeid, seconds in db.execute(
+                "SELECT t.nodeid, d.seconds FROM durations d JOIN tests t ON t.id = d.test"
+            ):
+                runs[nodeid].append(seconds)
             footprints: dict[str, tuple[str, ...]] = {}
             rows = db.execute(
                 "SELECT t.nodeid, f.elements, f.writes FROM runs r"
@@ -903,6 +951,8 @@ class ESGStore:
             sizes,
             {p: tuple(k) for p, k in members.items()},
             nbytes,
+            cost,
+            {test: statistics.median(seconds) for test, seconds in runs.items()},
         )
 
     def elements(self) -> list[ElementInfo]:
@@ -1068,4 +1118,9 @@ def _records(db: sqlite3.Connection, session: int | None = None) -> list[Session
         records[sid].setups[fixture] = FixtureSetup(
             fixture, scope, seconds, setups, tests, None if picklable is None else bool(picklable)
         )
+    for sid, test, seconds in db.execute(
+        "SELECT session, test, seconds FROM durations WHERE :session IS NULL OR session = :session",
+        which,
+    ):
+        records[sid].durations[nodeids[test]] = seconds
     return list(records.values())

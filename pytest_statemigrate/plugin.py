@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from . import _spec
 from . import settings as st
+from .shard import parse_spec
 
 SESSION = "statemigrate-session"
 FIXTURE_HOOKS = "statemigrate-fixtures"
@@ -86,6 +89,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="write the run's migration plan (schedule and per-agent RAM) as JSON to PATH; "
         "`statemigrate plan PATH` shows it",
     )
+    group.addoption(
+        "--sm-shard",
+        dest="sm_shard",
+        type=st.arg_type(parse_spec),
+        default=None,
+        metavar="I/N",
+        help="run shard I of N (1-based), chosen by state affinity and duration; auto (the "
+        "default: from the CI system's variables when something is managed) or off",
+    )
     for name, (text, kind) in st.INI.items():
         parser.addini(name, text, type=kind)  # type: ignore[arg-type]
 
@@ -108,6 +120,9 @@ def pytest_configure(config: pytest.Config) -> None:
     controller = workerinput is None and _distributing(config)
     if config.pluginmanager.hasplugin("xdist") and workerinput is None:
         config.pluginmanager.register(_XdistController(hooks), "statemigrate-xdist")
+    shard = _shard_spec(settings, hooks.active or settings.record)
+    if shard is not None:
+        config.pluginmanager.register(_Sharding(config, settings, shard), "statemigrate-shard")
     if controller:
         # xdist's controller runs no test: it only starts the agent its workers share.
         if hooks.active:
@@ -123,6 +138,21 @@ def pytest_configure(config: pytest.Config) -> None:
         _spec.on_first_use = hooks.activate
 
 
+def _shard_spec(settings: st.Settings, in_use: bool) -> Any:
+    """The shard this run is (``--sm-shard``, or a CI system's variables when the plugin is in
+    use: an installed plugin that manages nothing never splits a suite)."""
+    if settings.shard == "off" or (settings.shard == "auto" and not in_use):
+        return None
+    if settings.shard != "auto":
+        return settings.shard
+    from .shard import detect
+
+    try:
+        return detect(os.environ)
+    except ValueError as exc:
+        raise pytest.UsageError(f"statemigrate: {exc}") from None
+
+
 def _distributing(config: pytest.Config) -> bool:
     """pytest-xdist hands this run's tests to workers (xdist's own criterion)."""
     option = config.option
@@ -131,6 +161,36 @@ def _distributing(config: pytest.Config) -> bool:
         and bool(getattr(option, "tx", None))
         and not option.collectonly
     )
+
+
+class _Sharding:
+    """``--sm-shard``: keep this shard's tests of the plan every shard computes alike."""
+
+    def __init__(self, config: pytest.Config, settings: st.Settings, spec: Any) -> None:
+        self.config = config
+        self.settings = settings
+        self.spec = spec
+        self.line = ""
+        if spec.status_file:  # Bazel: this runner shards
+            Path(spec.status_file).touch()
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        from .shard import select
+
+        keep, self.line = select(
+            [item.nodeid for item in items],
+            self.spec,
+            self.settings.store_dir / "esg.sqlite",
+            self.settings.history,
+        )
+        dropped = [item for item in items if item.nodeid not in keep]
+        if dropped:
+            self.config.hook.pytest_deselected(items=dropped)
+            items[:] = [item for item in items if item.nodeid in keep]
+
+    def pytest_report_collectionfinish(self) -> str:
+        return self.line
 
 
 class _FixtureHooks:
@@ -183,6 +243,9 @@ class _FixtureHooks:
     ) -> Generator[None, None, None]:
         self.hooks.session.test_done(item)  # before any fixture is torn down
         yield
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.hooks.session.test_report(report.nodeid, report.when, report.duration)
 
     def pytest_fixture_post_finalizer(self, fixturedef: pytest.FixtureDef[Any]) -> None:
         self.hooks.session.fixture_gone(fixturedef)

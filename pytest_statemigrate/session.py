@@ -272,6 +272,10 @@ class StateMigrateSession:
         self._predicted: Prediction | None = None
         self._early: set[str] = set()  # keys prefetched before collection
         self.esg = SessionRecord.new()
+        #: seconds the managed setups took since the last test report (builds, loads, stores):
+        #: not the test's own time, which the shard plan needs apart from the state's
+        self._state_s = 0.0
+        self._depth = 0  # managed setups in progress (one may request another dynamically)
         self.recorder = AccessRecorder(
             self.esg, rootdir, settings.write_check_bytes, settings.max_value_bytes
         )
@@ -364,6 +368,24 @@ class StateMigrateSession:
         analysis = self.analysis(fixturedef)
         if analysis is None:
             return (yield from self._unmanaged_setup(fixturedef))
+        start = time.perf_counter()
+        self._depth += 1
+        try:
+            return (yield from self._managed_setup(fixturedef, request, analysis))
+        finally:
+            self._depth -= 1
+            if not self._depth:
+                self._state_s += time.perf_counter() - start
+
+    def test_report(self, nodeid: str, when: str, duration: float) -> None:
+        """One phase of a test ended: its own seconds are the phase's less its managed setups."""
+        own, self._state_s = duration - self._state_s, 0.0
+        if when in ("setup", "call", "teardown"):
+            self.esg.duration(nodeid, own)
+
+    def _managed_setup(
+        self, fixturedef: Any, request: Any, analysis: fx.Analysis
+    ) -> Generator[None, Any, Any]:
         # Stats and messages name the fixture by where it is defined (report.py labels it).
         name = self.stats.fixture(analysis.fixture_id, analysis.name)
         # The key of this setup's value, once known: never the key of an earlier param's value

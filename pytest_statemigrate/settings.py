@@ -14,6 +14,8 @@ from typing import Any, Final
 
 from nodeagent.units import parse_size
 
+from .shard import ShardSpec, parse_spec
+
 DEFAULTS: Final[Mapping[str, Any]] = {
     "dir": ".statemigrate",  # store directory, relative to the rootdir
     "max_value_bytes": 256 * 2**20,  # 256 MiB: larger values are built, not stored
@@ -31,6 +33,8 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "eviction": "aggressive",
     "lookahead_tests": 16,  # a load is issued at most this many tests ahead of its use
     "lookahead_bytes": 0,  # bytes loaded ahead of their use, per agent (0: its RAM budget)
+    # run one CI shard of the suite: "I/N", "auto" (from the CI system's variables) or "off"
+    "shard": "auto",
 }
 
 PARTITIONERS: Final = ("metis", "spectral")
@@ -95,6 +99,7 @@ class Settings:
     lookahead_tests: int = DEFAULTS["lookahead_tests"]
     lookahead_bytes: int = DEFAULTS["lookahead_bytes"]
     plan_json: Path | None = None  # --sm-plan: where the run's migration plan is written
+    shard: ShardSpec | str = DEFAULTS["shard"]  # a spec, "auto" or "off"
 
     @property
     def disk_dir(self) -> Path:
@@ -166,6 +171,7 @@ def build(
         lookahead_tests=ini_or_default("lookahead_tests", _positive(int)),
         lookahead_bytes=ini_or_default("lookahead_bytes", parse_size),
         plan_json=Path(option("sm_plan")) if option("sm_plan") else None,
+        shard=option("sm_shard") or ini_or_default("shard", parse_spec),
     )
 
 
@@ -216,6 +222,11 @@ INI: Final[Mapping[str, tuple[str, str]]] = {
     ),
     "statemigrate_lookahead_tests": (
         "a prefetch is issued at most this many tests ahead of its use (default 16)",
+        "string",
+    ),
+    "statemigrate_shard": (
+        "run one CI shard: I/N, auto (default: from Bazel's, GitLab's or CircleCI's variables "
+        "when something is managed) or off",
         "string",
     ),
     "statemigrate_lookahead_bytes": (

@@ -22,17 +22,16 @@ within :data:`BALANCE`, then the less duplicated state) is the plan.
 **Tests the ESG has never seen** are spread by a stable hash of their node id, so that every
 shard computes the same plan from the same collection and the same ESG. The plan is
 deterministic: no set iteration order, no random state but METIS's fixed seed.
+
+Imported by settings.py (to parse ``--sm-shard``): only the standard library at module level.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
-
-from . import partition as pt
+from typing import Any, Final
 
 #: The longest part may take this many times the mean before the plan trades duplicated state
 #: for balance (the issue's target is 1.15; the plan aims a little below it).
@@ -99,15 +98,19 @@ class Plan:
 
     def digest(self) -> str:
         """A short digest of the assignment: shards that print the same one split the same."""
+        import hashlib
+
         h = hashlib.sha256()
         for i, part in enumerate(self.parts):
-            for test in part.tests:
+            for test in sorted(part.tests):  # whatever order each shard collected them in
                 h.update(f"{i}\0{test}\n".encode())
         return h.hexdigest()[:12]
 
 
 def stable_bucket(nodeid: str, n: int) -> int:
     """The part of a test the ESG has never seen: the same in every process and on every host."""
+    import hashlib
+
     return int.from_bytes(hashlib.sha256(nodeid.encode()).digest()[:8], "big") % n
 
 
@@ -139,13 +142,15 @@ def _footprint(work: Workload, test: str) -> tuple[str, ...]:
 
 
 def _groups(tests: Sequence[str], work: Workload) -> dict[tuple[str, ...], float]:
-    """Known tests by footprint → their own seconds, in the order of each group's first test."""
+    """Known tests by footprint → their own seconds, sorted by footprint: the plan does not
+    depend on the collection order (pytest-randomly orders each shard's collection its own
+    way), only on which tests there are."""
     groups: dict[tuple[str, ...], float] = {}
-    for test in tests:
+    for test in sorted(tests):
         if test in work.needs:
             fp = _footprint(work, test)
             groups[fp] = groups.get(fp, 0.0) + work.own(test)
-    return groups
+    return dict(sorted(groups.items()))
 
 
 def _part(tests: list[str], work: Workload) -> Part:
@@ -229,6 +234,8 @@ def _greedy(groups: Mapping[tuple[str, ...], float], work: Workload, n: int) -> 
 
 def _metis(groups: Mapping[tuple[str, ...], float], work: Workload, n: int) -> Assignment | None:
     """METIS over groups and elements (module docstring); None when there is nothing to cut."""
+    from . import partition as pt
+
     elements = sorted({k for fp in groups for k in fp})
     if len(groups) < n:
         return None
@@ -335,3 +342,119 @@ def units(tests: Sequence[str], work: Workload, workers: int, per_worker: int = 
     parts += [_part(t, work) for t in by_module.values()]
     parts.sort(key=lambda p: (-p.seconds, p.tests[0]))
     return Plan(tuple(parts))
+
+
+# --------------------------------------------------------------------------- which shard is this
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """This process runs shard ``index`` (0-based) of ``total``; ``source`` says who said so."""
+
+    index: int
+    total: int
+    source: str
+    status_file: str | None = None  # Bazel's TEST_SHARD_STATUS_FILE, touched to say "I shard"
+
+    @property
+    def shown(self) -> str:
+        return f"{self.index + 1}/{self.total}"
+
+
+def parse_spec(text: str) -> ShardSpec | str:
+    """``"I/N"`` (1-based, as pytest-split's groups and GitLab's CI_NODE_INDEX) → a spec;
+    ``"auto"`` and ``"off"`` as they are.
+
+    :raises ValueError: one line naming the value and the form.
+    """
+    text = text.strip()
+    if text in ("auto", "off"):
+        return text
+    index, sep, total = text.partition("/")
+    try:
+        i, n = int(index), int(total)
+    except ValueError:
+        i = n = 0
+    if not sep or not 1 <= i <= n:
+        raise ValueError(f"{text!r} is not I/N with 1 <= I <= N (e.g. 2/4), auto or off")
+    return ShardSpec(i - 1, n, "--sm-shard")
+
+
+#: CI systems' shard variables: (index variable, total variable, index of the first shard).
+CI_VARIABLES: Final = (
+    ("TEST_SHARD_INDEX", "TEST_TOTAL_SHARDS", 0),  # Bazel (test sharding protocol)
+    ("CI_NODE_INDEX", "CI_NODE_TOTAL", 1),  # GitLab CI, `parallel:`
+    ("CIRCLE_NODE_INDEX", "CIRCLE_NODE_TOTAL", 0),  # CircleCI, `parallelism:`
+)
+
+
+def detect(env: Mapping[str, str]) -> ShardSpec | None:
+    """The shard a CI system asks this process to run, from its variables; None when none
+    does (or when it says there is a single shard).
+
+    :raises ValueError: a variable that is set but not a valid index or total.
+    """
+    for index_var, total_var, first in CI_VARIABLES:
+        if total_var not in env:
+            continue
+        raw_index, raw_total = env.get(index_var, ""), env[total_var]
+        try:
+            total, index = int(raw_total), int(raw_index) - first
+        except ValueError:
+            total, index = 0, -1
+        if not 0 <= index < total:
+            raise ValueError(
+                f"{index_var}={raw_index!r} and {total_var}={raw_total!r} name no shard "
+                f"(the first is {first}); fix them or pass --sm-shard=off"
+            )
+        if total == 1:
+            return None
+        status = env.get("TEST_SHARD_STATUS_FILE") if index_var == "TEST_SHARD_INDEX" else None
+        return ShardSpec(index, total, f"{index_var}/{total_var}", status)
+    return None
+
+
+def workload_of(
+    footprints: Mapping[str, Sequence[str]],
+    durations: Mapping[str, float],
+    cost: Mapping[str, float],
+) -> Workload:
+    """The workload the ESG knows: tests that ran and used no managed state need nothing."""
+    needs = {test: tuple(footprints.get(test, ())) for test in {*footprints, *durations}}
+    return Workload(needs, dict(durations), dict(cost))
+
+
+def esg_workload(path: Any, history: int) -> Workload:
+    """The workload recorded in the ESG file at ``path`` (an empty one when there is none)."""
+    from .esg import ESGStore
+
+    if not path.exists():
+        return Workload({}, {}, {})
+    with ESGStore(path, history) as store:
+        p = store.prediction()
+    return workload_of(p.footprints, p.durations, p.cost)
+
+
+def select(
+    nodeids: Sequence[str], spec: ShardSpec, esg_path: Any, history: int
+) -> tuple[set[str], str]:
+    """This shard's tests of the plan over ``nodeids``, and one line saying what was chosen.
+
+    The plan comes from the ESG at ``esg_path``; every shard must see the same file (a CI
+    cache, or `statemigrate merge` of the shards' files) for the shards to add up: the line
+    gives the plan's digest, equal on every shard that split alike.
+    """
+    note = ""
+    try:
+        work = esg_workload(esg_path, history)
+    except Exception as exc:  # an unreadable ESG: split by hash, and say so
+        work, note = Workload({}, {}, {}), f"; ESG not read ({type(exc).__name__}), hash split"
+    plan = split(nodeids, work, spec.total)
+    part = plan.parts[spec.index]
+    seen = sum(1 for t in nodeids if t in work.needs)
+    line = (
+        f"statemigrate: shard {spec.shown} ({spec.source}): {len(part.tests)} of "
+        f"{len(nodeids)} tests, ~{part.seconds:.1f}s of state and tests (longest shard "
+        f"~{plan.longest:.1f}s); {seen} tests known to the ESG; plan {plan.digest()}{note}"
+    )
+    return set(part.tests), line

@@ -548,3 +548,59 @@ def test_concurrent_writers_in_processes_land_whole_sessions(tmp_path: Path) -> 
         assert graph.nodes["shared-0"]["accesses"] == WRITERS * SESSIONS * TESTS // 5
         assert store.generation() == WRITERS * SESSIONS  # every session brought new elements
     assert sql(path, "PRAGMA integrity_check") == [("ok",)]
+
+
+# --------------------------------------------------------------------------- test durations
+
+
+def test_durations_are_kept_per_session_merged_and_pruned(tmp_path: Path) -> None:
+    s1 = rec("s1", 1.0, {"t1": "ab"}, builds={"a": 1.0, "b": 2.0})
+    s1.duration("t1", 0.5)
+    s1.duration("t9", 0.25)  # a test that used no managed state
+    s2 = rec("s2", 2.0, {"t1": "ab"}, loads={"a": 0.1})
+    s2.duration("t1", 0.75)
+    s3 = rec("s3", 3.0, {"t1": "a"})
+    s3.duration("t1", 0.125)
+    with ESGStore(tmp_path / "a") as store:
+        for record in s1, s2, s3:
+            store.add_session(record)
+        p = store.prediction()
+        assert p.durations == {"t1": 0.5, "t9": 0.25}  # medians over the kept sessions
+        assert p.cost == {"a": 1.0, "b": 2.0}  # builds first; a load only where none was
+    with ESGStore(tmp_path / "a", history=2) as store:
+        store.add_session(rec("s4", 4.0, {"t2": "c"}))  # prunes s1 and s2
+        assert store.prediction().durations == {"t1": 0.125}  # t9 went with s1
+        assert sql(tmp_path / "a", "SELECT nodeid FROM tests ORDER BY nodeid") == [
+            ("t1",),
+            ("t2",),
+        ]
+    with ESGStore(tmp_path / "b") as other:
+        assert other.merge_from(tmp_path / "a") == 2
+        assert other.prediction().durations == {"t1": 0.125}
+
+
+def test_worker_records_sum_durations_and_survive_json() -> None:
+    a, b = SessionRecord("x", 1.0, "h"), SessionRecord("y", 1.0, "h")
+    a.duration("t", 0.5)
+    a.duration("t", 0.25)  # setup, then call
+    a.duration("u", -1.0)  # a phase shorter than its managed setups: counts as 0
+    b.duration("v", 1.0)
+    a.merge(b)
+    assert a.durations == {"t": 0.75, "u": 0.0, "v": 1.0}
+    assert SessionRecord.from_json(json.loads(json.dumps(a.to_json()))).durations == a.durations
+
+
+def test_a_version_1_file_gains_durations(tmp_path: Path) -> None:
+    path = tmp_path / "esg.sqlite"
+    with closing(sqlite3.connect(path)) as db:
+        for statement in esg.MIGRATIONS[0]:
+            db.execute(statement)
+        db.execute("PRAGMA user_version = 1")
+        db.commit()
+    with ESGStore(path) as store:
+        assert store.notice is None
+        record = rec("s", 1.0, {"t": "a"})
+        record.duration("t", 0.5)
+        store.add_session(record)
+        assert store.prediction().durations == {"t": 0.5}
+    assert sql(path, "PRAGMA user_version") == [(2,)]

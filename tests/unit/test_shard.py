@@ -54,6 +54,17 @@ def test_same_inputs_same_plan_in_any_dict_order() -> None:
     assert shard.split(tests, work, 4).digest() == shard.split(tests, shuffled, 4).digest()
 
 
+def test_collection_order_does_not_change_which_tests_go_together() -> None:
+    tests, work = clustered()
+    shuffled = list(tests)
+    random.Random(3).shuffle(shuffled)
+    a, b = shard.split(tests, work, 4), shard.split(shuffled, work, 4)
+    assert [set(p.tests) for p in a.parts] == [set(p.tests) for p in b.parts]
+    assert [list(p.tests) for p in b.parts] == [
+        [t for t in shuffled if t in set(p.tests)] for p in b.parts
+    ]
+
+
 def test_balanced_and_far_less_state_than_a_duration_split() -> None:
     tests, work = clustered()
     plan = shard.split(tests, work, 4)

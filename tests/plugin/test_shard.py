@@ -1,0 +1,202 @@
+"""CI shards by state affinity: N shards run every test of a plain run exactly once, with the
+same outcomes, and tests that share state land on the same shard."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from pytest_statemigrate.shard import CI_VARIABLES
+from tests.conftest import Run, Suite
+
+pytestmark = pytest.mark.timeout(300)
+
+INI = """[pytest]
+filterwarnings = error
+statemigrate_fixtures = data_*
+"""
+
+# Six session values of equal cost, each used by tests in three different modules: a split by
+# file or by duration alone pays nearly every value in every shard.
+CONFTEST = """
+import os
+import time
+import pytest
+
+def _make(name):
+    @pytest.fixture(scope="session", name=name)
+    def fixture():
+        time.sleep(0.05)
+        with open("builds.log", "a") as fh:
+            fh.write(name + "\\n")
+        return {"name": name, "rows": list(range(2000))}
+    return fixture
+
+for _i in range(6):
+    globals()[f"data_{_i}"] = _make(f"data_{_i}")
+"""
+
+
+def _module(m: int) -> str:
+    lines = []
+    for i in range(6):
+        lines.append(f"def test_{i}_a(data_{i}):\n    assert data_{i}['name'] == 'data_{i}'\n")
+        lines.append(f"def test_{i}_b(data_{i}):\n    assert len(data_{i}['rows']) == 2000\n")
+    if m == 0:
+        lines.append("def test_fails(data_1):\n    assert data_1['name'] == 'other'\n")
+        lines.append(
+            "import pytest\n@pytest.mark.skip(reason='no')\ndef test_skipped(data_2):\n    pass\n"
+        )
+        lines.append("@pytest.mark.xfail(strict=True)\ndef test_xfail(data_3):\n    assert 0\n")
+    return "".join(lines)
+
+
+@pytest.fixture
+def project(suite: Suite, monkeypatch: pytest.MonkeyPatch) -> Suite:
+    for index_var, total_var, _ in CI_VARIABLES:  # this machine's CI must not shard these runs
+        monkeypatch.delenv(index_var, raising=False)
+        monkeypatch.delenv(total_var, raising=False)
+    monkeypatch.delenv("TEST_SHARD_STATUS_FILE", raising=False)
+    suite.pytester.makeini(INI)
+    suite.pytester.makeconftest(CONFTEST)
+    suite.pytester.makepyfile(**{f"test_m{m}": _module(m) for m in range(3)})
+    return suite
+
+
+def _fresh_store(suite: Suite, name: str) -> str:
+    """A store directory holding only the recorded ESG: another CI machine's empty store."""
+    store = suite.pytester.path / name
+    store.mkdir()
+    shutil.copy(suite.pytester.path / ".statemigrate" / "esg.sqlite", store / "esg.sqlite")
+    return f"--sm-dir={store}"
+
+
+def _builds(suite: Suite) -> list[str]:
+    builds = suite.builds()
+    (suite.pytester.path / "builds.log").unlink(missing_ok=True)
+    return builds
+
+
+def _plan_line(run: Run) -> str:
+    match = re.search(r"statemigrate: shard \d+/\d+ .*plan ([0-9a-f]{12})", run.text)
+    assert match is not None, run.text
+    return match.group(1)
+
+
+def test_shards_cover_the_suite_once_with_plain_outcomes(project: Suite) -> None:
+    plain = project.plain()
+    assert set(plain.outcomes.values()) == {"passed", "failed", "skipped", "xfailed"}
+    project.same_as_plain()  # records the ESG: which test uses which value, and their costs
+    _builds(project)
+    seen: dict[str, str] = {}
+    digests = set()
+    builds: list[str] = []
+    for i in range(1, 4):
+        run = project.run(f"--sm-shard={i}/3", _fresh_store(project, f"shard{i}"))
+        digests.add(_plan_line(run))
+        assert not set(run.outcomes) & set(seen), "a test ran on two shards"
+        seen.update(run.outcomes)
+        builds += _builds(project)
+    assert seen == plain.outcomes
+    assert len(digests) == 1  # every shard computed the same plan
+    # State affinity: each value is built on one shard only (two values per shard).
+    assert sorted(builds) == [f"data_{i}" for i in range(6)]
+
+
+def test_tests_the_esg_never_saw_are_split_exactly_once(project: Suite) -> None:
+    plain = project.plain()
+    seen: dict[str, str] = {}
+    for i in range(1, 3):
+        run = project.run(f"--sm-shard={i}/2", f"--sm-dir=cold{i}")  # no ESG: a stable hash
+        assert "0 tests known to the ESG" in run.text
+        assert not set(run.outcomes) & set(seen)
+        seen.update(run.outcomes)
+    assert seen == plain.outcomes
+
+
+def test_ci_variables_choose_the_shard(project: Suite, monkeypatch: pytest.MonkeyPatch) -> None:
+    project.run()  # the ESG; each run below starts from a copy of it, as CI shards do
+    explicit = project.run("--sm-shard=2/3", _fresh_store(project, "explicit"))
+    monkeypatch.setenv("CI_NODE_TOTAL", "3")
+    monkeypatch.setenv("CI_NODE_INDEX", "2")  # GitLab counts from 1
+    gitlab = project.run(_fresh_store(project, "gitlab"))
+    assert "(CI_NODE_INDEX/CI_NODE_TOTAL)" in gitlab.text
+    assert gitlab.outcomes == explicit.outcomes
+    off = project.run("--sm-shard=off", _fresh_store(project, "off"))
+    assert set(off.outcomes) == set(project.plain().outcomes)
+    monkeypatch.setenv("CI_NODE_INDEX", "0")
+    bad = project.run()
+    assert bad.result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "CI_NODE_INDEX='0' and CI_NODE_TOTAL='3' name no shard" in bad.text
+    monkeypatch.delenv("CI_NODE_INDEX")
+    monkeypatch.delenv("CI_NODE_TOTAL")
+
+    status = project.pytester.path / "bazel-status"
+    monkeypatch.setenv("TEST_TOTAL_SHARDS", "3")
+    monkeypatch.setenv("TEST_SHARD_INDEX", "1")  # Bazel counts from 0
+    monkeypatch.setenv("TEST_SHARD_STATUS_FILE", str(status))
+    bazel = project.run(_fresh_store(project, "bazel"))
+    assert status.exists()  # the runner tells Bazel that it shards
+    assert bazel.outcomes == explicit.outcomes
+
+
+def test_variables_alone_never_split_a_suite_that_manages_nothing(
+    project: Suite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.pytester.makeini("[pytest]\nfilterwarnings = error\n")
+    monkeypatch.setenv("CIRCLE_NODE_TOTAL", "4")
+    monkeypatch.setenv("CIRCLE_NODE_INDEX", "0")
+    run = project.run()
+    assert "statemigrate: shard" not in run.text
+    assert set(run.outcomes) == set(project.plain().outcomes)
+
+
+def test_a_shard_under_xdist_runs_the_same_tests(project: Suite) -> None:
+    project.run()  # the ESG
+    alone = project.run("--sm-shard=1/2", _fresh_store(project, "alone"))
+    spread = project.run("--sm-shard=1/2", "-n", "2", _fresh_store(project, "spread"))
+    assert spread.outcomes == alone.outcomes
+    assert 0 < len(alone.outcomes) < len(project.plain().outcomes)
+
+
+def test_bad_shard_values_are_one_line(project: Suite) -> None:
+    for value in ("3/2", "0/2", "x", "1/"):
+        run = project.run(f"--sm-shard={value}")
+        assert run.result.ret == pytest.ExitCode.USAGE_ERROR
+        assert "is not I/N with 1 <= I <= N" in run.text
+    project.pytester.makeini(INI + "statemigrate_shard = 2-4\n")
+    run = project.run()
+    assert "bad value for statemigrate_shard: '2-4' is not I/N" in run.text
+
+
+def test_statemigrate_shard_prints_the_plan_the_shards_run(project: Suite) -> None:
+    project.run()
+    digests, selected = set(), []
+    for i in range(1, 3):
+        run = project.run(f"--sm-shard={i}/2", _fresh_store(project, f"s{i}"))
+        digests.add(_plan_line(run))
+        selected.append(sorted(run.outcomes))
+    cli = subprocess.run(
+        [
+            *(sys.executable, "-m", "pytest_statemigrate.cli", "shard", "2", "--tests"),
+            *("--", "-p", "no:randomly", "-p", "no:cacheprovider"),
+        ],
+        cwd=project.pytester.path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert f"plan {digests.pop()}" in cli.stdout
+    listed = [[], []]  # type: list[list[str]]
+    for line in cli.stdout.splitlines():
+        if line.startswith("shard "):
+            current = listed[int(line.split()[1].split("/")[0]) - 1]
+        elif line.startswith("    "):
+            current.append(line.strip())
+    assert [sorted(x) for x in listed] == selected
+    assert "longest ~" in cli.stdout

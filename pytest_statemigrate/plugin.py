@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
@@ -18,7 +18,8 @@ FIXTURE_HOOKS = "statemigrate-fixtures"
 WORKER_KEY = "statemigrate_agent"
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.register(_DistChoice(parser), "statemigrate-dist-choice")
     group = parser.getgroup("statemigrate", "pytest-statemigrate: managed fixture state")
     group.addoption(
         "--sm-fixtures",
@@ -100,6 +101,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     for name, (text, kind) in st.INI.items():
         parser.addini(name, text, type=kind)  # type: ignore[arg-type]
+
+
+DIST: Final = "statemigrate"  # --dist statemigrate: pytest-xdist by state affinity
+
+
+class _DistChoice:
+    """Adds ``statemigrate`` to pytest-xdist's ``--dist`` choices once xdist's options exist
+    (it may register before or after this plugin). xdist asks ``pytest_xdist_make_scheduler``
+    for any mode it does not know; its option only lists its own."""
+
+    def __init__(self, parser: pytest.Parser) -> None:
+        self.parser = parser
+        self.done = False
+
+    def pytest_plugin_registered(self, manager: pytest.PytestPluginManager) -> None:
+        if self.done or not manager.has_plugin("xdist"):
+            return
+        self.done = True
+        for option in self.parser.getgroup("xdist").options:
+            choices = option.attrs().get("choices")
+            if "--dist" in option.names() and isinstance(choices, list) and DIST not in choices:
+                choices.append(DIST)  # the list argparse checks against, too
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -323,6 +346,32 @@ class _XdistController:
         endpoint = self.hooks.session.shared_endpoint()
         if endpoint is not None:
             node.workerinput[WORKER_KEY] = endpoint
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        if config.getvalue("dist") != DIST:
+            return None
+        from xdist.report import report_collection_diff
+        from xdist.workermanage import parse_tx_spec_config
+
+        from .shard import AffinityScheduling, Workload, esg_workload, unit_indices
+
+        settings = self.hooks.settings
+
+        def plan(collection: list[str], workers: int) -> list[list[int]]:
+            try:
+                work = esg_workload(settings.store_dir / "esg.sqlite", settings.history)
+            except Exception as exc:  # scheduling by module instead never costs a test
+                self.hooks.session.stats.fallback(f"--dist {DIST}: ESG not read ({exc!r})")
+                work = Workload({}, {}, {})
+            return unit_indices(collection, work, workers)
+
+        def report_diff(first: list[str], other: list[str]) -> None:
+            message = report_collection_diff(first, other, "gw0", "another worker")
+            report = pytest.CollectReport("", "failed", message, [])
+            config.hook.pytest_collectreport(report=report)
+
+        return AffinityScheduling(len(parse_tx_spec_config(config)), plan, log, report_diff)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:

@@ -458,3 +458,147 @@ def select(
         f"~{plan.longest:.1f}s); {seen} tests known to the ESG; plan {plan.digest()}{note}"
     )
     return set(part.tests), line
+
+
+# --------------------------------------------------------------------------- --dist statemigrate
+
+MIN_PENDING: Final = 2  # a worker holds its last test until it gets more or is shut down
+
+
+class AffinityScheduling:
+    """pytest-xdist's scheduler for ``--dist statemigrate``: units of tests that share state.
+
+    Implements xdist's ``Scheduling`` protocol by duck typing (this module imports no xdist).
+    ``plan`` turns the collection (node ids) and the number of workers into units (lists of
+    indices into the collection, the longest first: :func:`units`). An idle worker (fewer than
+    :data:`MIN_PENDING` tests pending) gets the next whole unit, so a unit's tests run in one
+    process one after another and pay their state once; when none is left, an idle worker
+    steals the second half of the busiest worker's pending tests (as ``--dist worksteal``),
+    and when there is nothing left to steal, idle workers are shut down.
+    """
+
+    def __init__(
+        self,
+        numnodes: int,
+        plan: Any,
+        log: Any = None,
+        report_diff: Any = None,
+    ) -> None:
+        """:param report_diff: called with two different collections: reports the run's
+        collection error (xdist's way: a failed collect report naming the difference)."""
+        self.numnodes = numnodes
+        self.plan = plan
+        self.log = log if log is not None else (lambda *args: None)
+        self.report_diff = report_diff  # xdist's report_collection_diff, when it is there
+        self.node2collection: dict[Any, list[str]] = {}
+        self.node2pending: dict[Any, list[int]] = {}
+        self.collection: list[str] | None = None
+        self.units: list[list[int]] = []
+        self.stealing_from: Any = None
+        self.unit_count = 0
+
+    @property
+    def nodes(self) -> list[Any]:
+        return list(self.node2pending)
+
+    @property
+    def collection_is_completed(self) -> bool:
+        return len(self.node2collection) >= self.numnodes
+
+    @property
+    def tests_finished(self) -> bool:
+        if not self.collection_is_completed or self.units or self.stealing_from is not None:
+            return False
+        return all(len(pending) < MIN_PENDING for pending in self.node2pending.values())
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self.units) or any(self.node2pending.values())
+
+    def add_node(self, node: Any) -> None:
+        self.node2pending[node] = []
+
+    def add_node_collection(self, node: Any, collection: Sequence[str]) -> None:
+        late = self.collection_is_completed and self.collection is not None
+        if late and list(collection) != self.collection:
+            self.log(f"{node}: a different collection; it gets no tests")
+            return
+        self.node2collection[node] = list(collection)
+
+    def mark_test_complete(self, node: Any, item_index: int, duration: float = 0) -> None:
+        self.node2pending[node].remove(item_index)
+        self.check_schedule()
+
+    def mark_test_pending(self, item: str) -> None:
+        assert self.collection is not None
+        self.units.insert(0, [self.collection.index(item)])
+        self.check_schedule()
+
+    def remove_pending_tests_from_node(self, node: Any, indices: Sequence[int]) -> None:
+        """The worker gave back these of the tests it was asked to (a steal)."""
+        if node is self.stealing_from:
+            self.stealing_from = None
+        given = set(indices)
+        self.node2pending[node] = [i for i in self.node2pending[node] if i not in given]
+        if indices:
+            self.units.insert(0, sorted(indices))
+        self.check_schedule()
+
+    def remove_node(self, node: Any) -> str | None:
+        pending = self.node2pending.pop(node)
+        crashitem = None
+        if pending:
+            assert self.collection is not None
+            crashitem = self.collection[pending.pop(0)]
+            if pending:
+                self.units.insert(0, pending)
+        if self.stealing_from is node:
+            self.stealing_from = None
+        self.check_schedule()
+        return crashitem
+
+    def schedule(self) -> None:
+        assert self.collection_is_completed
+        if self.collection is not None:
+            self.check_schedule()
+            return
+        collections = list(self.node2collection.values())
+        first = collections[0]
+        if any(c != first for c in collections[1:]):
+            self.log("**Different tests collected, aborting run**")
+            if self.report_diff is not None:
+                self.report_diff(first, next(c for c in collections if c != first))
+            return
+        self.collection = first
+        if not first:
+            return
+        self.units = [list(u) for u in self.plan(first, max(1, len(self.node2pending)))]
+        self.unit_count = len(self.units)
+        self.check_schedule()
+
+    def check_schedule(self) -> None:
+        up = [(n, p) for n, p in self.node2pending.items() if not n.shutting_down]
+        idle = [n for n, p in up if len(p) < MIN_PENDING]
+        for node in idle:
+            if not self.units:
+                break
+            unit = self.units.pop(0)
+            self.node2pending[node].extend(unit)
+            node.send_runtest_some(unit)
+        idle = [n for n, p in up if len(p) < MIN_PENDING]
+        if not idle or self.units or self.stealing_from is not None:
+            return
+        busiest = max(up, key=lambda np: len(np[1]), default=None)
+        steal = 0 if busiest is None else min(len(busiest[1]) // 2, len(busiest[1]) - MIN_PENDING)
+        if steal <= 0 or busiest is None:
+            for node in idle:
+                node.shutdown()
+            return
+        busiest[0].send_steal(busiest[1][-steal:])
+        self.stealing_from = busiest[0]
+
+
+def unit_indices(collection: Sequence[str], work: Workload, workers: int) -> list[list[int]]:
+    """:func:`units` as lists of indices into ``collection``, in collection order each."""
+    index = {test: i for i, test in enumerate(collection)}
+    return [[index[t] for t in part.tests] for part in units(collection, work, workers).parts]

@@ -200,3 +200,35 @@ def test_statemigrate_shard_prints_the_plan_the_shards_run(project: Suite) -> No
             current.append(line.strip())
     assert [sorted(x) for x in listed] == selected
     assert "longest ~" in cli.stdout
+
+
+def _loads(run: Run) -> int:
+    """Values the workers got from the agent or built: each worker pays each value it uses."""
+    assert run.stats is not None, run.text
+    return sum(run.stats["hits"].values()) + int(run.stats["builds"])
+
+
+def test_dist_statemigrate_keeps_outcomes_and_state_together(project: Suite) -> None:
+    plain = project.plain("-n", "2")
+    project.same_as_plain()  # the ESG
+    cold = project.run("-n", "2", "--dist", "statemigrate", "--sm-dir=.statemigrate")
+    assert cold.outcomes == plain.outcomes
+    assert (
+        "scheduling tests via AffinityScheduling"
+        in project.run("-n", "2", "--dist", "statemigrate", "-v").text
+    )
+    warm = project.run("-n", "2", "--dist", "statemigrate")
+    by_load = project.run("-n", "2", "--dist", "load")
+    assert warm.outcomes == by_load.outcomes == plain.outcomes
+    # Six values; a worker that runs a value's tests pays it once. Units keep each value's
+    # tests on one worker (a steal at the end may split one).
+    assert _loads(warm) <= 8 < _loads(by_load), (warm.stats, by_load.stats)
+
+
+def test_dist_statemigrate_without_an_esg_or_the_plugin(project: Suite) -> None:
+    plain = project.plain("-n", "2")
+    cold = project.run("-n", "2", "--dist", "statemigrate")  # no ESG yet: units by module
+    assert cold.outcomes == plain.outcomes
+    off = project.plain("-n", "2", "--dist", "statemigrate")  # -p no:statemigrate
+    assert off.result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "invalid choice: 'statemigrate'" in off.text

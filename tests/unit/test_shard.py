@@ -145,3 +145,111 @@ def test_any_input_covers_every_test_once_deterministically(
     # No part pays more than a part that ran everything would.
     everything = shard.split(tests, work, 1)
     assert plan.longest <= everything.longest + 1e-6
+
+
+# --------------------------------------------------------------------------- the xdist scheduler
+
+
+class Worker:
+    """A stand-in for xdist's WorkerController: records what the scheduler asks of it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.queue: list[int] = []
+        self.ran: list[int] = []
+        self.shutting_down = False
+        self.steal: list[int] | None = None
+
+    def send_runtest_some(self, indices: list[int]) -> None:
+        self.queue.extend(indices)
+
+    def send_steal(self, indices: list[int]) -> None:
+        self.steal = list(indices)
+
+    def shutdown(self) -> None:
+        self.shutting_down = True
+
+
+def simulate(
+    sched: shard.AffinityScheduling, workers: list[Worker], collection: list[str], seed: int
+) -> None:
+    """Drive the scheduler as xdist's DSession would, workers finishing tests in random turns.
+    A worker runs a test only while it knows the next one (or is shutting down), as xdist's."""
+    rng = random.Random(seed)
+    for w in workers:
+        sched.add_node(w)
+    for w in workers:
+        sched.add_node_collection(w, collection)
+    sched.schedule()
+    for _ in range(10 * len(collection) + 100):
+        if sched.tests_finished and all(not w.queue or w.shutting_down for w in workers):
+            break
+        w = rng.choice(workers)
+        if w.steal is not None:  # answer a steal: give back what has not started
+            given = [i for i in w.steal if i in w.queue[1:]]
+            w.queue = [i for i in w.queue if i not in given]
+            w.steal = None
+            sched.remove_pending_tests_from_node(w, given)
+        elif w.queue and (len(w.queue) >= 2 or w.shutting_down):
+            test = w.queue.pop(0)
+            w.ran.append(test)
+            sched.mark_test_complete(w, test)
+    for w in workers:  # shut down: a worker runs what it still holds
+        while w.queue:
+            test = w.queue.pop(0)
+            w.ran.append(test)
+            sched.mark_test_complete(w, test)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 4), st.integers(0, 2**16), st.integers(1, 40))
+def test_scheduler_runs_every_test_once(nodes: int, seed: int, size: int) -> None:
+    tests, work = clustered(clusters=4, tests_per=size, seed=seed)
+    tests.append("tests/test_new.py::test_unseen")
+    sched = shard.AffinityScheduling(nodes, lambda c, n: shard.unit_indices(c, work, n))
+    workers = [Worker(f"gw{i}") for i in range(nodes)]
+    simulate(sched, workers, tests, seed)
+    ran = sorted(i for w in workers for i in w.ran)
+    assert ran == list(range(len(tests)))
+    assert sched.tests_finished and not sched.has_pending
+
+
+def test_scheduler_gives_whole_units_longest_first() -> None:
+    tests, work = clustered(clusters=6, tests_per=10)
+    planned = shard.unit_indices(tests, work, 2)
+    sched = shard.AffinityScheduling(2, lambda c, n: planned)
+    a, b = Worker("gw0"), Worker("gw1")
+    for w in a, b:
+        sched.add_node(w)
+        sched.add_node_collection(w, tests)
+    sched.schedule()
+    assert a.queue == planned[0] and b.queue == planned[1]
+    assert sched.unit_count == len(planned) > 2
+
+
+def test_a_crashed_worker_s_tests_go_to_another() -> None:
+    tests, _ = clustered(clusters=2, tests_per=5)
+    sched = shard.AffinityScheduling(2, lambda c, n: [list(range(len(c)))])
+    a, b = Worker("gw0"), Worker("gw1")
+    for w in a, b:
+        sched.add_node(w)
+        sched.add_node_collection(w, tests)
+    sched.schedule()
+    assert a.queue == list(range(len(tests))) and not b.queue
+    assert sched.remove_node(a) == tests[0]  # the test it was running crashed it
+    assert b.queue == list(range(1, len(tests)))
+
+
+def test_different_collections_are_reported() -> None:
+    reported: list[tuple[list[str], list[str]]] = []
+    sched = shard.AffinityScheduling(
+        2, lambda c, n: [[0]], report_diff=lambda x, y: reported.append((x, y))
+    )
+    a, b = Worker("gw0"), Worker("gw1")
+    for w in a, b:
+        sched.add_node(w)
+    sched.add_node_collection(a, ["t1"])
+    sched.add_node_collection(b, ["t2"])
+    sched.schedule()
+    assert reported == [(["t1"], ["t2"])]
+    assert not a.queue and not b.queue

@@ -175,10 +175,14 @@ class AgentClient:
                 "has no keys (create them with `statemigrate keys`)"
             )
         if mismatch:
-            return "handshake failed: this client uses CURVE keys but the agent does not"
+            return (
+                "handshake failed: this client uses CURVE keys but the agent does not (start "
+                "it with --curve-dir)"
+            )
+        # zmq gives no detail for a wrong server key, nor always for a mismatch.
         return (
-            "CURVE handshake failed: is the server.key in "
-            f"{self._curve.directory} this agent's public key?"
+            "CURVE handshake failed: does the agent run with --curve-dir, and is the server.key "
+            f"in {self._curve.directory} its public key?"
         )
 
     def close(self, *, stop_zmq_gc: bool = True) -> None:

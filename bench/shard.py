@@ -43,14 +43,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import PY, SCRATCH, BenchError, bench_env, log, setup_venv  # noqa: E402
+from run import PY, SCRATCH, BenchError, bench_env, log, setup_venv
 
 SUITE = SCRATCH / "shard-suite"
 RESULTS = Path(__file__).resolve().parent / "results" / "shard.json"
 SHARDS = 4
 CLUSTERS, PER_CLUSTER, MODULES, TESTS_PER_MODULE = 6, 4, 12, 20
 
-CONFTEST = '''
+CONFTEST = """
 import hashlib
 import random
 import pytest
@@ -80,7 +80,7 @@ def _make(name, seconds, nbytes):
 @pytest.fixture
 def cpu():
     return _work
-'''
+"""
 
 
 def units_per_second() -> int:
@@ -178,7 +178,9 @@ def shard_round(splitter: str) -> dict[str, Any]:
             args = ["--sm-shard=off", "--splits", str(SHARDS), "--group", str(i)]
             args += ["--splitting-algorithm", "least_duration"]
         store = fresh_store(f"{splitter}-{i}")
-        wall, stats, _ = pytest_run(SUITE, store, f"--sm-stats-json={SUITE / '.bench-stats.json'}", *args)
+        wall, stats, _ = pytest_run(
+            SUITE, store, f"--sm-stats-json={SUITE / '.bench-stats.json'}", *args
+        )
         walls.append(wall)
         states.append(state_seconds(stats))
     mean = statistics.mean(walls)
@@ -193,7 +195,13 @@ def shard_round(splitter: str) -> dict[str, Any]:
 def workers_round(dist: str) -> dict[str, Any]:
     stats_path = SUITE / ".bench-stats.json"
     wall, stats, _ = pytest_run(
-        SUITE, "--sm-dir=.warm", "--sm-shard=off", "-n", "2", "--dist", dist,
+        SUITE,
+        "--sm-dir=.warm",
+        "--sm-shard=off",
+        "-n",
+        "2",
+        "--dist",
+        dist,
         f"--sm-stats-json={stats_path}",
     )
     assert stats is not None
@@ -256,7 +264,9 @@ def tables(results: dict[str, Any], markdown: bool) -> str:
     out = []
 
     def row(cells: list[str]) -> str:
-        return ("| " + " | ".join(cells) + " |") if markdown else "  ".join(f"{c:>14}" for c in cells)
+        return (
+            ("| " + " | ".join(cells) + " |") if markdown else "  ".join(f"{c:>14}" for c in cells)
+        )
 
     med = statistics.median
     shards = results.get("shards") or {}

@@ -64,7 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--bind",
         required=True,
         metavar="ENDPOINT",
-        help="ipc://PATH or loopback tcp://127.0.0.1:PORT (PORT may be *)",
+        help="ipc://PATH or loopback tcp://127.0.0.1:PORT (PORT may be *); with --curve-dir "
+        "also any tcp://HOST:PORT, e.g. tcp://0.0.0.0:5555",
+    )
+    parser.add_argument(
+        "--curve-dir",
+        metavar="DIR",
+        help="serve CURVE with the keys in DIR (made by `statemigrate keys`): the agent's "
+        "server.key_secret, and authorized/*.key, the public keys of the clients it accepts "
+        "(SIGHUP rereads them); required for a non-loopback --bind",
     )
     parser.add_argument(
         "--ram-bytes",
@@ -119,10 +127,24 @@ def main(argv: list[str] | None = None) -> int:
     """Run an agent; returns the exit status (2: usage error or refused bind)."""
     args = build_parser().parse_args(argv)
     try:
-        check_endpoint(args.bind)
+        check_endpoint(args.bind, curve=args.curve_dir is not None)
     except BindRefused as exc:
-        print(f"nodeagent: error: {exc}", file=sys.stderr, flush=True)
+        fix = (
+            ": create keys with `statemigrate keys DIR` and pass --curve-dir DIR"
+            if exc.needs_keys
+            else ""
+        )
+        print(f"nodeagent: error: {exc}{fix}", file=sys.stderr, flush=True)
         return 2
+    curve = None
+    if args.curve_dir is not None:
+        from nodeagent.curve import KeysError, ServerKeys
+
+        try:
+            curve = ServerKeys.load(args.curve_dir)
+        except KeysError as exc:
+            print(f"nodeagent: error: --curve-dir: {exc}", file=sys.stderr, flush=True)
+            return 2
     logging.basicConfig(
         level=args.log_level,
         stream=sys.stderr,
@@ -140,10 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.store is not None:
         store = StoreTier(args.store, args.store_latency, args.store_bandwidth)
     tiers = TieredStore(RamTier(args.ram_bytes), disk, store)
-    server = AgentServer(args.bind, tiers, LeaseTable(), parent_pid=args.parent_pid)
+    server = AgentServer(args.bind, tiers, LeaseTable(), parent_pid=args.parent_pid, curve=curve)
     # SIGTERM (a launcher stopping an agent it never waited for) ends the loop like Ctrl-C,
     # so the tiers are closed on the way out.
     signal.signal(signal.SIGTERM, _interrupt)
+    if curve is not None and hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda signum, frame: server.reload_keys())
     try:
         try:
             endpoint = server.bind()

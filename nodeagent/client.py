@@ -3,6 +3,13 @@
 The client owns its zmq context; :meth:`AgentClient.close` closes the socket, terminates the
 context and stops pyzmq's zero-copy garbage-collector thread when it is idle, so no zmq thread
 is left in the process afterwards (invariant 6: tests may fork).
+
+Authentication: with ``curve`` keys the socket talks CURVE (``nodeagent.curve``). A zmq peer
+that fails the handshake (no keys for a CURVE agent, a key the agent does not authorize, the
+wrong server key) is dropped without a word, so the client watches its socket's handshake
+events (a monitor: an inproc PAIR socket in the client's own context, no thread) until the
+first handshake succeeds, and fails the waiting request at once with ``auth`` instead of
+letting it run into its timeout.
 """
 
 from __future__ import annotations
@@ -13,7 +20,9 @@ from types import TracebackType
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
+from nodeagent.curve import ClientKeys
 from nodeagent.protocol import (
     MAX_KEYS,
     BindRefused,
@@ -30,13 +39,20 @@ __all__ = ["AgentClient", "AgentError", "Fetched", "LeaseReply"]
 
 GC_IDLE_WAIT = 1.0  # s: longest wait for pyzmq's gc thread to release our sent buffers
 INTERRUPT_POLL_MS = 100  # ms between checks of ``interrupt`` while waiting for a reply
+_HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 
 
 class AgentError(Exception):
     """Anything that went wrong talking to an agent; the message names the endpoint.
 
     :param error: the agent's error name for an error reply (``bad-field`` ...), else a local
-        name: ``timeout``, ``refused``, ``protocol``, ``closed``, ``zmq``.
+        name: ``timeout``, ``refused``, ``protocol``, ``closed``, ``zmq``, ``auth`` (the
+        handshake failed: keys missing, not authorized or wrong).
     """
 
     def __init__(self, endpoint: str, error: str, message: str) -> None:
@@ -70,6 +86,8 @@ class AgentClient:
     :param interrupt: when given, checked every 100 ms while waiting for a reply; once it
         returns True the request fails (``interrupted``). The agent's migration thread uses
         it so that stopping the agent does not wait for a slow peer.
+    :param curve: this client's key pair and the agent's public key; required for an endpoint
+        that is not ipc:// or loopback, and then the agent must run with ``--curve-dir``.
     """
 
     def __init__(
@@ -77,19 +95,23 @@ class AgentClient:
         endpoint: str,
         timeout: float = 5.0,
         interrupt: Callable[[], bool] | None = None,
+        curve: ClientKeys | None = None,
     ) -> None:
         try:
-            check_endpoint(endpoint)
+            check_endpoint(endpoint, curve=curve is not None)
         except BindRefused as exc:
-            raise AgentError(endpoint, "refused", str(exc)) from None
+            hint = " (pass the client keys: curve=ClientKeys.load(DIR))" if exc.needs_keys else ""
+            raise AgentError(endpoint, "refused", f"{exc}{hint}") from None
         if "*" in endpoint:
             raise AgentError(endpoint, "refused", "cannot connect to a wildcard port")
         self.endpoint = endpoint
         self.timeout = timeout
         self._interrupt = interrupt
+        self._curve = curve
         self._next_id = 0
         self._context: zmq.Context[zmq.Socket[bytes]] | None = zmq.Context()
         self._socket: zmq.Socket[bytes] | None = None
+        self._monitor: zmq.Socket[bytes] | None = None  # handshake events, until one succeeds
         self._open_socket()
 
     # -- lifecycle
@@ -98,17 +120,70 @@ class AgentClient:
         assert self._context is not None
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        if self._curve is not None:
+            sock.curve_secretkey = self._curve.secret
+            sock.curve_publickey = self._curve.public
+            sock.curve_serverkey = self._curve.server
+        self._socket = sock
         try:
+            self._monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
             sock.connect(self.endpoint)
         except zmq.ZMQError as exc:
-            sock.close(linger=0)
+            self._close_socket()
             raise AgentError(self.endpoint, "zmq", str(exc)) from None
-        self._socket = sock
 
     def _close_socket(self) -> None:
+        self._stop_monitor()
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None
+
+    def _stop_monitor(self) -> None:
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            if self._socket is not None:
+                self._socket.disable_monitor()
+            monitor.close(linger=0)
+
+    def _check_handshake(self) -> None:
+        """Read the monitor's events: stop watching after a handshake succeeded; a failed one
+        raises ``auth`` at once (zmq itself would only retry, silently)."""
+        monitor = self._monitor
+        assert monitor is not None
+        while monitor.poll(0):
+            message = parse_monitor_message(monitor.recv_multipart())
+            event, value = int(message["event"]), int(message["value"])
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._stop_monitor()
+                return
+            self._close_socket()
+            raise AgentError(self.endpoint, "auth", self._handshake_failure(event, value))
+
+    def _handshake_failure(self, event: int, value: int) -> str:
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            return (
+                f"the agent refused this client's key (status {value}): add the client's "
+                "public key (client.key) to the agent's authorized directory"
+            )
+        mismatch = (
+            event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+        )
+        if self._curve is None:
+            return (
+                "handshake failed: the agent requires CURVE authentication and this client "
+                "has no keys (create them with `statemigrate keys`)"
+            )
+        if mismatch:
+            return (
+                "handshake failed: this client uses CURVE keys but the agent does not (start "
+                "it with --curve-dir)"
+            )
+        # zmq gives no detail for a wrong server key, nor always for a mismatch.
+        return (
+            "CURVE handshake failed: does the agent run with --curve-dir, and is the server.key "
+            f"in {self._curve.directory} its public key?"
+        )
 
     def close(self, *, stop_zmq_gc: bool = True) -> None:
         """Close the socket and the context; no zmq thread remains afterwards.
@@ -173,7 +248,10 @@ class AgentClient:
                         self._close_socket()
                         raise AgentError(self.endpoint, "interrupted", f"{op.value} given up")
                     remaining_ms = min(remaining_ms, INTERRUPT_POLL_MS)
-                if not sock.poll(remaining_ms, zmq.POLLIN):
+                if self._monitor is not None:
+                    if not self._poll_with_monitor(sock, remaining_ms):
+                        continue
+                elif not sock.poll(remaining_ms, zmq.POLLIN):
                     continue
                 parts = sock.recv_multipart(copy=False)
                 try:
@@ -192,8 +270,27 @@ class AgentClient:
             self._close_socket()
             raise AgentError(self.endpoint, "zmq", f"{op.value}: {exc}") from None
         # Timed out: a fresh socket next time, so a late reply cannot be taken for another.
+        connected = self._monitor is None
         self._close_socket()
-        raise AgentError(self.endpoint, "timeout", f"no reply to {op.value} within {timeout:g} s")
+        hint = "" if connected else " (no connection made: is the agent running at this endpoint?)"
+        raise AgentError(
+            self.endpoint, "timeout", f"no reply to {op.value} within {timeout:g} s{hint}"
+        )
+
+    def _poll_with_monitor(self, sock: zmq.Socket[bytes], timeout_ms: int) -> bool:
+        """Wait for a reply on ``sock`` while watching the handshake; True when one is there.
+
+        :raises AgentError: ``auth`` as soon as the handshake fails.
+        """
+        monitor = self._monitor
+        assert monitor is not None
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        events = dict(poller.poll(timeout_ms))
+        if monitor in events:
+            self._check_handshake()
+        return sock in events
 
     # -- ops
 

@@ -19,8 +19,9 @@ from types import TracebackType
 from typing import IO, Any, Final
 
 from nodeagent.client import AgentClient, AgentError
+from nodeagent.curve import ClientKeys, KeysError
 
-__all__ = ["AgentProcess", "spawn_agent", "start_agent"]
+__all__ = ["AgentProcess", "local_endpoint", "spawn_agent", "start_agent"]
 
 READY_PREFIX: Final = "nodeagent ready "
 STDERR_TAIL_BYTES: Final = 2000  # bytes of the agent's stderr quoted in a start failure
@@ -49,9 +50,12 @@ class AgentProcess:
         endpoint: str,
         temp_dir: str,
         log_path: str,
+        client_keys: ClientKeys | None = None,
     ) -> None:
         self.process = process
         self.endpoint = endpoint
+        #: Keys this launcher talks to its CURVE agent with (PING when ready, SHUTDOWN).
+        self.client_keys = client_keys
         self.pid = process.pid
         self.log_path = log_path
         self._temp_dir: str | None = temp_dir
@@ -78,11 +82,15 @@ class AgentProcess:
             if proc.returncode is not None:
                 raise fail(f"agent exited with status {proc.returncode}") from None
             raise fail(f"agent not ready within {timeout:g} s")
-        self.endpoint = line[len(READY_PREFIX) :].strip()
+        self.endpoint = local_endpoint(line[len(READY_PREFIX) :].strip())
         assert proc.stdout is not None
         proc.stdout.close()
         try:
-            with AgentClient(self.endpoint, timeout=max(0.5, deadline - time.monotonic())) as c:
+            with AgentClient(
+                self.endpoint,
+                timeout=max(0.5, deadline - time.monotonic()),
+                curve=self.client_keys,
+            ) as c:
                 c.ping()
         except AgentError as exc:
             raise fail(f"agent does not answer PING: {exc}") from None
@@ -99,7 +107,9 @@ class AgentProcess:
         if proc.poll() is None and self.ready:
             with (
                 contextlib.suppress(AgentError),
-                AgentClient(self.endpoint, timeout=min(timeout, 2.0)) as client,
+                AgentClient(
+                    self.endpoint, timeout=min(timeout, 2.0), curve=self.client_keys
+                ) as client,
             ):
                 client.shutdown()
                 asked = True
@@ -132,6 +142,19 @@ class AgentProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def local_endpoint(endpoint: str) -> str:
+    """The endpoint a process on this machine connects to for an agent bound to ``endpoint``:
+    a wildcard address (``0.0.0.0``, ``[::]``, ``*``) becomes the loopback address."""
+    for wildcard, loopback in (
+        ("tcp://0.0.0.0:", "tcp://127.0.0.1:"),
+        ("tcp://*:", "tcp://127.0.0.1:"),
+        ("tcp://[::]:", "tcp://[::1]:"),
+    ):
+        if endpoint.startswith(wildcard):
+            return loopback + endpoint[len(wildcard) :]
+    return endpoint
 
 
 def _read_ready_line(proc: subprocess.Popen[bytes], deadline: float) -> str | None:
@@ -176,6 +199,7 @@ def spawn_agent(
     python: str = sys.executable,
     log_file: str | None = None,
     log_level: str | None = None,
+    curve_dir: str | None = None,
 ) -> AgentProcess:
     """Start an agent process without waiting for it: call :meth:`AgentProcess.wait_ready`.
 
@@ -183,7 +207,18 @@ def spawn_agent(
     :param disk_dir: disk tier directory; None runs the agent without a disk tier.
     :param store_latency: seconds added to every store read (slow-store simulation).
     :param store_bandwidth: cap on store read throughput, bytes/s (slow-store simulation).
+    :param curve_dir: serve CURVE with the keys in this directory (``--curve-dir``); the
+        launcher talks to the agent with the client keys of the same directory, which must
+        hold them too (as ``statemigrate keys`` makes it).
     """
+    client_keys = None
+    if curve_dir is not None:
+        try:
+            client_keys = ClientKeys.load(curve_dir)
+        except KeysError as exc:
+            raise AgentError(
+                bind or "agent", "start", f"no client keys to reach it: {exc}"
+            ) from None
     temp_dir = tempfile.mkdtemp(prefix="sm-")
     if bind is None:
         bind = "tcp://127.0.0.1:*" if os.name == "nt" else f"ipc://{temp_dir}/agent.sock"
@@ -204,6 +239,8 @@ def spawn_agent(
         cmd += ["--parent-pid", str(parent_pid)]
     if log_level is not None:
         cmd += ["--log-level", log_level]
+    if curve_dir is not None:
+        cmd += ["--curve-dir", curve_dir]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
     log_fh: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
@@ -222,4 +259,4 @@ def spawn_agent(
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise AgentError(bind, "start", f"cannot run {python}: {exc}") from None
     log_fh.close()
-    return AgentProcess(proc, bind, temp_dir, log_path)
+    return AgentProcess(proc, bind, temp_dir, log_path, client_keys)

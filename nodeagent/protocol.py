@@ -151,7 +151,15 @@ class ProtocolError(Exception):
 
 
 class BindRefused(ValueError):
-    """An endpoint the agent must not bind (or a client must not use) without CURVE."""
+    """An endpoint the agent must not bind (or a client must not use).
+
+    :param needs_keys: the endpoint is a well-formed tcp endpoint that is not loopback: it is
+        allowed with CURVE keys, and the caller's message should name how to give them.
+    """
+
+    def __init__(self, message: str, needs_keys: bool = False) -> None:
+        super().__init__(message)
+        self.needs_keys = needs_keys
 
 
 Buffer = bytes | bytearray | memoryview
@@ -433,18 +441,25 @@ def decode_reply(frame: Buffer) -> dict[str, Any]:
 _TCP = re.compile(r"^tcp://(?P<host>\[[^\]]*\]|[^:\[\];/]+):(?P<port>\*|[0-9]{1,5})$")
 
 
-def check_endpoint(endpoint: str) -> None:
-    """Refuse endpoints reachable from other machines (invariant 4).
+_IPV4 = re.compile(r"^[0-9.]+$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
+
+
+def check_endpoint(endpoint: str, *, curve: bool = False) -> None:
+    """Refuse endpoints reachable from other machines unless CURVE protects them (invariant 4).
 
     Accepted: ``ipc://<path>``, ``tcp://127.x.x.x:PORT``, ``tcp://localhost:PORT``,
-    ``tcp://[::1]:PORT``, where PORT is a number or ``*`` (a random free port).
+    ``tcp://[::1]:PORT``, where PORT is a number or ``*`` (a random free port). With
+    ``curve`` (the agent has keys, or the client has them), also ``tcp://HOST:PORT`` for any
+    address, host or interface name, ``*`` and ``0.0.0.0`` included.
 
-    :raises BindRefused: with a one-line message, for anything else.
+    :raises BindRefused: with a one-line message, for anything else; ``needs_keys`` is set
+        when keys would make the endpoint acceptable.
     """
     shown = endpoint if isinstance(endpoint, str) and endpoint.isprintable() else repr(endpoint)
+    local_only = f"refusing {shown}: only ipc:// and loopback tcp:// are allowed without CURVE keys"
     refused = BindRefused(
-        f"refusing to bind {shown}: only ipc:// and loopback tcp:// are allowed "
-        "until CURVE authentication exists"
+        local_only if not curve else f"refusing {shown}: use ipc://PATH or tcp://HOST:PORT"
     )
     if not isinstance(endpoint, str) or any(c in endpoint for c in "\r\n\0"):
         raise refused
@@ -458,16 +473,20 @@ def check_endpoint(endpoint: str) -> None:
     host, port = match["host"], match["port"]
     if port != "*" and not 0 < int(port) < 65536:
         raise refused
-    if host == "localhost":
+    loopback = host == "localhost"
+    if host.startswith("["):
+        try:
+            loopback = ipaddress.IPv6Address(host[1:-1]).is_loopback
+        except ValueError:
+            raise refused from None
+    elif _IPV4.match(host):
+        try:
+            loopback = ipaddress.IPv4Address(host).is_loopback
+        except ValueError:
+            raise refused from None
+    elif host != "*" and _HOSTNAME.match(host) is None:
+        raise refused  # an interface or host name: letters, digits, '.', '-', '_'
+    if loopback:
         return
-    try:
-        address = ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
-    except ValueError:
-        raise refused from None
-    if host.startswith("[") != (address.version == 6):
-        raise refused
-    if address.version == 4 and address in ipaddress.ip_network("127.0.0.0/8"):
-        return
-    if address.version == 6 and address == ipaddress.ip_address("::1"):
-        return
-    raise refused
+    if not curve:
+        raise BindRefused(local_only, needs_keys=True)

@@ -8,7 +8,10 @@ Threads: the loop is the only one that touches RAM, versions, leases and the soc
 what makes one agent linearizable per key. Besides it run the writer (write-behind of PUTs and
 of loaded copies, in order) and two loaders (``nodeagent.loads``: PREFETCH reads of this
 agent's disk and store, MIGRATE reads from peers), which hand their results back through a
-socket pair the loop polls. All are joined when the agent stops.
+socket pair the loop polls. All are joined when the agent stops. With CURVE keys a ZAP
+authenticator thread (``zmq.auth.thread.ThreadAuthenticator``) answers the handshakes; it
+accepts the client public keys found in the keys' authorized directory, is told to reread
+them by :meth:`AgentServer.reload_keys`, and is stopped with the socket.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any, Final
 import zmq
 
 from nodeagent import __version__
+from nodeagent.curve import KeysError, ServerKeys
 from nodeagent.leases import LeaseTable, pid_alive
 from nodeagent.loads import QUEUED, Load, Loader, PeerReader
 from nodeagent.protocol import (
@@ -81,8 +85,11 @@ class PrefetchCounters:
 class AgentServer:
     """Serve ``tiers`` and ``leases`` on ``endpoint``.
 
-    :param endpoint: an ``ipc://`` or loopback ``tcp://`` endpoint (see ``check_endpoint``).
+    :param endpoint: an ``ipc://`` or loopback ``tcp://`` endpoint, or with ``curve`` any
+        ``tcp://`` endpoint (see ``check_endpoint``).
     :param parent_pid: when given, the loop exits once that process is gone.
+    :param curve: serve CURVE with these keys: only clients whose public key is in
+        ``curve.authorized`` get through the handshake.
     """
 
     def __init__(
@@ -91,8 +98,12 @@ class AgentServer:
         tiers: TieredStore,
         leases: LeaseTable,
         parent_pid: int | None = None,
+        curve: ServerKeys | None = None,
     ) -> None:
-        check_endpoint(endpoint)
+        check_endpoint(endpoint, curve=curve is not None)
+        self.curve = curve
+        self._auth: Any = None  # the ZAP authenticator, while bound with CURVE
+        self._reload = threading.Event()  # reload_keys() was called: reread authorized/
         self.requested_endpoint = endpoint
         self.tiers = tiers
         self.leases = leases
@@ -152,12 +163,44 @@ class AgentServer:
         sock.setsockopt(zmq.LINGER, 0)
         self._socket = sock
         try:
+            if self.curve is not None:
+                self._start_auth(sock)
             sock.bind(self.requested_endpoint)
         except zmq.ZMQError:
             self.close()
             raise
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         return self.endpoint
+
+    def _start_auth(self, sock: zmq.Socket[bytes]) -> None:
+        """Start the ZAP authenticator and make ``sock`` a CURVE server (before it binds)."""
+        from zmq.auth.thread import ThreadAuthenticator
+
+        curve = self.curve
+        assert curve is not None and self._context is not None
+        self._auth = ThreadAuthenticator(self._context, log=logging.getLogger("nodeagent.auth"))
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=str(curve.authorized))
+        sock.curve_secretkey = curve.secret
+        sock.curve_publickey = curve.public
+        sock.curve_server = True
+        log.info("CURVE on: %d client key(s) authorized in %s", curve.clients, curve.authorized)
+
+    def reload_keys(self) -> None:
+        """Reread the authorized client keys (thread- and signal-safe: the loop does it)."""
+        self._reload.set()
+
+    def _reload_keys(self) -> None:
+        self._reload.clear()
+        if self._auth is None or self.curve is None:
+            return
+        try:
+            self.curve = ServerKeys.load(self.curve.directory)
+        except KeysError as exc:  # keep the keys loaded before
+            log.error("keys not reloaded: %s", exc)
+            return
+        self._auth.configure_curve(domain="*", location=str(self.curve.authorized))
+        log.warning("reloaded %d authorized client key(s)", self.curve.clients)
 
     def close(self) -> None:
         """Stop the loaders, finish pending writes, stop the writer, close the socket (the
@@ -171,6 +214,9 @@ class AgentServer:
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
         if self._context is not None:
             self._context.term()
             self._context = None
@@ -203,6 +249,8 @@ class AgentServer:
                 self._answer_parked(sock, now, recheck=now >= next_check)
             if now >= next_check:
                 next_check = now + POLL_MS / 1000
+                if self._reload.is_set():
+                    self._reload_keys()
                 if self._parent_gone():
                     log.warning("parent process %s is gone; exiting", self.parent_pid)
                     break

@@ -1,4 +1,5 @@
-"""The ``statemigrate`` command: run an agent, clear the store, see and manage the ESG."""
+"""The ``statemigrate`` command: run an agent, make its keys, clear the store, see and manage
+the ESG."""
 
 from __future__ import annotations
 
@@ -8,19 +9,47 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from nodeagent.units import parse_size
 
 from .settings import DEFAULTS, PARTITIONERS
 
+#: Where `statemigrate keys` writes, relative to the working directory (run it in the rootdir).
+KEYS_DIR: Final = f"{DEFAULTS['dir']}/keys"
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from nodeagent.curve import KeysError, create_keys
+
+    directory = Path(args.directory)
+    try:
+        create_keys(directory, force=args.force)
+    except KeysError as exc:
+        print(f"statemigrate keys: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote CURVE keys to {directory}\n"
+        f"  agent:   python -m nodeagent --curve-dir {directory} ...  "
+        "(needs server.key_secret, authorized/*.key)\n"
+        f"  clients: pytest --sm-keys {directory} ...  (need client.key_secret, server.key)\n"
+        "Copy each side only its own files; see docs/security.md."
+    )
+    return 0
+
 
 def _clear(args: argparse.Namespace) -> int:
     if args.agent:
         from nodeagent.client import AgentClient, AgentError
+        from nodeagent.curve import ClientKeys, KeysError
 
         try:
-            with AgentClient(args.agent, timeout=10.0) as client:
+            curve = None if args.keys is None else ClientKeys.load(args.keys)
+        except KeysError as exc:
+            print(f"statemigrate clear: --keys: {exc}", file=sys.stderr)
+            return 1
+        try:
+            with AgentClient(args.agent, timeout=10.0, curve=curve) as client:
                 removed = client.clear()
         except AgentError as exc:
             print(f"statemigrate clear: {exc}", file=sys.stderr)
@@ -338,6 +367,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     clear.add_argument("--store", default=None, help="also remove this tier-3 store directory")
     clear.add_argument("--agent", default=None, help="clear the agent at this endpoint instead")
+    clear.add_argument(
+        "--keys", default=None, metavar="DIR", help="client CURVE keys for --agent (see keys)"
+    )
+    keys = sub.add_parser(
+        "keys",
+        help="create CURVE keys for an agent and its clients",
+        description="Create a CURVE key pair for the agent and one for its clients in DIR "
+        "(secret files 0600), for agents on a non-loopback endpoint.",
+    )
+    keys.add_argument(
+        "directory",
+        nargs="?",
+        default=KEYS_DIR,
+        metavar="DIR",
+        help="where to write them (default %(default)s)",
+    )
+    keys.add_argument("--force", action="store_true", help="replace keys that exist in DIR")
 
     def esg_command(name: str, text: str) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text, description=text)
@@ -390,6 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {
         "plan": _plan,
         "clear": _clear,
+        "keys": _keys,
         "esg": _esg,
         "partitions": _partitions,
         "suggest": _suggest,

@@ -38,6 +38,15 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
         help="use the long-lived node agent at ENDPOINT instead of starting one for the run",
     )
     group.addoption(
+        "--sm-keys",
+        dest="sm_keys",
+        default=None,
+        metavar="DIR",
+        help="CURVE client keys (client.key_secret, server.key; made by `statemigrate keys`) "
+        "for the agent of --sm-agent; required when it is not ipc:// or loopback (the ini key "
+        "statemigrate_keys)",
+    )
+    group.addoption(
         "--sm-refresh",
         dest="sm_refresh",
         action="store_true",

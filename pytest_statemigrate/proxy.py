@@ -26,6 +26,7 @@ from .report import RunStats
 
 if TYPE_CHECKING:
     from nodeagent.client import AgentClient
+    from nodeagent.curve import ClientKeys
 
 
 NONE_VALUE: Final = "returns None: it runs for its side effects, which a loaded value would skip"
@@ -68,9 +69,12 @@ class BuildRecord:
 class AgentLink:
     """A lazily opened client to the agent; once the agent fails, it stays down for the run."""
 
-    def __init__(self, endpoint: Callable[[], str], timeout: float) -> None:
+    def __init__(
+        self, endpoint: Callable[[], str], timeout: float, curve: ClientKeys | None = None
+    ) -> None:
         self.endpoint = endpoint
         self._timeout = timeout
+        self._curve = curve  # CURVE keys for a long-lived agent (settings.curve)
         self._client: AgentClient | Any = None  # or the in-process stand-in
         self.write_errors: int | None = None  # the agent's failed writes at first contact
         self.down: str | None = None
@@ -95,7 +99,9 @@ class AgentLink:
             from nodeagent.client import AgentClient
 
             try:
-                self._client = AgentClient(self.endpoint(), timeout=self._timeout)
+                self._client = AgentClient(
+                    self.endpoint(), timeout=self._timeout, curve=self._curve
+                )
                 if self.write_errors is None:
                     # First contact: an agent that is not there fails over in seconds, not
                     # after a whole request timeout.

@@ -241,7 +241,7 @@ class StateMigrateSession:
         else:
             endpoint = lambda: agent_endpoint  # noqa: E731
         self.proxy = StateProxy(
-            link=AgentLink(endpoint, settings.timeout),
+            link=AgentLink(endpoint, settings.timeout, settings.curve),
             secret=lambda: load_secret(settings.store_dir),
             rootdir=rootdir,
             stats=self.stats,

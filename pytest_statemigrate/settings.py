@@ -10,11 +10,14 @@ import argparse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from nodeagent.units import parse_size
 
 from .shard import ShardSpec, parse_spec
+
+if TYPE_CHECKING:
+    from nodeagent.curve import ClientKeys
 
 DEFAULTS: Final[Mapping[str, Any]] = {
     "dir": ".statemigrate",  # store directory, relative to the rootdir
@@ -100,6 +103,8 @@ class Settings:
     lookahead_bytes: int = DEFAULTS["lookahead_bytes"]
     plan_json: Path | None = None  # --sm-plan: where the run's migration plan is written
     shard: ShardSpec | str = DEFAULTS["shard"]  # a spec, "auto" or "off"
+    #: --sm-keys / statemigrate_keys, loaded: CURVE keys for talking to ``agent``
+    curve: ClientKeys | None = None
 
     @property
     def disk_dir(self) -> Path:
@@ -131,13 +136,9 @@ def build(
         else [p.strip() for p in ini("statemigrate_fixtures")]
     )
     agent = option("sm_agent") or (ini("statemigrate_agent") or "").strip() or None
-    if agent is not None:
-        from nodeagent.protocol import check_endpoint
-
-        try:
-            check_endpoint(agent)
-        except ValueError as exc:
-            raise SettingsError(f"statemigrate: bad agent endpoint: {exc}") from None
+    curve = _client_keys(
+        agent, rootdir, option("sm_keys"), (ini("statemigrate_keys") or "").strip()
+    )
 
     def ini_or_default(key: str, convert: Callable[[str], Any]) -> Any:
         raw = (ini(f"statemigrate_{key}") or "").strip()
@@ -172,7 +173,48 @@ def build(
         lookahead_bytes=ini_or_default("lookahead_bytes", parse_size),
         plan_json=Path(option("sm_plan")) if option("sm_plan") else None,
         shard=option("sm_shard") or ini_or_default("shard", parse_spec),
+        curve=curve,
     )
+
+
+def _client_keys(agent: str | None, rootdir: Path, cli: str | None, ini: str) -> ClientKeys | None:
+    """Check the agent endpoint; load the CURVE client keys when an agent is used with them.
+
+    Keys are only read for a long-lived agent (the embedded one listens on ipc:// without
+    CURVE), so an ini file may name a key directory that exists only where such an agent runs.
+    """
+    if agent is None:
+        return None
+    from nodeagent.protocol import BindRefused, check_endpoint
+
+    name = "--sm-keys" if cli else "statemigrate_keys"
+    raw = cli or ini
+    curve = None
+    if raw:
+        from nodeagent.curve import ClientKeys, KeysError
+
+        directory = Path(raw)
+        if not directory.is_absolute():
+            directory = rootdir / directory
+        try:
+            curve = ClientKeys.load(directory)
+        except KeysError as exc:
+            raise SettingsError(f"statemigrate: bad value for {name}: {exc}") from None
+    try:
+        check_endpoint(agent, curve=curve is not None)
+    except BindRefused as exc:
+        fix = ""
+        if exc.needs_keys:
+            fix = (
+                ": pass --sm-keys DIR (or the ini key statemigrate_keys) with the client keys "
+                "made by `statemigrate keys`"
+            )
+        raise SettingsError(f"statemigrate: bad agent endpoint: {exc}{fix}") from None
+    if "*" in agent:
+        raise SettingsError(
+            f"statemigrate: bad agent endpoint: {agent}: name the agent's host and port, not *"
+        )
+    return curve
 
 
 def _choice(allowed: Sequence[str]) -> Callable[[str], str]:
@@ -188,6 +230,11 @@ def _choice(allowed: Sequence[str]) -> Callable[[str], str]:
 INI: Final[Mapping[str, tuple[str, str]]] = {
     "statemigrate_fixtures": ("fnmatch patterns of fixtures to manage, one a line", "linelist"),
     "statemigrate_agent": ("endpoint of a long-lived node agent (default: one per run)", "string"),
+    "statemigrate_keys": (
+        "directory of the CURVE client keys for statemigrate_agent (`statemigrate keys`), "
+        "relative to the rootdir; needed for a non-loopback agent",
+        "string",
+    ),
     "statemigrate_dir": (
         "store directory, relative to the rootdir (default .statemigrate)",
         "string",

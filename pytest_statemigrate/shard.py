@@ -578,13 +578,12 @@ class AffinityScheduling:
 
     def check_schedule(self) -> None:
         up = [(n, p) for n, p in self.node2pending.items() if not n.shutting_down]
-        idle = [n for n, p in up if len(p) < MIN_PENDING]
-        for node in idle:
-            if not self.units:
-                break
-            unit = self.units.pop(0)
-            self.node2pending[node].extend(unit)
-            node.send_runtest_some(unit)
+        for node, pending in up:
+            # A worker runs a test once it knows the next: units until it holds two tests.
+            while len(pending) < MIN_PENDING and self.units:
+                unit = self.units.pop(0)
+                pending.extend(unit)
+                node.send_runtest_some(unit)
         idle = [n for n, p in up if len(p) < MIN_PENDING]
         if not idle or self.units or self.stealing_from is not None:
             return

@@ -393,10 +393,11 @@ def test_non_loopback_bind_exits_2(tmp_path: Path) -> None:
     assert done.returncode == 2 and done.stdout == b""
     lines = done.stderr.decode().splitlines()
     assert lines == [
-        "nodeagent: error: refusing to bind tcp://0.0.0.0:*: only ipc:// and loopback tcp:// "
-        "are allowed until CURVE authentication exists"
+        "nodeagent: error: refusing tcp://0.0.0.0:*: only ipc:// and loopback tcp:// are "
+        "allowed without CURVE keys: create keys with `statemigrate keys DIR` and pass "
+        "--curve-dir DIR"
     ]
-    with pytest.raises(AgentError, match="refusing to bind"):
+    with pytest.raises(AgentError, match="without CURVE keys"):
         start_agent(bind="tcp://0.0.0.0:*", disk_dir=None, log_file=str(tmp_path / "log"))
 
 

@@ -319,14 +319,55 @@ def test_check_endpoint_refuses_the_rest(endpoint: str) -> None:
         check_endpoint(endpoint)
     message = str(info.value)
     assert message == (
-        f"refusing to bind {endpoint}: only ipc:// and loopback tcp:// are allowed "
-        "until CURVE authentication exists"
+        f"refusing {endpoint}: only ipc:// and loopback tcp:// are allowed without CURVE keys"
     )
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "tcp://0.0.0.0:*",
+        "tcp://*:5555",
+        "tcp://192.168.1.2:5555",
+        "tcp://[::]:5555",
+        "tcp://example.com:80",
+        "tcp://eth0:5555",
+        "tcp://127.0.0.1:5555",
+        "ipc:///tmp/sm-x/agent.sock",
+    ],
+)
+def test_check_endpoint_accepts_any_tcp_host_with_curve(endpoint: str) -> None:
+    check_endpoint(endpoint, curve=True)
+    if not endpoint.startswith(("ipc:", "tcp://127.")):
+        with pytest.raises(BindRefused) as info:
+            check_endpoint(endpoint)
+        assert info.value.needs_keys
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "tcp://::1:5555",
+        "tcp://[127.0.0.1]:5",
+        "tcp://127.0.0.1:0",
+        "tcp://1.2.3:5",
+        "tcp://999.1.1.1:5",
+        "tcp://host name:5",
+        "tcp://10.0.0.1;127.0.0.1:5",
+        "ipc://",
+        "inproc://x",
+        "udp://127.0.0.1:5",
+    ],
+)
+def test_check_endpoint_refuses_malformed_even_with_curve(endpoint: str) -> None:
+    for curve in (False, True):
+        with pytest.raises(BindRefused) as info:
+            check_endpoint(endpoint, curve=curve)
+        assert not info.value.needs_keys
+    assert str(info.value) == f"refusing {endpoint}: use ipc://PATH or tcp://HOST:PORT"
 
 
 def test_check_endpoint_message_stays_one_line() -> None:
     with pytest.raises(BindRefused) as info:
         check_endpoint("ipc:///tmp/x\nmore")
-    assert "\n" not in str(info.value) and "refusing to bind 'ipc:///tmp/x\\nmore'" in str(
-        info.value
-    )
+    assert "\n" not in str(info.value) and "refusing 'ipc:///tmp/x\\nmore'" in str(info.value)

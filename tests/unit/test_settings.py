@@ -100,3 +100,76 @@ def test_prefetch_settings() -> None:
         64 * 2**20,
         Path("out/plan.json"),
     )
+
+
+def build_at(rootdir: Path, ini: dict[str, str], **options: Any) -> st.Settings:
+    return st.build(
+        rootdir=rootdir,
+        ini=lambda name: [] if name == "statemigrate_fixtures" else ini.get(name, ""),
+        option=lambda name: options.get(name),
+    )
+
+
+def test_a_non_loopback_agent_without_keys_is_one_line_naming_the_fix() -> None:
+    with pytest.raises(st.SettingsError) as info:
+        build({}, sm_agent="tcp://10.0.0.5:5555")
+    assert str(info.value) == (
+        "statemigrate: bad agent endpoint: refusing tcp://10.0.0.5:5555: only ipc:// and "
+        "loopback tcp:// are allowed without CURVE keys: pass --sm-keys DIR (or the ini key "
+        "statemigrate_keys) with the client keys made by `statemigrate keys`"
+    )
+
+
+def test_keys_are_loaded_relative_to_the_rootdir(tmp_path: Path) -> None:
+    from nodeagent.curve import create_keys
+
+    create_keys(tmp_path / "keys")
+    s = build_at(tmp_path, {"statemigrate_keys": "keys"}, sm_agent="tcp://10.0.0.5:5555")
+    assert s.curve is not None and s.curve.directory == tmp_path / "keys"
+    assert len(s.curve.secret) == len(s.curve.server) == 40
+    assert s.curve.secret.decode() not in repr(s)  # the secret stays out of reprs and logs
+    # The command-line option wins over the ini key.
+    s = build_at(tmp_path, {"statemigrate_keys": "nowhere"}, sm_agent="ipc:///x", sm_keys="keys")
+    assert s.curve is not None
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("missing", "no key file {dir}/client.key_secret: create keys with `statemigrate keys`"),
+        ("no-server-key", "no key file {dir}/server.key: create keys"),
+        ("open", "{dir}/client.key_secret is accessible by other users (mode 644): chmod 600"),
+        ("public-only", "{dir}/client.key_secret holds no secret-key"),
+    ],
+)
+def test_bad_keys_are_one_line_at_configure_time(
+    tmp_path: Path, damage: str, expected: str
+) -> None:
+    from nodeagent.curve import create_keys
+
+    keys = tmp_path / "keys"
+    create_keys(keys)
+    if damage == "missing":
+        (keys / "client.key_secret").unlink()
+    elif damage == "no-server-key":
+        (keys / "server.key").unlink()
+    elif damage == "open":
+        (keys / "client.key_secret").chmod(0o644)
+    else:
+        (keys / "client.key").replace(keys / "client.key_secret")
+    with pytest.raises(st.SettingsError) as info:
+        build_at(tmp_path, {}, sm_agent="tcp://10.0.0.5:5555", sm_keys=str(keys))
+    message = str(info.value)
+    assert message.startswith("statemigrate: bad value for --sm-keys: " + expected.format(dir=keys))
+    assert "\n" not in message
+
+
+def test_keys_are_not_read_without_a_long_lived_agent(tmp_path: Path) -> None:
+    """The embedded agent listens on ipc:// without CURVE: an ini key naming keys that exist
+    only where the shared agent runs must not break a local run."""
+    assert build_at(tmp_path, {"statemigrate_keys": "nowhere"}).curve is None
+
+
+def test_a_wildcard_agent_is_refused() -> None:
+    with pytest.raises(st.SettingsError, match="not \\*"):
+        build({}, sm_agent="tcp://127.0.0.1:*")

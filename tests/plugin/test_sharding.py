@@ -3,6 +3,7 @@ same outcomes, and tests that share state land on the same shard."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -183,9 +184,11 @@ def test_statemigrate_shard_prints_the_plan_the_shards_run(project: Suite) -> No
     cli = subprocess.run(
         [
             *(sys.executable, "-m", "pytest_statemigrate.cli", "shard", "2", "--tests"),
-            *("--", "-p", "no:randomly", "-p", "no:cacheprovider"),
+            *("--", "-p", "no:randomly", "-p", "no:cacheprovider", "-p", "no:benchmark"),
         ],
         cwd=project.pytester.path,
+        # not this run's xdist worker (plugins such as pytest-benchmark look for it)
+        env={k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")},
         capture_output=True,
         text=True,
         timeout=120,

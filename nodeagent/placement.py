@@ -148,6 +148,10 @@ class LocationMap:
     def keys(self) -> list[str]:
         return list(self._records)
 
+    def holders(self) -> set[str]:
+        """Every agent some record names."""
+        return {agent for holders in self._records.values() for agent in holders}
+
     def record(self, key: str, agent: str, tier: str | None, version: int) -> bool:
         """``agent`` now holds ``key`` at ``version`` in ``tier``; ``tier`` None: it dropped it.
 

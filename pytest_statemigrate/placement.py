@@ -45,6 +45,7 @@ def fetch_order(
     *,
     up: Callable[[str], bool],
     rtt: Mapping[str, float] | None = None,
+    fallbacks: bool = True,
 ) -> list[tuple[str, int]]:
     """The agents to GET ``key`` from, in order, each with the lowest version to accept.
 
@@ -52,6 +53,9 @@ def fetch_order(
         this process cannot reach them under a name it knows).
     :param up: whether an agent may be asked (not marked down in this run).
     :param rtt: measured round trip per agent, in seconds (unknown: last among equals).
+    :param fallbacks: go on to the ring's later agents after the home. The proxy asks them
+        only when the home is down or its directory did not answer: a live directory's
+        records (and the home's own tiers) cover the rest.
     :returns: ``[(agent, min_version), ...]``: holders of the newest located version first
         (RAM, then disk, then store; nearer first), then the ring's homes for ``key``.
     """
@@ -64,7 +68,7 @@ def fetch_order(
     )
     order: list[tuple[str, int]] = [(loc.agent, newest) for loc in holders]
     asked = {agent for agent, _ in order}
-    for agent in ring.homes(key):
+    for agent in ring.homes(key) if fallbacks else ring.homes(key, 1):
         if agent not in asked and up(agent):
             order.append((agent, newest))
             asked.add(agent)

@@ -47,6 +47,30 @@ def parse_patterns(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
+def parse_endpoints(text: str) -> tuple[str, ...]:
+    """``"ipc:///a, tcp://127.0.0.1:5"`` (or one a line) → the endpoints, in order."""
+    return tuple(e.strip() for e in text.replace("\n", ",").split(",") if e.strip())
+
+
+def check_endpoints(text: str) -> str | None:
+    """Validate agent endpoints (comma-separated or one a line); the normalized
+    comma-separated list, or None when there is none.
+
+    :raises ValueError: one line naming the first bad or repeated endpoint.
+    """
+    from nodeagent.protocol import check_endpoint
+
+    endpoints = parse_endpoints(text)
+    for endpoint in endpoints:
+        check_endpoint(endpoint)  # BindRefused is a ValueError
+        if "*" in endpoint:
+            raise ValueError(f"{endpoint}: name the agent's port, not *")
+    if len(set(endpoints)) != len(endpoints):
+        twice = next(e for e in endpoints if endpoints.count(e) > 1)
+        raise ValueError(f"{twice} is listed twice")
+    return ",".join(endpoints) or None
+
+
 def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
     def convert(text: str) -> float:
         value = kind(text)
@@ -75,6 +99,8 @@ class Settings:
     """The validated configuration of one run."""
 
     patterns: tuple[str, ...]
+    #: Long-lived agents' endpoints, comma-separated (what xdist workers are handed), or None
+    #: to start one for the run; see :attr:`agents`.
     agent: str | None
     store_dir: Path
     store: str | None
@@ -95,6 +121,11 @@ class Settings:
     lookahead_tests: int = DEFAULTS["lookahead_tests"]
     lookahead_bytes: int = DEFAULTS["lookahead_bytes"]
     plan_json: Path | None = None  # --sm-plan: where the run's migration plan is written
+
+    @property
+    def agents(self) -> tuple[str, ...]:
+        """The long-lived agents' endpoints (several: placed by a hash ring, placement.py)."""
+        return parse_endpoints(self.agent or "")
 
     @property
     def disk_dir(self) -> Path:
@@ -125,14 +156,10 @@ def build(
         if cli_patterns is not None
         else [p.strip() for p in ini("statemigrate_fixtures")]
     )
-    agent = option("sm_agent") or (ini("statemigrate_agent") or "").strip() or None
-    if agent is not None:
-        from nodeagent.protocol import check_endpoint
-
-        try:
-            check_endpoint(agent)
-        except ValueError as exc:
-            raise SettingsError(f"statemigrate: bad agent endpoint: {exc}") from None
+    try:
+        agent = check_endpoints(option("sm_agent") or ini("statemigrate_agent") or "")
+    except ValueError as exc:
+        raise SettingsError(f"statemigrate: bad agent endpoint: {exc}") from None
 
     def ini_or_default(key: str, convert: Callable[[str], Any]) -> Any:
         raw = (ini(f"statemigrate_{key}") or "").strip()
@@ -181,7 +208,11 @@ def _choice(allowed: Sequence[str]) -> Callable[[str], str]:
 #: ini keys: name → (help, type for ``parser.addini``). Sizes take K/M/G/T suffixes.
 INI: Final[Mapping[str, tuple[str, str]]] = {
     "statemigrate_fixtures": ("fnmatch patterns of fixtures to manage, one a line", "linelist"),
-    "statemigrate_agent": ("endpoint of a long-lived node agent (default: one per run)", "string"),
+    "statemigrate_agent": (
+        "endpoints of long-lived node agents, comma-separated or one a line (default: one "
+        "agent started per run)",
+        "string",
+    ),
     "statemigrate_dir": (
         "store directory, relative to the rootdir (default .statemigrate)",
         "string",

@@ -215,6 +215,12 @@ def test_fetch_order_prefers_ram_then_near_then_the_ring() -> None:
     assert order == [(holder, 2), (homes[1], 2)]
     # Nothing located: the ring's homes, any version.
     assert fetch_order(key, ring, [], up=lambda a: True) == [(h, 0) for h in homes]
+    # With a live directory, the holders and the home only.
+    located = [Location(homes[2], "disk", 1)]
+    assert fetch_order(key, ring, located, up=bool, fallbacks=False) == [
+        (homes[2], 1),
+        (homes[0], 1),
+    ]
 
 
 def test_fetch_order_skips_holders_of_older_versions() -> None:

@@ -310,9 +310,11 @@ def test_three_agents_cold_then_warm(suite: Suite, start: StartAgent, tmp_path: 
     assert sorted(set(suite.builds())) == sorted(
         [f"table_{i}" for i in range(4)] + [f"row_{i}" for i in range(4)]
     )
+    # Each value was stored once, at its home, which records itself as its holder. (Not
+    # asserted: that all three got some; 8 keys land on one agent with p = 3**-7.)
     held = [_ram_entries(a) for a in agents]
-    info = [_stats(a)["placement"] for a in agents]
-    assert sum(held) == MANAGED and max(held) < MANAGED, (held, info, cold.text)
+    records = [_stats(a)["placement"]["records"] for a in agents]
+    assert sum(held) == MANAGED and records == held, (held, records, cold.text)
     (suite.pytester.path / "builds.log").unlink()
     warm = suite.run("--sm-agent", flag)  # (the plain run would write builds.log)
     assert warm.outcomes == cold.outcomes  # which equal a plain run's

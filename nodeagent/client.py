@@ -409,5 +409,38 @@ class AgentClient:
     def release(self, key: str, holder: str) -> bool:
         return bool(self._request(Op.RELEASE, {"key": key, "holder": holder})[0]["released"])
 
+    def ring(self, agents: Sequence[str], me: str, timeout: float | None = None) -> dict[str, Any]:
+        """Tell the agent the ring's agents and its own name among them (as this client
+        spells it). Answers like PING (``write_errors``) plus ``changed`` (the agent's ring
+        changed) and ``moved`` (location records it handed over to their new directory).
+
+        :param timeout: seconds to wait, instead of the client's timeout (first contact).
+        """
+        return self._request(Op.RING, {"agents": list(agents), "me": me}, timeout=timeout)[0]
+
+    def locate(self, keys: Sequence[str]) -> dict[str, list[list[Any]]]:
+        """The agent's location records, as the directory of ``keys``:
+        ``{key: [[agent, tier, version], ...]}`` for the keys it knows holders of."""
+        if isinstance(keys, str):
+            raise TypeError("locate: keys must be a sequence of keys, not a str")
+        found: dict[str, list[list[Any]]] = {}
+        keys = list(keys)
+        for start in range(0, len(keys), MAX_KEYS):
+            reply = self._request(Op.LOCATE, {"keys": keys[start : start + MAX_KEYS]})[0]
+            found.update(reply["locations"])
+        return found
+
+    def announce(self, holder: str, entries: Sequence[Sequence[Any]]) -> int:
+        """Tell a directory agent what ``holder`` now holds: ``[key, tier, version]`` items,
+        tier None for a key it dropped. Returns how many records changed."""
+        items = [list(e) for e in entries]
+        applied = 0
+        for start in range(0, len(items), MAX_KEYS):
+            chunk = items[start : start + MAX_KEYS]
+            applied += int(
+                self._request(Op.ANNOUNCE, {"holder": holder, "entries": chunk})[0]["applied"]
+            )
+        return applied
+
     def shutdown(self) -> None:
         self._request(Op.SHUTDOWN)

@@ -48,11 +48,19 @@ evict      key | keys, tier? ("ram")                   removed (bool for key, in
 clear      -                                           removed (int)
 lease      key, holder, ttl, pid?, host?, wait?        granted, present, holder, expires_in
 release    key, holder                                 released
+ring       agents, me                                  changed, moved, write_errors
+locate     keys                                        locations ({key: [[agent, tier, version]]})
+announce   holder, entries ([[key, tier|nil, version]])  applied
 shutdown   -                                           - (the agent then exits)
 =========  ==========================================  ==========================================
 
 PREFETCH and MIGRATE are answered at once; the agent loads in background threads. ``evict``
 takes exactly one of ``key`` and ``keys``.
+
+RING, LOCATE and ANNOUNCE place keys over several agents (docs/placement.md): RING tells an
+agent the ring's agents and its own name among them (``me``, as clients spell it); LOCATE asks
+a key's directory (its home on the ring) which agents hold it; ANNOUNCE is how a holder tells
+the directory what it now holds (a tier) or dropped (nil). Location records are hints.
 
 Unknown request fields are ignored (forward compatibility within one protocol version);
 ``decode_request`` returns only the fields it knows. The protocol version is independent of the
@@ -79,9 +87,11 @@ MAX_HOST_CHARS: Final = 256
 MAX_LEASE_WAIT: Final = 10.0  # s: longest a LEASE may wait for the holder to finish
 MAX_KEYS: Final = 10_000  # keys in one PREFETCH, MIGRATE or EVICT (clients send batches)
 MAX_ENDPOINT_CHARS: Final = 1024
+MAX_AGENTS: Final = 256  # agents in one RING
 MAX_REQUEST_ID: Final = 2**63 - 1
 
 __all__ = [
+    "MAX_AGENTS",
     "MAX_KEYS",
     "MAX_KEY_CHARS",
     "PROTOCOL_VERSION",
@@ -113,6 +123,9 @@ class Op(str, Enum):
     CLEAR = "clear"
     LEASE = "lease"
     RELEASE = "release"
+    RING = "ring"
+    LOCATE = "locate"
+    ANNOUNCE = "announce"
     SHUTDOWN = "shutdown"
 
 
@@ -267,6 +280,39 @@ def _peer_endpoint(value: Any) -> str | None:
     return None
 
 
+def _agents_field(value: Any) -> str | None:
+    if not isinstance(value, list) or not value:
+        return "must be a non-empty list of endpoints"
+    if len(value) > MAX_AGENTS:
+        return f"must hold at most {MAX_AGENTS} agents"
+    for i, agent in enumerate(value):
+        reason = _peer_endpoint(agent)
+        if reason is not None:
+            return f"item {i} {reason}"
+    if len(set(value)) != len(value):
+        return "must not repeat an agent"
+    return None
+
+
+_TIER = _choice("ram", "disk", "store")
+
+
+def _entries_field(value: Any) -> str | None:
+    """ANNOUNCE ``entries``: ``[[key, tier or nil, version], ...]``."""
+    if not isinstance(value, list):
+        return "must be a list of [key, tier, version]"
+    if len(value) > MAX_KEYS:
+        return f"must hold at most {MAX_KEYS} entries"
+    for i, item in enumerate(value):
+        if not isinstance(item, list) or len(item) != 3:
+            return f"item {i} must be [key, tier, version]"
+        key, tier, version = item
+        reason = _KEY(key) or _optional(_TIER)(tier) or _non_negative_int(version)
+        if reason is not None:
+            return f"item {i} {reason}"
+    return None
+
+
 #: op -> field name -> (validator, required). Optional fields default to None.
 FIELDS: Final[Mapping[Op, Mapping[str, tuple[Validator, bool]]]] = {
     Op.PING: {},
@@ -298,6 +344,9 @@ FIELDS: Final[Mapping[Op, Mapping[str, tuple[Validator, bool]]]] = {
         "wait": (_optional(_wait_seconds), False),
     },
     Op.RELEASE: {"key": (_KEY, True), "holder": (_HOLDER, True)},
+    Op.RING: {"agents": (_agents_field, True), "me": (_peer_endpoint, True)},
+    Op.LOCATE: {"keys": (_keys_field, True)},
+    Op.ANNOUNCE: {"holder": (_peer_endpoint, True), "entries": (_entries_field, True)},
     Op.SHUTDOWN: {},
 }
 

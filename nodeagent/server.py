@@ -11,7 +11,9 @@ agent's disk and store, MIGRATE reads from peers), which hand their results back
 socket pair the loop polls. All are joined when the agent stops. With CURVE keys a ZAP
 authenticator thread (``zmq.auth.thread.ThreadAuthenticator``) answers the handshakes; it
 accepts the client public keys found in the keys' authorized directory, is told to reread
-them by :meth:`AgentServer.reload_keys`, and is stopped with the socket.
+them by :meth:`AgentServer.reload_keys`, and is stopped with the socket. Once told a ring of
+several agents (RING), an announcer thread (``nodeagent.announce``) tells each key's directory
+agent what this agent now holds; the loop only queues those announcements.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ from typing import Any, Final
 import zmq
 
 from nodeagent import __version__
+from nodeagent.announce import Announcer
 from nodeagent.curve import KeysError, ServerKeys
 from nodeagent.leases import LeaseTable, pid_alive
 from nodeagent.loads import QUEUED, Load, Loader, PeerReader
+from nodeagent.placement import HashRing, LocationMap
 from nodeagent.protocol import (
     PROTOCOL_VERSION,
     BindRefused,
@@ -137,6 +141,13 @@ class AgentServer:
         self.prefetch = PrefetchCounters()
         self._bandwidth: dict[str, list[float]] = {}  # source -> [bytes, seconds] of loads
         self._prefetched: dict[str, tuple[int, int]] = {}  # key -> (version, bytes), unused
+        # Placement over several agents (docs/placement.md): the ring a client told this agent
+        # (None: it serves alone, and nothing is announced), its name on it, the location
+        # records it keeps as the directory of its arc, and the thread announcing to others.
+        self.ring: HashRing | None = None
+        self.name: str | None = None
+        self.locations = LocationMap()
+        self._announcer: Announcer | None = None
         self._context: zmq.Context[zmq.Socket[bytes]] | None = None
         self._socket: zmq.Socket[bytes] | None = None
         self._handlers: dict[Op, Handler] = {
@@ -151,6 +162,9 @@ class AgentServer:
             Op.CLEAR: self._clear,
             Op.LEASE: self._lease,
             Op.RELEASE: self._release,
+            Op.RING: self._ring,
+            Op.LOCATE: self._locate,
+            Op.ANNOUNCE: self._announce_op,
             Op.SHUTDOWN: self._shutdown,
         }
 
@@ -206,6 +220,8 @@ class AgentServer:
         """Stop the loaders, finish pending writes, stop the writer, close the socket (the
         tiers stay open)."""
         self._stop_loads()
+        if self._announcer is not None:
+            self._announcer.stop()
         self._wake_r.close()
         self._wake_w.close()
         if self._writer_thread.is_alive():
@@ -483,6 +499,9 @@ class AgentServer:
         self.prefetch.loads += 1
         self.prefetch.bytes += entry.nbytes
         self._prefetched[load.key] = (entry.version, entry.nbytes)
+        if self.ring is not None:
+            held = load.target == "ram" and self.tiers.in_memory(load.key) is not None
+            self._announce(load.key, "ram" if held else "disk", entry.version)
         if load.key in self._parked:  # a migrated key may be one a LEASE waits for
             self._woken.add(load.key)
         return True
@@ -596,6 +615,12 @@ class AgentServer:
                 if seconds > 0
             },
             "prefetch": asdict(self.prefetch),
+            "placement": {
+                "agents": 0 if self.ring is None else len(self.ring),
+                "records": len(self.locations),
+                "announced": 0 if self._announcer is None else self._announcer.sent,
+                "dropped": 0 if self._announcer is None else self._announcer.dropped,
+            },
         }, ()
 
     def _has(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
@@ -616,6 +641,8 @@ class AgentServer:
             self._note_use(key, entry)
         else:  # the loaded copy left RAM before anyone used it
             self._prefetched.pop(key, None)
+            if self.ring is not None and self.tiers.in_memory(key) is not None:
+                self._announce(key, "ram", entry.version)  # promoted
         return self._entry_reply(key, entry, tier)
 
     def _put(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
@@ -625,6 +652,8 @@ class AgentServer:
         )
         self.leases.drop(key)
         self._prefetched.pop(key, None)
+        if self.ring is not None:
+            self._announce(key, self.tiers.has(key) or "ram", version)
         load = self._loading.get(key)
         if load is not None and load.state == QUEUED:  # it would read an older version
             self._detach(load)
@@ -686,7 +715,19 @@ class AgentServer:
             if not demote:
                 self._prefetched.pop(key, None)
         self._drain()  # a pending write must not bring the entry back, nor be lost
-        removed = sum(self.tiers.demote(key) if demote else self.tiers.evict(key) for key in keys)
+        removed = 0
+        for key in keys:
+            if demote:
+                if self.tiers.demote(key):
+                    removed += 1
+                    if self.ring is not None:
+                        below = self.tiers.peek_below(key)
+                        if below is not None:
+                            self._announce(key, below[0], below[1])
+            elif self.tiers.evict(key):
+                removed += 1
+                if self.ring is not None:
+                    self._announce(key, None, 0)
         return {"removed": removed if fields["key"] is None else bool(removed)}, ()
 
     def _clear(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
@@ -694,6 +735,8 @@ class AgentServer:
             self._detach(load)
         self._prefetched.clear()
         self._drain()
+        # Its own records go; other directories keep theirs until a reader misses here (hints).
+        self.locations.forget(self._me())
         return {"removed": self.tiers.clear()}, ()
 
     def _lease(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
@@ -714,6 +757,67 @@ class AgentServer:
         if fields["key"] in self._parked:
             self._woken.add(fields["key"])
         return {"released": self.leases.release(fields["key"], fields["holder"])}, ()
+
+    # -- placement over several agents (docs/placement.md)
+
+    def _me(self) -> str:
+        """This agent's name on the ring: as clients spell it (RING's ``me``), else its
+        endpoint."""
+        return self.name or self.endpoint or self.requested_endpoint
+
+    def _announce(self, key: str, tier: str | None, version: int) -> None:
+        """This agent now holds ``key`` in ``tier`` (None: dropped it): record it here when
+        this agent is the key's directory, else queue it for the directory (never waits)."""
+        ring = self.ring
+        if ring is None:
+            return
+        me = self._me()
+        directory = ring.home(key)
+        if directory == me:
+            self.locations.record(key, me, tier, version)
+        elif self._announcer is not None:
+            self._announcer.send(directory, me, key, tier, version)
+
+    def _ring(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
+        """Learn the ring. When it changed, records of keys whose directory is now another
+        agent are handed over to it, and records of agents that left are dropped."""
+        agents: list[str] = fields["agents"]
+        me: str = fields["me"]
+        if me not in agents:
+            raise ProtocolError("bad-field", "ring: field 'me' must be one of 'agents'")
+        ring = HashRing(agents)
+        changed = ring != self.ring or me != self.name
+        moved = 0
+        if changed:
+            self.locations.rename(self._me(), me)
+            self.ring, self.name = ring, me
+            for gone in self.locations.holders() - set(agents):
+                self.locations.forget(gone)
+            if len(ring) > 1 and self._announcer is None:
+                self._announcer = Announcer()
+            handed = self.locations.take(lambda key: ring.home(key) == me)
+            for key, held in handed.items():
+                for loc in held:
+                    if self._announcer is not None:
+                        self._announcer.send(ring.home(key), loc.agent, key, loc.tier, loc.version)
+                        moved += 1
+            log.info("ring of %d agents; %d location records handed over", len(ring), moved)
+        return {"changed": changed, "moved": moved, "write_errors": self.write_errors}, ()
+
+    def _locate(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
+        found = {
+            key: [list(loc) for loc in self.locations.locate(key)]
+            for key in dict.fromkeys(fields["keys"])
+            if key in self.locations
+        }
+        return {"locations": found}, ()
+
+    def _announce_op(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
+        holder: str = fields["holder"]
+        applied = 0
+        for key, tier, version in fields["entries"]:
+            applied += self.locations.record(key, holder, tier, version)
+        return {"applied": applied}, ()
 
     def _shutdown(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
         self._running = False

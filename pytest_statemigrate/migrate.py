@@ -168,16 +168,17 @@ class Migrator:
 
     def _flush(self, now: int) -> None:
         pending = self._pending
-        if not pending or self.proxy.link.down is not None or not self.ready():
+        if not pending or self.proxy.down or not self.ready():
             return
         self._pending = _Actions()
         call = self.proxy.call
+        homes = self.proxy.each_home  # several agents: each key's share goes to its home
         try:
             if pending.evict:
                 evict = list(dict.fromkeys(pending.evict))
-                call(lambda c: c.evict_many(evict, tier="ram"))
+                homes(evict, lambda c, share: c.evict_many(share, tier="ram"))
             keys = _due(pending.prefetch, now)
-            if keys and call(lambda c: c.prefetch(keys)) is not None:
+            if keys and homes(keys, lambda c, share: c.prefetch(share)):
                 self.sent.update(keys)
             for peer, pairs in pending.migrate.items():
                 moved = _due(pairs, now)

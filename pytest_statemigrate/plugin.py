@@ -34,8 +34,9 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
         "--sm-agent",
         dest="sm_agent",
         default=None,
-        metavar="ENDPOINT",
-        help="use the long-lived node agent at ENDPOINT instead of starting one for the run",
+        metavar="ENDPOINT[,ENDPOINT...]",
+        help="use the long-lived node agent(s) at these endpoints instead of starting one for "
+        "the run; with several, a hash ring places each value (docs/placement.md)",
     )
     group.addoption(
         "--sm-keys",

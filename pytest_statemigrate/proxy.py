@@ -6,6 +6,13 @@ caller then builds the value in-process.
 
 No zmq context outlives a call into the proxy: :meth:`StateProxy.close_link` runs after every
 fixture setup, so no thread lives while a test body runs (invariant 6).
+
+With several agents (``--sm-agent a,b,c``) a hash ring names each key's home
+(:mod:`.placement`): the lookup asks the home's directory (LOCATE) and GETs from the nearest
+holder, then the home, then, when the home is down, the ring's next agents; LEASE and PUT go
+to the home (its first live successor when it is down), so one process builds a key whatever
+agent it asks. An agent that fails is down for the run and the others carry on. With one
+agent none of this runs: no LOCATE, no ring, the same round trips as before.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from . import codec
+from . import codec, placement
 from .inputs import Distributions, Fingerprints
 from .keys import FileDigests
 from .report import RunStats
@@ -67,14 +74,27 @@ class BuildRecord:
 
 
 class AgentLink:
-    """A lazily opened client to the agent; once the agent fails, it stays down for the run."""
+    """A lazily opened client to the agent; once the agent fails, it stays down for the run.
+
+    :param name: the agent's name on the ring (its endpoint), for a link among several.
+    :param curve: CURVE keys for long-lived agents (settings.curve).
+    """
 
     def __init__(
-        self, endpoint: Callable[[], str], timeout: float, curve: ClientKeys | None = None
+        self,
+        endpoint: Callable[[], str],
+        timeout: float,
+        name: str = "",
+        curve: ClientKeys | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.name = name
         self._timeout = timeout
-        self._curve = curve  # CURVE keys for a long-lived agent (settings.curve)
+        self._curve = curve
+        #: Several agents: the first contact is a RING (the agents, and this one's name)
+        #: instead of a PING; it answers the same fields.
+        self.ring: tuple[str, ...] = ()
+        self.rtt: float | None = None  # s: the first contact's round trip
         self._client: AgentClient | Any = None  # or the in-process stand-in
         self.write_errors: int | None = None  # the agent's failed writes at first contact
         self.down: str | None = None
@@ -105,7 +125,13 @@ class AgentLink:
                 if self.write_errors is None:
                     # First contact: an agent that is not there fails over in seconds, not
                     # after a whole request timeout.
-                    reply = self._client.ping(timeout=min(FIRST_PING_SECONDS, self._timeout))
+                    wait = min(FIRST_PING_SECONDS, self._timeout)
+                    started = time.perf_counter()
+                    if self.ring:
+                        reply = self._client.ring(self.ring, self.name, timeout=wait)
+                    else:
+                        reply = self._client.ping(timeout=wait)
+                    self.rtt = time.perf_counter() - started
                     self.write_errors = int(reply.get("write_errors") or 0)
             except Exception as exc:
                 self.fail(exc)
@@ -113,7 +139,10 @@ class AgentLink:
         return self._client
 
     def fail(self, exc: BaseException) -> None:
-        self.down = f"agent unavailable ({exc}); values were built in-process"
+        if self.ring:
+            self.down = f"agent {self.name} down ({exc}); its keys went to the other agents"
+        else:
+            self.down = f"agent unavailable ({exc}); values were built in-process"
         self.close()
         if self.on_down is not None:
             self.on_down(self.down)
@@ -131,6 +160,7 @@ class StateProxy:
         self,
         *,
         link: AgentLink,
+        peers: Sequence[AgentLink] = (),
         secret: Callable[[], bytes],
         rootdir: Path,
         stats: RunStats,
@@ -140,6 +170,16 @@ class StateProxy:
     ) -> None:
         self.link = link
         link.on_down = stats.fallback  # reported once: the link stays down for the run
+        #: Several agents: every link by its name on the ring (``link`` among them), else
+        #: None and ``link`` is the only agent.
+        self.ring: placement.HashRing | None = None
+        self.links: dict[str, AgentLink] = {link.name: link}
+        if peers:
+            self.links.update((peer.name, peer) for peer in peers)
+            self.ring = placement.HashRing(self.links)
+            for each in self.links.values():
+                each.on_down = stats.fallback
+                each.ring = self.ring.agents
         self._secret_source = secret
         self._secret: bytes | None = None
         self.rootdir = rootdir
@@ -161,15 +201,38 @@ class StateProxy:
         return self._secret
 
     def close_link(self) -> None:
-        self.link.close()
+        for link in self.links.values():
+            link.close()
 
-    def call(self, what: Callable[[AgentClient], Any]) -> Any:
-        """Run one agent call; None on failure.
+    @property
+    def down(self) -> bool:
+        """Every agent is down: values are built in-process for the rest of the run."""
+        return all(link.down is not None for link in self.links.values())
+
+    def home(self, key: str) -> AgentLink | None:
+        """The link that builds and stores ``key``: the one agent, or the first agent on the
+        ring for ``key`` that is not down (None when all are)."""
+        if self.ring is None:
+            return self.link
+        for name in self.ring.homes(key):
+            link = self.links[name]
+            if link.down is None:
+                return link
+        return None
+
+    def _unreachable(self, key: str) -> bool:
+        if self.ring is None:
+            return self.link.down is not None
+        return self.home(key) is None
+
+    def call(self, what: Callable[[AgentClient], Any], link: AgentLink | None = None) -> Any:
+        """Run one agent call (on ``link``, default the first agent); None on failure.
 
         An error *reply* (say, the agent's disk is full) costs this one operation; a transport
         failure (timeout, dead socket) marks the agent down for the rest of the run.
         """
-        client = self.link.client()
+        link = self.link if link is None else link
+        client = link.client()
         if client is None:
             return None
         try:
@@ -182,8 +245,37 @@ class StateProxy:
             if error in _AGENT_REPLIED:
                 self.stats.fallback(f"agent refused an operation ({exc}); built in-process")
                 return None
-            self.link.fail(exc)
+            link.fail(exc)
             return None
+
+    def call_home(self, key: str, what: Callable[[AgentClient], Any]) -> Any:
+        """:meth:`call` on ``key``'s home; when that agent fails now, on the next one."""
+        if self.ring is None:
+            return self.call(what)
+        while (link := self.home(key)) is not None:
+            reply = self.call(what, link)
+            if reply is not None or link.down is None:
+                return reply
+        return None
+
+    def each_home(self, keys: Sequence[str], what: Callable[[AgentClient, list[str]], Any]) -> bool:
+        """``what(client, keys)`` for each home's share of ``keys``; whether any succeeded."""
+        if self.ring is None:
+            return self.call(lambda c: what(c, list(keys))) is not None
+        shares: dict[str, list[str]] = {}
+        for key in keys:
+            link = self.home(key)
+            if link is not None:
+                shares.setdefault(link.name, []).append(key)
+        done = False
+        for name, share in shares.items():
+            done |= self.call(lambda c, s=share: what(c, s), self.links[name]) is not None  # type: ignore[misc]
+        return done
+
+    def each_agent(self, what: Callable[[AgentClient], Any]) -> list[Any]:
+        """``what`` on every agent not down; the replies of those that answered."""
+        replies = (self.call(what, link) for link in self.links.values() if link.down is None)
+        return [reply for reply in replies if reply is not None]
 
     # -- reading ---------------------------------------------------------------------------
     def lookup(self, key: str, name: str, resolve: Callable[[str], Any]) -> Hit | Miss:
@@ -199,11 +291,11 @@ class StateProxy:
             return Miss(store=True)
         if self.refresh and key not in self._fresh:
             # Rebuild whatever is stored; once stored in this run, it is loaded as usual.
-            return Miss(store=self.link.down is None)
+            return Miss(store=not self._unreachable(key))
         found = self._load(key, name, resolve)
         if found is not None:
             return found
-        if self.link.down is not None:
+        if self._unreachable(key):
             return Miss(store=False)
         return self._claim(key, name, resolve)
 
@@ -215,7 +307,12 @@ class StateProxy:
             fetched = self.link.local_get(key)
         except Exception:  # a local read is an optimisation: the agent answers instead
             fetched = None
-        if fetched is None:
+        if fetched is None and self.ring is not None:
+            start = time.perf_counter()
+            fetched = self._fetch_placed(key)
+            if fetched is None:
+                return None
+        elif fetched is None:
             if self.link.client() is None:
                 return None
             start = time.perf_counter()
@@ -269,6 +366,35 @@ class StateProxy:
             why = f"loading took {load_s * 1e3:.1f} ms, building {build_s * 1e3:.1f} ms"
             self._mark_build(key, name, why, prints)
         return Hit(value, list(meta.get("warnings", [])), nbytes, load_s)
+
+    def _fetch_placed(self, key: str) -> Any:
+        """Several agents: LOCATE at the key's directory, then GET from the holders, nearest
+        first, then from the home (and, when the home is down or its directory did not answer,
+        from the ring's next agents). A copy older than the located version is passed over."""
+        ring = self.ring
+        assert ring is not None
+        directory = self.home(key)
+        if directory is None:
+            return None
+        reply = self.call(lambda c: c.locate([key]), directory)
+        located = placement.parse(reply.get(key, [])) if reply is not None else []
+        answered = reply is not None and directory.name == ring.home(key)
+        order = placement.fetch_order(
+            key,
+            ring,
+            located,
+            up=lambda name: self.links[name].down is None,
+            rtt={n: link.rtt for n, link in self.links.items() if link.rtt is not None},
+            fallbacks=not answered,
+        )
+        for name, least in order:
+            link = self.links[name]
+            if link.down is not None:  # failed during this lookup
+                continue
+            fetched = self.call(lambda c: c.get(key), link)
+            if fetched is not None and fetched.version >= least:
+                return fetched
+        return None
 
     def _claim(self, key: str, name: str, resolve: Callable[[str], Any]) -> Hit | Miss:
         """Take the build lease, or wait for whoever holds it to store the value.
@@ -341,7 +467,8 @@ class StateProxy:
             "inputs": record.fingerprints.to_wire(),
         }
         frames = codec.seal(self.secret, key, meta, payload)
-        if self.call(lambda c: c.put(key, frames, {"fixture": name, "nbytes": nbytes})) is None:
+        put = self.call_home(key, lambda c: c.put(key, frames, {"fixture": name, "nbytes": nbytes}))
+        if put is None:
             return nbytes
         self._fresh.add(key)
         self.stats.bytes_stored += nbytes
@@ -351,7 +478,7 @@ class StateProxy:
     def rebuild(self, key: str) -> Miss:
         """Build ``key`` again whatever is stored (its dependency was just rebuilt), holding
         its lease when free so other workers wait for this build instead of repeating it."""
-        if self.link.down is not None:
+        if self._unreachable(key):
             return Miss(store=False)
         reply = self._lease(key)
         if reply is None:
@@ -361,8 +488,10 @@ class StateProxy:
         return Miss(store=bool(reply.present))  # another holder builds it: do not race it
 
     def _lease(self, key: str, wait: float = 0.0) -> Any:
-        """One LEASE for this process's holder (None when the agent failed)."""
-        return self.call(
+        """One LEASE for this process's holder, at the key's home (None when no agent
+        answered)."""
+        return self.call_home(
+            key,
             lambda c: c.lease(
                 key,
                 self.holder,
@@ -370,7 +499,7 @@ class StateProxy:
                 pid=os.getpid(),
                 host=socket.gethostname(),
                 wait=wait,
-            )
+            ),
         )
 
     def stored_now(self, key: str) -> bool:
@@ -378,23 +507,27 @@ class StateProxy:
         return key in self._fresh
 
     def check_writes(self) -> None:
-        """Report values the agent acknowledged but could not write (write-behind)."""
-        before = self.link.write_errors
-        if before is None or self.link.down is not None or not self.stats.bytes_stored:
+        """Report values the agents acknowledged but could not write (write-behind)."""
+        if not self.stats.bytes_stored:
             return
-        reply = self.call(lambda c: c.stats())
-        if reply is not None and int(reply.get("write_errors") or 0) > before:
-            failed = int(reply["write_errors"]) - before
-            self.stats.fallback(
-                f"the agent could not write {failed} value(s) to disk "
-                f"({reply.get('last_write_error')}); they are built again next run"
-            )
+        for link in self.links.values():
+            before = link.write_errors
+            if before is None or link.down is not None:
+                continue
+            reply = self.call(lambda c: c.stats(), link)
+            if reply is not None and int(reply.get("write_errors") or 0) > before:
+                failed = int(reply["write_errors"]) - before
+                agent = f"agent {link.name}" if self.ring is not None else "the agent"
+                self.stats.fallback(
+                    f"{agent} could not write {failed} value(s) to disk "
+                    f"({reply.get('last_write_error')}); they are built again next run"
+                )
 
     def abandon(self, key: str, miss: Miss) -> None:
         """The build failed: let the next process build it."""
         holder = miss.holder
         if holder is not None:
-            self.call(lambda c: c.release(key, holder))
+            self.call_home(key, lambda c: c.release(key, holder))
 
     def refuse(self, key: str, name: str, why: str, record: BuildRecord) -> None:
         """A built value that must not be stored (and is built from now on): say why."""
@@ -419,7 +552,7 @@ class StateProxy:
             "inputs": prints.to_wire(),
         }
         frames = codec.seal(self.secret, key, meta, [])
-        self.call(lambda c: c.put(key, frames, {"fixture": name, "nbytes": 0}))
+        self.call_home(key, lambda c: c.put(key, frames, {"fixture": name, "nbytes": 0}))
 
 
 def warning_to_wire(message: Any) -> list[Any]:

@@ -48,7 +48,7 @@ from .proxy import (
 )
 from .recorder import AccessRecorder, used_fixturedefs
 from .report import RunStats
-from .settings import Settings
+from .settings import Settings, parse_endpoints
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 _NOTHING = object()
@@ -235,13 +235,28 @@ class StateMigrateSession:
         self.rootdir = rootdir
         self.stats = RunStats()
         self.embedded: EmbeddedAgent | None = None
+        self._agent_endpoint = agent_endpoint
+        peers: list[AgentLink] = []
         if agent_endpoint is None:
             self.embedded = EmbeddedAgent(settings)
             endpoint = self.embedded.endpoint
+            link = AgentLink(endpoint, settings.timeout)
         else:
-            endpoint = lambda: agent_endpoint  # noqa: E731
+            # Several endpoints: one link each, placed by a hash ring (placement.py). One:
+            # the link as it always was (no ring, no LOCATE).
+            first, *others = parse_endpoints(agent_endpoint) or (agent_endpoint,)
+            many = bool(others)
+            curve = settings.curve
+            link = AgentLink(
+                lambda: first, settings.timeout, name=first if many else "", curve=curve
+            )
+            peers = [
+                AgentLink(lambda e=e: e, settings.timeout, name=e, curve=curve)  # type: ignore[misc]
+                for e in others
+            ]
         self.proxy = StateProxy(
-            link=AgentLink(endpoint, settings.timeout, settings.curve),
+            link=link,
+            peers=peers,
             secret=lambda: load_secret(settings.store_dir),
             rootdir=rootdir,
             stats=self.stats,
@@ -571,10 +586,10 @@ class StateMigrateSession:
                 keys.append(key)
                 room -= size
         if keys:
-            before = self.proxy.call(lambda c: c.stats())
-            if before is not None:
+            before = self.proxy.each_agent(lambda c: c.stats())
+            if before:
                 self._note_base(before)
-                if self.proxy.call(lambda c: c.prefetch(keys)) is not None:
+                if self.proxy.each_home(keys, lambda c, share: c.prefetch(share)):
                     self._early.update(keys)
             self.proxy.close_link()
 
@@ -586,24 +601,23 @@ class StateMigrateSession:
         if self.embedded is not None:  # started for this run: its RAM is empty
             self._on_disk = s.store is None
             return AgentInfo("embedded", host, s.ram_bytes, s.ram_bytes)
-        reply = self.proxy.call(lambda c: c.stats())
+        # Several agents: the plan is made for the first one's RAM and each key's PREFETCH
+        # goes to its home (Migrator, through the proxy); see docs/placement.md.
+        replies = self.proxy.each_agent(lambda c: c.stats())
         self.proxy.close_link()
-        if reply is None:
+        if not replies:
             return None
+        reply = replies[0]
         disk: dict[str, Any] = (reply.get("tiers") or {}).get("disk") or {}
         self._on_disk = bool(disk) and bool(disk.get("write_through", True))
-        self._note_base(reply)
+        self._note_base(replies)
         return AgentInfo.from_stats(str(self.settings.agent or "agent"), reply)
 
-    def _note_base(self, reply: dict[str, Any]) -> None:
-        """The agent's prefetch counters before this run asked for anything (a long-lived
+    def _note_base(self, replies: list[dict[str, Any]]) -> None:
+        """The agents' prefetch counters before this run asked for anything (a long-lived
         agent counts since it started)."""
         if self._prefetch_base is None:
-            counters = reply.get("prefetch") or {}
-            self._prefetch_base = (
-                int(counters.get("bytes", 0)),
-                int(counters.get("used_bytes", 0)),
-            )
+            self._prefetch_base = _prefetch_counters(replies)
 
     def predicted(self, item: Any, prediction: Prediction) -> tuple[str, ...]:
         """The keys ``item`` will need: what it used when it last ran (dynamic requests
@@ -655,13 +669,12 @@ class StateMigrateSession:
         if not sent:
             return
         self.stats.prefetched += len(sent)
-        if self._queue is not None or self.proxy.link.down is not None:
+        if self._queue is not None or self.proxy.down:
             return  # an xdist worker: the shared agent's counters are not this worker's
-        reply = self.proxy.call(lambda c: c.stats())
-        counters = (reply or {}).get("prefetch") or {}
+        loaded, used = _prefetch_counters(self.proxy.each_agent(lambda c: c.stats()))
         base_bytes, base_used = self._prefetch_base or (0, 0)
-        self.stats.prefetch_bytes += max(0, int(counters.get("bytes", 0)) - base_bytes)
-        self.stats.prefetch_used_bytes += max(0, int(counters.get("used_bytes", 0)) - base_used)
+        self.stats.prefetch_bytes += max(0, loaded - base_bytes)
+        self.stats.prefetch_used_bytes += max(0, used - base_used)
 
     # -- the tests that use managed values ------------------------------------------------
     def test_ready(self, item: Any) -> None:
@@ -793,7 +806,7 @@ class StateMigrateSession:
         try:
             if self.embedded is not None:
                 return self.embedded.planned_endpoint()
-            return self.proxy.link.endpoint()
+            return self._agent_endpoint  # all of them: workers place keys on the same ring
         except Exception as exc:
             self.stats.fallback(f"agent could not start ({exc}); workers build in-process")
             return None
@@ -881,6 +894,16 @@ def _open_disk_tier(settings: Settings) -> Any:
             pass
         gc.collect()
     return None
+
+
+def _prefetch_counters(replies: list[dict[str, Any]]) -> tuple[int, int]:
+    """(bytes loaded, bytes of them used) summed over the agents' STATS replies."""
+    loaded = used = 0
+    for reply in replies:
+        counters = reply.get("prefetch") or {}
+        loaded += int(counters.get("bytes", 0))
+        used += int(counters.get("used_bytes", 0))
+    return loaded, used
 
 
 def _collected_param_label(callspec: Any, name: str, fixturedef: Any) -> str:

@@ -54,6 +54,30 @@ def parse_patterns(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
+def parse_endpoints(text: str) -> tuple[str, ...]:
+    """``"ipc:///a, tcp://127.0.0.1:5"`` (or one a line) → the endpoints, in order."""
+    return tuple(e.strip() for e in text.replace("\n", ",").split(",") if e.strip())
+
+
+def check_endpoints(text: str, curve: bool = False) -> str | None:
+    """Validate agent endpoints (comma-separated or one a line); the normalized
+    comma-separated list, or None when there is none.
+
+    :raises ValueError: one line naming the first bad or repeated endpoint.
+    """
+    from nodeagent.protocol import check_endpoint
+
+    endpoints = parse_endpoints(text)
+    for endpoint in endpoints:
+        check_endpoint(endpoint, curve=curve)  # BindRefused is a ValueError
+        if "*" in endpoint:
+            raise ValueError(f"{endpoint}: name the agent's port, not *")
+    if len(set(endpoints)) != len(endpoints):
+        twice = next(e for e in endpoints if endpoints.count(e) > 1)
+        raise ValueError(f"{twice} is listed twice")
+    return ",".join(endpoints) or None
+
+
 def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
     def convert(text: str) -> float:
         value = kind(text)
@@ -82,6 +106,8 @@ class Settings:
     """The validated configuration of one run."""
 
     patterns: tuple[str, ...]
+    #: Long-lived agents' endpoints, comma-separated (what xdist workers are handed), or None
+    #: to start one for the run; see :attr:`agents`.
     agent: str | None
     store_dir: Path
     store: str | None
@@ -105,6 +131,11 @@ class Settings:
     shard: ShardSpec | str = DEFAULTS["shard"]  # a spec, "auto" or "off"
     #: --sm-keys / statemigrate_keys, loaded: CURVE keys for talking to ``agent``
     curve: ClientKeys | None = None
+
+    @property
+    def agents(self) -> tuple[str, ...]:
+        """The long-lived agents' endpoints (several: placed by a hash ring, placement.py)."""
+        return parse_endpoints(self.agent or "")
 
     @property
     def disk_dir(self) -> Path:
@@ -135,9 +166,11 @@ def build(
         if cli_patterns is not None
         else [p.strip() for p in ini("statemigrate_fixtures")]
     )
-    agent = option("sm_agent") or (ini("statemigrate_agent") or "").strip() or None
-    curve = _client_keys(
-        agent, rootdir, option("sm_keys"), (ini("statemigrate_keys") or "").strip()
+    agent, curve = _agents_and_keys(
+        option("sm_agent") or ini("statemigrate_agent") or "",
+        rootdir,
+        option("sm_keys"),
+        (ini("statemigrate_keys") or "").strip(),
     )
 
     def ini_or_default(key: str, convert: Callable[[str], Any]) -> Any:
@@ -177,15 +210,18 @@ def build(
     )
 
 
-def _client_keys(agent: str | None, rootdir: Path, cli: str | None, ini: str) -> ClientKeys | None:
-    """Check the agent endpoint; load the CURVE client keys when an agent is used with them.
+def _agents_and_keys(
+    text: str, rootdir: Path, cli: str | None, ini: str
+) -> tuple[str | None, ClientKeys | None]:
+    """Check the agent endpoints; load the CURVE client keys when agents are used with them.
 
-    Keys are only read for a long-lived agent (the embedded one listens on ipc:// without
-    CURVE), so an ini file may name a key directory that exists only where such an agent runs.
+    Keys are only read for long-lived agents (the embedded one listens on ipc:// without
+    CURVE), so an ini file may name a key directory that exists only where such agents run.
+    :returns: the endpoints (comma-separated) or None, and the keys or None.
     """
-    if agent is None:
-        return None
-    from nodeagent.protocol import BindRefused, check_endpoint
+    if not parse_endpoints(text):
+        return None, None
+    from nodeagent.protocol import BindRefused
 
     name = "--sm-keys" if cli else "statemigrate_keys"
     raw = cli or ini
@@ -201,7 +237,7 @@ def _client_keys(agent: str | None, rootdir: Path, cli: str | None, ini: str) ->
         except KeysError as exc:
             raise SettingsError(f"statemigrate: bad value for {name}: {exc}") from None
     try:
-        check_endpoint(agent, curve=curve is not None)
+        agent = check_endpoints(text, curve=curve is not None)
     except BindRefused as exc:
         fix = ""
         if exc.needs_keys:
@@ -210,11 +246,9 @@ def _client_keys(agent: str | None, rootdir: Path, cli: str | None, ini: str) ->
                 "made by `statemigrate keys`"
             )
         raise SettingsError(f"statemigrate: bad agent endpoint: {exc}{fix}") from None
-    if "*" in agent:
-        raise SettingsError(
-            f"statemigrate: bad agent endpoint: {agent}: name the agent's host and port, not *"
-        )
-    return curve
+    except ValueError as exc:
+        raise SettingsError(f"statemigrate: bad agent endpoint: {exc}") from None
+    return agent, curve
 
 
 def _choice(allowed: Sequence[str]) -> Callable[[str], str]:
@@ -229,7 +263,11 @@ def _choice(allowed: Sequence[str]) -> Callable[[str], str]:
 #: ini keys: name → (help, type for ``parser.addini``). Sizes take K/M/G/T suffixes.
 INI: Final[Mapping[str, tuple[str, str]]] = {
     "statemigrate_fixtures": ("fnmatch patterns of fixtures to manage, one a line", "linelist"),
-    "statemigrate_agent": ("endpoint of a long-lived node agent (default: one per run)", "string"),
+    "statemigrate_agent": (
+        "endpoints of long-lived node agents, comma-separated or one a line (default: one "
+        "agent started per run)",
+        "string",
+    ),
     "statemigrate_keys": (
         "directory of the CURVE client keys for statemigrate_agent (`statemigrate keys`), "
         "relative to the rootdir; needed for a non-loopback agent",

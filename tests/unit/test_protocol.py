@@ -74,6 +74,23 @@ FIELD_STRATEGIES: dict[Op, st.SearchStrategy[dict[str, Any]]] = {
         },
     ),
     Op.RELEASE: st.fixed_dictionaries({"key": keys, "holder": holders}),
+    Op.RING: st.lists(peers, min_size=1, max_size=3, unique=True).flatmap(
+        lambda agents: st.fixed_dictionaries(
+            {"agents": st.just(agents), "me": st.sampled_from(agents)}
+        )
+    ),
+    Op.LOCATE: st.fixed_dictionaries({"keys": key_lists}),
+    Op.ANNOUNCE: st.fixed_dictionaries(
+        {
+            "holder": peers,
+            "entries": st.lists(
+                st.tuples(
+                    keys, st.sampled_from([None, "ram", "disk", "store"]), st.integers(0, 2**40)
+                ).map(list),
+                max_size=4,
+            ),
+        }
+    ),
 }
 
 
@@ -246,6 +263,26 @@ def test_batch_ops_take_lists_of_keys() -> None:
         "keys": ["k"],
         "source": source,
     }
+
+
+@pytest.mark.parametrize(
+    ("op", "fields", "needle"),
+    [
+        (Op.RING, {"agents": [], "me": "ipc:///a"}, "'agents' must be a non-empty list"),
+        (Op.RING, {"agents": ["ipc:///a", "ipc:///a"], "me": "ipc:///a"}, "must not repeat"),
+        (Op.RING, {"agents": ["tcp://10.0.0.1:5"], "me": "ipc:///a"}, "item 0 must be an ipc"),
+        (Op.ANNOUNCE, {"holder": "ipc:///a", "entries": [["k", "tape", 1]]}, "item 0 must be"),
+        (Op.ANNOUNCE, {"holder": "ipc:///a", "entries": [["k", "ram"]]}, "[key, tier, version]"),
+        (Op.ANNOUNCE, {"holder": "ipc:///a", "entries": [["k", None, -1]]}, "non-negative"),
+        (Op.ANNOUNCE, {"holder": "ipc:///a", "entries": [["", "ram", 1]]}, "must not be empty"),
+        (Op.LOCATE, {"keys": "k"}, "must be a list of keys"),
+    ],
+)
+def test_placement_ops_validate_their_fields(op: Op, fields: dict[str, Any], needle: str) -> None:
+    frame = msgpack.packb({"v": PROTOCOL_VERSION, "op": op.value, "id": 1, **fields})
+    with pytest.raises(ProtocolError) as info:
+        decode_request(frame)
+    assert info.value.error == "bad-field" and needle in info.value.message
 
 
 def test_unknown_fields_are_ignored() -> None:

@@ -173,3 +173,32 @@ def test_keys_are_not_read_without_a_long_lived_agent(tmp_path: Path) -> None:
 def test_a_wildcard_agent_is_refused() -> None:
     with pytest.raises(st.SettingsError, match="not \\*"):
         build({}, sm_agent="tcp://127.0.0.1:*")
+
+
+def test_several_agent_endpoints() -> None:
+    s = build({}, sm_agent="ipc:///tmp/a.sock, tcp://127.0.0.1:5555,ipc:///tmp/b.sock")
+    assert s.agents == ("ipc:///tmp/a.sock", "tcp://127.0.0.1:5555", "ipc:///tmp/b.sock")
+    assert s.agent == "ipc:///tmp/a.sock,tcp://127.0.0.1:5555,ipc:///tmp/b.sock"
+    lines = build({"statemigrate_agent": "\nipc:///tmp/a.sock\n  tcp://[::1]:7\n"})
+    assert lines.agents == ("ipc:///tmp/a.sock", "tcp://[::1]:7")
+    assert build({}).agents == () and build({}).agent is None
+    one = build({"statemigrate_agent": "ipc:///tmp/a.sock"})
+    assert one.agents == ("ipc:///tmp/a.sock",) and one.agent == "ipc:///tmp/a.sock"
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ("ipc:///tmp/a.sock,tcp://10.1.2.3:5555", "refusing tcp://10.1.2.3:5555"),
+        ("ipc:///tmp/a.sock,ipc:///tmp/a.sock", "ipc:///tmp/a.sock is listed twice"),
+        ("tcp://127.0.0.1:*", "name the agent's port"),
+    ],
+)
+def test_a_bad_agent_endpoint_is_one_line(value: str, needle: str) -> None:
+    for kwargs in ({"sm_agent": value}, {}):
+        ini = {} if kwargs else {"statemigrate_agent": value}
+        with pytest.raises(st.SettingsError) as info:
+            build(ini, **kwargs)
+        message = str(info.value)
+        assert message.startswith("statemigrate: bad agent endpoint: ") and needle in message
+        assert "\n" not in message

@@ -20,6 +20,7 @@ safe to use from several threads) and :meth:`TieredStore.read_below`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
@@ -31,6 +32,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final, Protocol
 
 import diskcache
@@ -546,10 +548,18 @@ class _FsspecFiles:
 
     def peek(self, key: str, name: str) -> tuple[int, int]:
         path = self.path(name)
-        reader = _RangeReader(
-            lambda start, end: self.fs.cat_file(path, start=start, end=end), self._HEAD_BYTES
-        )
-        return peek_header(key, reader)
+        return peek_header(key, _RangeReader(partial(self._range, path), self._HEAD_BYTES))
+
+    def _range(self, path: str, start: int, end: int) -> bytes:
+        """Bytes ``start:end`` of ``path``; fewer (or none) past its end."""
+        try:
+            return bytes(self.fs.cat_file(path, start=start, end=end))
+        except OSError as exc:
+            # S3 answers a range that starts at or past the end (an empty or truncated
+            # object) with 416, which s3fs raises as EINVAL: that is a short read, not an error.
+            if exc.errno == errno.EINVAL and not isinstance(exc, FileNotFoundError):
+                return b""
+            raise
 
     def write(self, name: str, blob: bytes) -> None:
         path = self.path(name)

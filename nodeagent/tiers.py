@@ -541,7 +541,13 @@ class _FsspecFiles:
         return f"{self.root}/{name}"
 
     def exists(self, name: str) -> bool:
-        return bool(self.fs.exists(self.path(name)))
+        # One ranged GET of one byte: s3fs's exists() costs a HEAD and, for a missing key,
+        # a listing too (it checks for a "directory" of that name).
+        try:
+            self._range(self.path(name), 0, 1)
+        except FileNotFoundError:
+            return False
+        return True
 
     def read(self, name: str) -> bytes:
         return bytes(self.fs.cat_file(self.path(name)))
@@ -577,7 +583,7 @@ class _FsspecFiles:
 
     def delete(self, name: str) -> bool:
         path = self.path(name)
-        if not self.fs.exists(path):
+        if not self.exists(name):
             return False
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(path)
@@ -884,7 +890,7 @@ class TieredStore:
         """
         current: int | None = None
         if expect_version is not None or key not in self._versions:
-            current = self.version(key) if self.has(key) is not None else 0
+            current = self.version(key)  # headers only; 0 when absent (no existence probe first)
         if expect_version is not None and current != expect_version:
             raise VersionConflict(f"key {key[:80]!r} is at version {current}, not {expect_version}")
         new = max(self._versions.get(key, 0), current or 0) + 1

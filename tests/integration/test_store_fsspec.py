@@ -431,3 +431,17 @@ def test_storage_options_from_the_environment(
         with pytest.raises(StoreError) as info:
             StoreTier(url)
         assert OPTIONS_ENV in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cli_clear_empties_a_url_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_statemigrate.cli import main
+
+    url = f"memory://sm-{uuid.uuid4().hex[:12]}/store"
+    store = StoreTier(url)
+    store.put("a", entry(b"1"))
+    store.put("b", entry(b"2"))
+    assert main(["clear", "--dir", str(tmp_path / ".statemigrate"), "--store", url]) == 0
+    assert "removed 2 entries from " + url in capsys.readouterr().out
+    assert store.get("a") is None and store.get("b") is None
+    assert main(["clear", "--dir", str(tmp_path), "--store", "nosuch://x"]) == 2
+    assert "unknown protocol 'nosuch'" in capsys.readouterr().err

@@ -91,7 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="disk tier size limit (default 4G)",
     )
-    parser.add_argument("--store", metavar="DIR", help="directory of the persistent tier")
+    parser.add_argument(
+        "--store",
+        metavar="DIR|URL",
+        help="persistent tier: a directory or an fsspec URL such as s3://bucket/prefix "
+        "(credentials from the environment; see docs/store.md)",
+    )
     slow = parser.add_argument_group(
         "slow-store simulation (benchmarks and tests; both off by default)",
         "Make the --store directory behave like a remote store, so that prefetching can be "
@@ -124,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run an agent; returns the exit status (2: usage error or refused bind)."""
+    """Run an agent; returns the exit status (2: usage error, refused bind or unusable store)."""
     args = build_parser().parse_args(argv)
     try:
         check_endpoint(args.bind, curve=args.curve_dir is not None)
@@ -155,12 +160,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from nodeagent.leases import LeaseTable
     from nodeagent.server import AgentServer
+    from nodeagent.storeurl import StoreError
     from nodeagent.tiers import DiskTier, RamTier, StoreTier, TieredStore
 
-    disk = None if args.no_disk else DiskTier(args.disk_dir, args.disk_bytes)
     store = None
     if args.store is not None:
-        store = StoreTier(args.store, args.store_latency, args.store_bandwidth)
+        try:
+            store = StoreTier(args.store, args.store_latency, args.store_bandwidth)
+        except StoreError as exc:
+            print(f"nodeagent: error: {exc}", file=sys.stderr, flush=True)
+            return 2
+    disk = None if args.no_disk else DiskTier(args.disk_dir, args.disk_bytes)
     tiers = TieredStore(RamTier(args.ram_bytes), disk, store)
     server = AgentServer(args.bind, tiers, LeaseTable(), parent_pid=args.parent_pid, curve=curve)
     # SIGTERM (a launcher stopping an agent it never waited for) ends the loop like Ctrl-C,

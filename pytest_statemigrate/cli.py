@@ -64,10 +64,22 @@ def _clear(args: argparse.Namespace) -> int:
             shutil.rmtree(path)
             removed += 1
     if args.store:
-        path = Path(args.store)
-        if path.exists():
-            shutil.rmtree(path)
-            removed += 1
+        from nodeagent.storeurl import StoreError, is_url
+
+        if is_url(args.store):  # a shared bucket: remove the entries, not the prefix
+            from nodeagent.tiers import StoreTier
+
+            try:
+                count = StoreTier(args.store).clear()
+            except StoreError as exc:
+                print(f"statemigrate clear: {exc}", file=sys.stderr)
+                return 2
+            print(f"removed {count} entries from {args.store}")
+        else:
+            path = Path(args.store)
+            if path.exists():
+                shutil.rmtree(path)
+                removed += 1
     print(f"cleared the store in {store_dir}" + (f" and {args.store}" if args.store else ""))
     return 0
 
@@ -365,7 +377,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     clear.add_argument(
         "--dir", default=DEFAULTS["dir"], help="store directory (default %(default)s)"
     )
-    clear.add_argument("--store", default=None, help="also remove this tier-3 store directory")
+    clear.add_argument(
+        "--store",
+        default=None,
+        help="also empty this tier-3 store (a directory or an fsspec URL)",
+    )
     clear.add_argument("--agent", default=None, help="clear the agent at this endpoint instead")
     clear.add_argument(
         "--keys", default=None, metavar="DIR", help="client CURVE keys for --agent (see keys)"

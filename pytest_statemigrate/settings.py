@@ -181,6 +181,12 @@ def build(
     if not store_dir.is_absolute():
         store_dir = rootdir / store_dir
     store = (ini("statemigrate_store") or "").strip() or None
+    if store is not None:
+        from nodeagent.storeurl import check_location
+
+        # Cheap: the protocol is known and its backend package is found, without importing
+        # it; the agent's start opens the store for real.
+        _convert("statemigrate_store", store, check_location)
     stats_json = option("sm_stats_json")
     partitioner = option("sm_partitioner") or ini_or_default("partitioner", _choice(PARTITIONERS))
     return Settings(
@@ -277,7 +283,11 @@ INI: Final[Mapping[str, tuple[str, str]]] = {
         "store directory, relative to the rootdir (default .statemigrate)",
         "string",
     ),
-    "statemigrate_store": ("tier-3 persistent store directory of the embedded agent", "string"),
+    "statemigrate_store": (
+        "tier-3 persistent store of the embedded agent: a directory or an fsspec URL such as "
+        "s3://bucket/prefix",
+        "string",
+    ),
     "statemigrate_max_value_bytes": (
         "larger values are built, not stored (default 256M)",
         "string",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,30 @@ def test_a_bad_value_is_one_line_naming_the_key(key: str, value: str) -> None:
         build({key: value})
     message = str(info.value)
     assert message.startswith(f"statemigrate: bad value for {key}:") and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("nosuch://bucket/x", "unknown protocol 'nosuch'"),
+        ("gs://bucket/x", "pip install gcsfs"),  # gcsfs is not a test dependency
+        ("simplecache::nosuch://b", "unknown protocol 'nosuch'"),
+    ],
+)
+def test_a_bad_store_url_is_one_line_naming_it_and_the_fix(url: str, says: str) -> None:
+    pytest.importorskip("fsspec")
+    if "gcsfs" in says and importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed here")
+    with pytest.raises(st.SettingsError) as info:
+        build({"statemigrate_store": url})
+    message = str(info.value)
+    assert message.startswith("statemigrate: bad value for statemigrate_store:")
+    assert url in message and says in message and "\n" not in message
+
+
+def test_a_store_directory_or_known_url_is_kept() -> None:
+    assert build({"statemigrate_store": " /data/store "}).store == "/data/store"
+    assert build({"statemigrate_store": "memory://shared"}).store == "memory://shared"
 
 
 def test_prefetch_settings() -> None:

@@ -23,10 +23,12 @@ from ``--sm-stats-json``). Reported: longest shard over the mean shard, state ov
 and its ratio to pytest-split's; medians over rounds. Targets: longest <= 1.15 x mean, state
 <= 0.6 x pytest-split's.
 
-**Workers** (``--only workers``): ``-n 2`` with the ESG and a warm store, ``--dist
-statemigrate`` against ``--dist loadscope`` (both with the plugin), side by side, rotated each
-round: wall time and values loaded per worker (hits + builds / 2). Targets: fewer loads per
-worker, not slower.
+**Workers** (``--only workers``): ``-n 2`` with the ESG, ``--dist statemigrate`` against
+``--dist loadscope`` (both with the plugin), side by side, rotated each round; with the values
+stored (a warm store: every value is loaded) and with the values not stored (a fresh store with
+the ESG only: each value is built once, by the first worker that asks, while a worker that
+needs it too waits). Reported: wall time, and values paid per worker (hits + builds, / 2).
+Targets: fewer values per worker, not slower.
 """
 
 from __future__ import annotations
@@ -192,18 +194,13 @@ def shard_round(splitter: str) -> dict[str, Any]:
     }
 
 
-def workers_round(dist: str) -> dict[str, Any]:
+def workers_round(dist: str, cold: bool = False) -> dict[str, Any]:
+    """One ``-n 2`` run: with the warm store (values stored), or ``cold``: a fresh store with
+    the ESG only (the values are built, each once, by whichever worker asks first)."""
     stats_path = SUITE / ".bench-stats.json"
-    wall, stats, _ = pytest_run(
-        SUITE,
-        "--sm-dir=.warm",
-        "--sm-shard=off",
-        "-n",
-        "2",
-        "--dist",
-        dist,
-        f"--sm-stats-json={stats_path}",
-    )
+    store = fresh_store(f"workers-{dist}") if cold else "--sm-dir=.warm"
+    args = ["--sm-shard=off", "-n", "2", "--dist", dist, f"--sm-stats-json={stats_path}"]
+    wall, stats, _ = pytest_run(SUITE, store, *args)
     assert stats is not None
     paid = sum(stats["hits"].values()) + int(stats["builds"])
     return {"wall": wall, "per_worker": paid / 2, "hits": stats["hits"], "builds": stats["builds"]}
@@ -241,23 +238,28 @@ def main() -> int:
     if "workers" in only:
         shutil.rmtree(SUITE / ".warm", ignore_errors=True)
         shutil.copytree(SUITE / ".recorded", SUITE / ".warm")
-        for dist in ("statemigrate", "loadscope"):  # warm-up: fills the store, pyc
-            workers_round(dist)
-            results["workers"][dist] = []
+        configs = [(d, cold) for cold in (False, True) for d in ("statemigrate", "loadscope")]
+        for dist, cold in configs:  # warm-up: fills the store, pyc
+            workers_round(dist, cold)
+            results["workers"][_name(dist, cold)] = []
         for r in range(args.runs):
-            order = ["statemigrate", "loadscope"][:: 1 if r % 2 == 0 else -1]
-            for dist in order:
-                result = workers_round(dist)
-                results["workers"][dist].append(result)
+            shift = r % len(configs)
+            for dist, cold in configs[shift:] + configs[:shift]:
+                result = workers_round(dist, cold)
+                results["workers"][_name(dist, cold)].append(result)
                 log(
-                    f"workers round {r + 1}/{args.runs} --dist {dist}: {result['wall']:.2f}s, "
-                    f"{result['per_worker']:.1f} values per worker"
+                    f"workers round {r + 1}/{args.runs} {_name(dist, cold)}: "
+                    f"{result['wall']:.2f}s, {result['per_worker']:.1f} values per worker"
                 )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1))
     print(tables(results, args.markdown))
     log(f"wrote {args.json}")
     return 0
+
+
+def _name(dist: str, cold: bool) -> str:
+    return f"{dist}, {'values built' if cold else 'values stored'}"
 
 
 def tables(results: dict[str, Any], markdown: bool) -> str:
@@ -293,8 +295,8 @@ def tables(results: dict[str, Any], markdown: bool) -> str:
     if workers:
         head = ["--dist", "median s", "min s", "values / worker", "paired vs loadscope"]
         out += [row(head)] + ([row(["---"] * len(head))] if markdown else [])
-        base = workers["loadscope"]
         for name, rounds in workers.items():
+            base = workers[name.replace("statemigrate", "loadscope")]
             paired = med(a["wall"] / b["wall"] for a, b in zip(rounds, base, strict=True))
             out.append(
                 row(

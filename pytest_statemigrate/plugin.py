@@ -16,6 +16,7 @@ from .shard import parse_spec
 SESSION = "statemigrate-session"
 FIXTURE_HOOKS = "statemigrate-fixtures"
 WORKER_KEY = "statemigrate_agent"
+CLOSURES_KEY = "statemigrate_closures"  # where workers leave closures for --dist statemigrate
 
 
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
@@ -259,6 +260,15 @@ class _FixtureHooks:
         if not hasattr(self.hooks.config, "workerinput"):
             self.hooks.session.early_prefetch(_selection(self.hooks.config))
 
+    @pytest.hookimpl(tryfirst=True, specname="pytest_collection_finish")
+    def pytest_collection_finish_closures(self, session: pytest.Session) -> None:
+        """An xdist worker under ``--dist statemigrate``: leave the tests' closures for the
+        scheduler, before xdist reports this worker's collection to the controller."""
+        workerinput = getattr(self.hooks.config, "workerinput", None)
+        path = (workerinput or {}).get(CLOSURES_KEY)
+        if path:
+            self.hooks.session.write_closures(session.items, Path(path))
+
     @pytest.hookimpl(trylast=True)
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         """The run order is final (after reordering and deselection): plan the prefetches."""
@@ -350,12 +360,16 @@ class _XdistController:
 
     def __init__(self, hooks: _Hooks) -> None:
         self.hooks = hooks
+        #: where workers leave their tests' closures (--dist statemigrate, see _Sharding)
+        self.closures = hooks.settings.store_dir / f"closures-{os.getpid()}.json"
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
         endpoint = self.hooks.session.shared_endpoint()
         if endpoint is not None:
             node.workerinput[WORKER_KEY] = endpoint
+        if self.hooks.config.getvalue("dist") == DIST and self.hooks.active:
+            node.workerinput[CLOSURES_KEY] = str(self.closures)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
@@ -364,16 +378,25 @@ class _XdistController:
         from xdist.report import report_collection_diff
         from xdist.workermanage import parse_tx_spec_config
 
-        from .shard import AffinityScheduling, Workload, esg_workload, unit_indices
+        from .shard import (
+            AffinityScheduling,
+            Workload,
+            esg_workload,
+            unit_indices,
+            with_closures,
+        )
 
         settings = self.hooks.settings
 
         def plan(collection: list[str], workers: int) -> list[list[int]]:
             try:
                 work = esg_workload(settings.store_dir / "esg.sqlite", settings.history)
+                work = with_closures(work, self.closures)
             except Exception as exc:  # scheduling by module instead never costs a test
                 self.hooks.session.stats.fallback(f"--dist {DIST}: ESG not read ({exc!r})")
                 work = Workload({}, {}, {})
+            finally:
+                self.closures.unlink(missing_ok=True)
             return unit_indices(collection, work, workers)
 
         def report_diff(first: list[str], other: list[str]) -> None:

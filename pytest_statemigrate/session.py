@@ -627,23 +627,38 @@ class StateMigrateSession:
             return known
         keys = prediction.footprints.get(item.nodeid)
         if keys is None:
-            found: list[str] = []
-            infos = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
-            callspec = getattr(item, "callspec", None)
-            for name in getattr(item, "fixturenames", ()):
-                defs = infos.get(name)
-                if not defs:
-                    continue
-                analysis = self.analysis(defs[-1])
-                if analysis is None or analysis.refused is not None:
-                    continue
-                label = analysis.fixture_id + _collected_param_label(callspec, name, defs[-1])
-                key = prediction.latest.get(label)
-                if key is not None:
-                    found.append(key)
-            keys = tuple(found)
+            latest = prediction.latest
+            keys = tuple(latest[label] for label in self.closure_labels(item) if label in latest)
         self._needs[item.nodeid] = keys
         return keys
+
+    def closure_labels(self, item: Any) -> list[str]:
+        """The managed fixtures in ``item``'s closure, as element labels (fixture id and param
+        label): what it will use, known before it runs, even in a run with no ESG."""
+        labels: list[str] = []
+        infos = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        callspec = getattr(item, "callspec", None)
+        for name in getattr(item, "fixturenames", ()):
+            defs = infos.get(name)
+            if not defs:
+                continue
+            analysis = self.analysis(defs[-1])
+            if analysis is None or analysis.refused is not None:
+                continue
+            labels.append(analysis.fixture_id + _collected_param_label(callspec, name, defs[-1]))
+        return labels
+
+    def write_closures(self, items: list[Any], path: Path) -> None:
+        """For ``--dist statemigrate`` in a run the ESG cannot plan (a worker writes it, the
+        controller's scheduler reads it): each test's closure labels, written atomically."""
+        try:
+            data = {item.nodeid: self.closure_labels(item) for item in items}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, path)
+        except Exception as exc:  # the scheduler then groups such tests by module
+            self.stats.fallback(f"--dist statemigrate: closures not written ({exc!r})")
 
     def before_test(self, item: Any) -> None:
         """``item`` is about to be set up: send the migrations due now."""

@@ -424,6 +424,30 @@ def workload_of(
     return Workload(needs, dict(durations), dict(cost))
 
 
+#: What a value the ESG has never measured is taken to cost, in seconds: a guess, so that tests
+#: sharing it still go together in a run with no ESG.
+UNMEASURED_COST: Final = 1.0
+
+
+def with_closures(work: Workload, path: Any) -> Workload:
+    """``work`` plus, for tests it does not know, the managed fixtures in their closures (the
+    labels an xdist worker wrote to ``path`` for ``--dist statemigrate``); ``work`` itself when
+    there is no such file."""
+    import json
+
+    try:
+        closures = json.loads(path.read_text())
+    except FileNotFoundError:
+        return work
+    needs = dict(work.needs)
+    cost = dict(work.cost)
+    for test, labels in closures.items():
+        if test not in needs:
+            needs[test] = tuple(f"closure:{label}" for label in labels)
+            cost.update((f"closure:{label}", UNMEASURED_COST) for label in labels)
+    return Workload(needs, work.seconds, cost)
+
+
 def esg_workload(path: Any, history: int) -> Workload:
     """The workload recorded in the ESG file at ``path`` (an empty one when there is none)."""
     from .esg import ESGStore

@@ -230,8 +230,12 @@ def test_dist_statemigrate_keeps_outcomes_and_state_together(project: Suite) -> 
 
 def test_dist_statemigrate_without_an_esg_or_the_plugin(project: Suite) -> None:
     plain = project.plain("-n", "2")
-    cold = project.run("-n", "2", "--dist", "statemigrate")  # no ESG yet: units by module
+    # No ESG yet: the workers leave each test's managed fixtures (its closure) for the
+    # scheduler, so tests sharing a value still share a worker, with no extra loads.
+    cold = project.run("-n", "2", "--dist", "statemigrate")
     assert cold.outcomes == plain.outcomes
+    assert _loads(cold) <= 8, cold.stats
+    assert not list((project.pytester.path / ".statemigrate").glob("closures-*"))
     off = project.plain("-n", "2", "--dist", "statemigrate")  # -p no:statemigrate
     assert off.result.ret == pytest.ExitCode.USAGE_ERROR
     assert "invalid choice: 'statemigrate'" in off.text

@@ -141,7 +141,9 @@ def test_prefetches_land_on_the_agents_the_plan_chose(project: Suite, filled: Pa
             assert counters["loads"] == mine, (endpoint, counters, mine)
         loaded = sum(c["bytes"] for c in per_agent.values())
         used = sum(c["used_bytes"] for c in per_agent.values())
-        assert loaded == used > 0  # every prefetched byte was read from the RAM it went to
+        # Read from the RAM they went to (all of them, unless the first test started before
+        # its values' loads were announced: it then read them at their homes).
+        assert loaded >= used > 0
         assert run.stats["prefetched"] == 4
         assert run.stats["prefetch_bytes"] == loaded
         assert run.stats["prefetch_used_bytes"] == used

@@ -475,7 +475,19 @@ class AgentServer:
             kept = attached and self._keep(load, entry)
             usable = kept or (load.source == "local" and self.tiers.is_current(load.key, entry))
             self._answer_waiters(sock, load, entry if usable else None)
+            if attached and not kept and load.source == "migrate" and load.target == "ram":
+                self._load_own_copy(load.key, entry.version)
         self._after_reply(sock)
+
+    def _load_own_copy(self, key: str, version: int) -> None:
+        """A peer's copy was refused as not newer than one this agent holds below RAM (a
+        store shared with the peer, or its own disk): the MIGRATE asked for the key in RAM,
+        so bring this agent's own copy up instead, as a PREFETCH would."""
+        if key in self._loading or self.tiers.in_memory(key) is not None:
+            return
+        below = self.tiers.peek_below(key)
+        if below is not None and below[1] >= version:
+            self._start(Load(key, "local", "ram", nbytes=below[2]))
 
     def _keep(self, load: Load, entry: Entry) -> bool:
         """Install a load's copy in this agent's tiers (the tiers refuse outdated copies)."""

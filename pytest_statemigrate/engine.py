@@ -45,8 +45,10 @@ DEFAULT_LOOKAHEAD_TESTS: Final = 16  # tests ahead that a load may be issued
 DEFAULT_READ_BANDWIDTH: Final = 2**30  # B/s assumed for queued loads when an agent has no figure
 PLAN_FORMAT: Final = 1  # the version of Plan.to_json()'s layout
 
-# score(): same host outweighs everything else; a partition that fits outweighs room and idleness
+# score(): same host outweighs everything else, then holding the partition in RAM already; a
+# partition that fits outweighs room and idleness
 SAME_HOST_WEIGHT: Final = 8.0
+HELD_WEIGHT: Final = {"ram": 4.0, "disk": 1.0}  # by the tier where the agent has it
 FITS_WEIGHT: Final = 2.0
 
 
@@ -163,35 +165,45 @@ class AgentInfo:
         )
 
 
-def score(agent: AgentInfo, partition_bytes: int, client_host: str) -> float:
+def score(
+    agent: AgentInfo, partition_bytes: int, client_host: str, held: str | None = None
+) -> float:
     """How well ``agent`` suits a partition of ``partition_bytes`` for a test process on
     ``client_host`` (higher is better)::
 
-        score = 8 * same_host + 2 * fits + room + idle
+        score = 8 * same_host + held + 2 * fits + room + idle
 
     * ``same_host``: 1 when the agent runs on ``client_host`` (no network between them);
+    * ``held``: 4 when the agent holds the partition in RAM already (``held="ram"``: nothing to
+      load, and it costs no free RAM, so it also fits), 1 when on its disk (a local read
+      instead of the store or a peer), else 0;
     * ``fits``: 1 when the partition fits in the agent's free RAM (and its budget);
     * ``room``: the part of the budget still free after taking the partition, in [0, 1];
     * ``idle``: ``(1 / (1 + queued_s) + 1 / (1 + cpu_load)) / 2`` in (0, 1], where
       ``queued_s`` is the queued bytes over the agent's disk read bandwidth
       (:data:`DEFAULT_READ_BANDWIDTH` when unknown).
 
-    ``fits + room + idle`` lies in (0, 4], below the same-host weight; ``room + idle`` lies in
-    (0, 2], not above the weight of fitting. So: same host first, then fitting in free memory,
-    then free room traded against queued work and load.
+    ``held + fits + room + idle`` lies in (0, 8], not above the same-host weight (and a
+    same-host agent's score exceeds 8, since idle > 0); without the host, a RAM holder scores
+    above 6 and any other agent at most 5; an agent that does not fit scores at most 2 even
+    with the partition on disk (its room is 0), one that fits above 2. So: same host first,
+    then holding it in RAM, then fitting in free memory, then a copy on disk and free room
+    traded against queued work and load.
     """
     same = agent.host == client_host
-    fits = partition_bytes <= min(agent.ram_free, agent.ram_budget)
+    cost = 0 if held == "ram" else partition_bytes  # a RAM holder loads nothing
+    fits = cost <= min(agent.ram_free, agent.ram_budget)
     room = 0.0
     if agent.ram_budget > 0:
-        room = min(1.0, max(0.0, (agent.ram_free - partition_bytes) / agent.ram_budget))
+        room = min(1.0, max(0.0, (agent.ram_free - cost) / agent.ram_budget))
     bandwidth = agent.read_bandwidth.get("disk", 0.0)
     if not (bandwidth > 0 and math.isfinite(bandwidth)):
         bandwidth = DEFAULT_READ_BANDWIDTH
     queued_s = max(0, agent.queued_bytes) / bandwidth
     load = agent.cpu_load if agent.cpu_load is not None and agent.cpu_load > 0 else 0.0
     idle = (1.0 / (1.0 + queued_s) + 1.0 / (1.0 + load)) / 2.0
-    return SAME_HOST_WEIGHT * same + FITS_WEIGHT * fits + room + idle
+    bonus = HELD_WEIGHT.get(held or "", 0.0)
+    return SAME_HOST_WEIGHT * same + bonus + FITS_WEIGHT * fits + room + idle
 
 
 class SelectNode(Protocol):
@@ -217,10 +229,14 @@ def choose_agent(
     override: SelectNode | None = None,
     *,
     partition: int | None = None,
+    held: Mapping[str, str] | None = None,
 ) -> AgentInfo:
     """The agent to hold a partition: ``override``'s answer when it gives one (firstresult),
     else the best :func:`score`; ties go to the smallest name, whatever the order of
     ``agents``.
+
+    :param held: agent name -> the tier where that agent has the partition (``"ram"``,
+        ``"disk"`` or ``"store"``), as the location directories know it.
 
     :raises ValueError: no agents, two agents of one name, or an override naming none of them.
     """
@@ -244,8 +260,9 @@ def choose_agent(
                     f"agents ({', '.join(sorted(by_name))})"
                 )
             return by_name[name]
+    held = held or {}
     ordered = sorted(agents, key=lambda a: a.name)
-    return max(ordered, key=lambda a: score(a, partition_bytes, client_host))
+    return max(ordered, key=lambda a: score(a, partition_bytes, client_host, held.get(a.name)))
 
 
 # --------------------------------------------------------------------------- schedule data
@@ -874,9 +891,10 @@ def plan(
     """Assign every requested partition to an agent, then schedule each agent.
 
     Partitions are assigned in the order of their first use (ties: lowest id) with
-    :func:`choose_agent`; after each choice the chosen agent's reported free RAM shrinks by
-    the partition's size and, unless it holds the partition in RAM, its queued bytes grow by
-    it, so that later choices see it. Each agent is then scheduled with its ``ram_budget``
+    :func:`choose_agent`, which sees where each agent has the partition (``locations``);
+    after each choice, unless the chosen agent holds the partition in RAM (its reported free
+    RAM already counts it), its free RAM shrinks by the partition's size and its queued bytes
+    grow by it, so that later choices see it. Each agent is then scheduled with its ``ram_budget``
     over the whole stream (its own partitions only: the lookahead counts every test).
 
     :param locations: partition -> agent name -> tier where that agent has it.
@@ -898,13 +916,16 @@ def plan(
         raise ValueError(f"agent names must be unique, got {sorted(a.name for a in agents)}")
     assignment: dict[int, str] = {}
     for p in sorted(first, key=lambda p: (first[p], p)):
-        chosen = choose_agent(list(infos.values()), sizes[p], client_host, override, partition=p)
-        held = locations.get(p, {}).get(chosen.name) == "ram"
-        infos[chosen.name] = replace(
-            chosen,
-            ram_free=max(0, chosen.ram_free - sizes[p]),
-            queued_bytes=chosen.queued_bytes + (0 if held else sizes[p]),
+        where = locations.get(p, {})
+        chosen = choose_agent(
+            list(infos.values()), sizes[p], client_host, override, partition=p, held=where
         )
+        if where.get(chosen.name) != "ram":
+            infos[chosen.name] = replace(
+                chosen,
+                ram_free=max(0, chosen.ram_free - sizes[p]),
+                queued_bytes=chosen.queued_bytes + sizes[p],
+            )
         assignment[p] = chosen.name
     schedules: dict[str, Schedule] = {}
     for a in sorted(agents, key=lambda a: a.name):

@@ -9,9 +9,13 @@ the proxy's error handling (a miss, one summary line), actions are sent only whe
 up and never waited for beyond the request's acknowledgement, and the link is closed again
 before the test body runs (invariant 6).
 
-Single process: one plan for the whole run (Belady within the agent's RAM budget). Under
-xdist each worker only learns its tests as the scheduler hands them out, so it prefetches a
-rolling window of its queue (no evictions: the shared agent's own budget evicts).
+Single process: one plan for the whole run (within each agent's RAM budget). With one agent
+every action goes to it; with several (``--sm-agent a,b,c``) the plan places each partition on
+one agent (:func:`engine.plan` with every agent's STATS and the directories' records), and
+each step's EVICT and PREFETCH go to the agent the plan names, or a MIGRATE when another agent
+holds the value in RAM (:func:`migration_source`). Under xdist each worker only learns its
+tests as the scheduler hands them out, so it prefetches a rolling window of its queue to each
+key's home (no evictions: the agents' own budgets evict).
 """
 
 from __future__ import annotations
@@ -21,11 +25,15 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from . import engine
 from .esg import Prediction
+from .placement import Location
 from .proxy import StateProxy
+
+#: The target of actions routed by key (one agent, or each key's home on the ring).
+HOME: Final = ""
 
 
 @dataclass
@@ -42,6 +50,55 @@ class _Actions:
         self.prefetch += other.prefetch
         for peer, keys in other.migrate.items():
             self.migrate.setdefault(peer, []).extend(keys)
+
+
+def holders(located: Mapping[str, Sequence[Location]]) -> dict[str, dict[str, str]]:
+    """Key -> agent -> tier, from the directories' records: only holders of each key's newest
+    located version (an older copy is never read, so it is no copy to plan with); an agent
+    with several records keeps its fastest tier."""
+    rank = {tier: i for i, tier in enumerate(engine.TIERS)}
+    out: dict[str, dict[str, str]] = {}
+    for key, locs in located.items():
+        newest = max((loc.version for loc in locs), default=0)
+        where: dict[str, str] = {}
+        for loc in sorted(locs, key=lambda loc: -rank[loc.tier]):  # the fastest last
+            if loc.version == newest:
+                where[loc.agent] = loc.tier
+        if where:
+            out[key] = where
+    return out
+
+
+def partition_locations(
+    members: Mapping[int, Sequence[str]], where: Mapping[str, Mapping[str, str]]
+) -> dict[int, dict[str, str]]:
+    """Partition -> agent -> tier for :func:`engine.plan`: an agent has a partition when it
+    holds every live element of it, in the slowest of their tiers (a partition is loaded as
+    a whole; one element missing makes a load anyway)."""
+    rank = {tier: i for i, tier in enumerate(engine.TIERS)}
+    out: dict[int, dict[str, str]] = {}
+    for p, keys in members.items():
+        if not keys:
+            continue
+        common = set(where.get(keys[0], {}))
+        for key in keys[1:]:
+            common &= set(where.get(key, {}))
+        if common:
+            out[p] = {
+                agent: max((where[k][agent] for k in keys), key=rank.__getitem__)
+                for agent in sorted(common)
+            }
+    return out
+
+
+def migration_source(where: Mapping[str, str], target: str) -> str | None:
+    """The agent to copy a value from when the plan puts it on ``target``: one holding it in
+    RAM (the smallest name, as the engine picks), unless ``target`` has a copy itself (then
+    it reads its own disk or store: PREFETCH)."""
+    if target in where:
+        return None
+    in_ram = sorted(agent for agent, tier in where.items() if tier == "ram" and agent != target)
+    return in_ram[0] if in_ram else None
 
 
 def _due(pairs: Iterable[tuple[str, int]], now: int) -> list[str]:
@@ -75,8 +132,10 @@ class Migrator:
         self.lookahead_tests = lookahead_tests
         self.plan: engine.Plan | None = None
         self.members: dict[int, tuple[str, ...]] = {}  # partition → the keys this run uses
-        self._steps: dict[int, _Actions] = {}
-        self._pending = _Actions()  # due while no agent was up yet: sent at the next chance
+        #: step → target agent (HOME: route by key) → actions
+        self._steps: dict[int, dict[str, _Actions]] = {}
+        #: due while no agent was up yet: sent at the next chance
+        self._pending: dict[str, _Actions] = {}
         self._window: set[str] = set()  # xdist: keys this worker asked for already
         self.sent: set[str] = set()  # keys asked for in PREFETCH or MIGRATE
 
@@ -84,16 +143,24 @@ class Migrator:
     def make_plan(
         self,
         tests: Sequence[tuple[str, Iterable[str]]],
-        agent: engine.AgentInfo,
+        agent: engine.AgentInfo | Sequence[engine.AgentInfo],
         client_host: str,
         *,
         policy: str,
         lookahead_bytes: int | None,
         override: engine.SelectNode | None,
         on_disk: bool,
+        located: Mapping[str, Mapping[str, str]] | None = None,
     ) -> engine.Plan:
-        """Plan the whole run for one agent (``on_disk``: the partitions are in its disk tier,
-        else only in its store)."""
+        """Plan the whole run.
+
+        :param agent: one agent (every action goes to it, or to each key's home: ``on_disk``
+            says whether the partitions are in its disk tier, else only in its store), or
+            several, named as the proxy's links: each action goes to the agent the plan
+            names.
+        :param located: several agents: key -> agent -> tier (:func:`holders`), where the
+            directories know copies to be.
+        """
         listed = [(t, tuple(keys)) for t, keys in tests]
         requests = engine.requests_from(listed, self.prediction.partition_of)
         # A partition moves as the elements this run is predicted to use: the ESG also keeps
@@ -108,45 +175,56 @@ class Migrator:
             for r in requests
             for p in r.partitions
         }
-        tier = "disk" if on_disk else "store"
+        located = located or {}
+        if isinstance(agent, engine.AgentInfo):
+            agents = [agent]
+            tier = "disk" if on_disk else "store"
+            locations = {p: {agent.name: tier} for p in sizes}
+        else:
+            agents = list(agent)
+            used = {p: members.get(p, ()) for p in sizes}
+            locations = partition_locations(used, located)
         kwargs: dict[str, Any] = dict(
             policy=policy,
             lookahead_tests=self.lookahead_tests,
             lookahead_bytes=lookahead_bytes,
-            locations={p: {agent.name: tier} for p in sizes},
+            locations=locations,
         )
         try:
-            plan = engine.plan(requests, sizes, [agent], client_host, override=override, **kwargs)
+            plan = engine.plan(requests, sizes, agents, client_host, override=override, **kwargs)
         except ValueError as exc:  # the hook named no agent: the engine's choice stands
             self.proxy.stats.fallback(f"{exc}; the engine chose instead")
-            plan = engine.plan(requests, sizes, [agent], client_host, **kwargs)
+            plan = engine.plan(requests, sizes, agents, client_host, **kwargs)
         self.plan = plan
         self.members = members
         uses: dict[str, list[int]] = {}  # key → the tests that use it, in order
         for index, (_, needed) in enumerate(listed):
             for key in needed:
                 uses.setdefault(key, []).append(index)
-        for sched in plan.schedules.values():
+        single = isinstance(agent, engine.AgentInfo)
+        for name, sched in plan.schedules.items():
+            target = HOME if single else name
             for step in sched.steps:
                 if not (step.evict or step.load):
                     continue
-                actions = self._steps.setdefault(step.index, _Actions())
+                actions = self._steps.setdefault(step.index, {}).setdefault(target, _Actions())
                 for p in step.evict:
                     actions.evict.extend(members.get(p, ()))
                 for load in step.load:
-                    due = [(k, _next_use(uses, k, load.due)) for k in members[load.partition]]
-                    if load.source == "migrate" and load.peer is not None:
-                        actions.migrate.setdefault(load.peer, []).extend(due)
-                    else:
-                        actions.prefetch.extend(due)
+                    for k in members[load.partition]:
+                        due = (k, _next_use(uses, k, load.due))
+                        peer = migration_source(located.get(k, {}), name)
+                        if peer is not None:
+                            actions.migrate.setdefault(peer, []).append(due)
+                        else:
+                            actions.prefetch.append(due)
         return plan
 
     # -- carrying it out -----------------------------------------------------------------
     def before(self, index: int) -> None:
         """Test ``index`` of the plan is about to start: send what is due."""
-        due = self._steps.pop(index, None)
-        if due is not None:
-            self._pending.add(due)
+        for target, due in self._steps.pop(index, {}).items():
+            self._pending.setdefault(target, _Actions()).add(due)
         self._flush(index)
 
     def window(self, upcoming: Sequence[Iterable[str]]) -> None:
@@ -155,6 +233,7 @@ class Migrator:
         part_of = self.prediction.partition_of
         ahead = [tuple(keys) for keys in upcoming[: self.lookahead_tests + 1]]
         live = {key for keys in ahead for key in keys}
+        pending = self._pending.setdefault(HOME, _Actions())
         for keys in ahead:
             for key in keys:
                 p = part_of.get(key)
@@ -163,29 +242,64 @@ class Migrator:
                 members = [k for k in self.prediction.members.get(p, ()) if k in live]
                 fresh = [k for k in members if k not in self._window]
                 self._window.update(fresh)
-                self._pending.prefetch.extend((k, 0) for k in fresh)
+                pending.prefetch.extend((k, 0) for k in fresh)
         self._flush(0)
 
     def _flush(self, now: int) -> None:
-        pending = self._pending
+        pending = {target: a for target, a in self._pending.items() if a}
         if not pending or self.proxy.down or not self.ready():
             return
-        self._pending = _Actions()
-        call = self.proxy.call
-        homes = self.proxy.each_home  # several agents: each key's share goes to its home
+        self._pending = {}
         try:
-            if pending.evict:
-                evict = list(dict.fromkeys(pending.evict))
-                homes(evict, lambda c, share: c.evict_many(share, tier="ram"))
-            keys = _due(pending.prefetch, now)
-            if keys and homes(keys, lambda c, share: c.prefetch(share)):
-                self.sent.update(keys)
-            for peer, pairs in pending.migrate.items():
-                moved = _due(pairs, now)
-                if moved and call(lambda c, p=peer, k=moved: c.migrate(k, p)) is not None:  # type: ignore[misc]
-                    self.sent.update(moved)
+            for target, actions in pending.items():
+                if target == HOME:
+                    self._send_home(actions, now)
+                else:
+                    self._send_to(target, actions, now)
         finally:
             self.proxy.close_link()  # no zmq thread while the test body runs
+
+    def _send_home(self, pending: _Actions, now: int) -> None:
+        """One agent, or xdist's window: each key's share goes to its home."""
+        call = self.proxy.call
+        homes = self.proxy.each_home
+        if pending.evict:
+            evict = list(dict.fromkeys(pending.evict))
+            homes(evict, lambda c, share: c.evict_many(share, tier="ram"))
+        keys = _due(pending.prefetch, now)
+        if keys and homes(keys, lambda c, share: c.prefetch(share)):
+            self.sent.update(keys)
+        for peer, pairs in pending.migrate.items():
+            moved = _due(pairs, now)
+            if moved and call(lambda c, p=peer, k=moved: c.migrate(k, p)) is not None:  # type: ignore[misc]
+                self.sent.update(moved)
+
+    def _send_to(self, target: str, pending: _Actions, now: int) -> None:
+        """Several agents: the actions the plan gave ``target``. A copy whose source agent is
+        down in this run is read from ``target``'s own tiers instead; nothing is sent to an
+        agent that is down (its tests read on demand from the others)."""
+        links = self.proxy.links
+        link = links.get(target)
+        if link is None or link.down is not None:
+            return
+        call = self.proxy.call
+        if pending.evict:
+            evict = list(dict.fromkeys(pending.evict))
+            call(lambda c: c.evict_many(evict, tier="ram"), link)
+        prefetch = list(pending.prefetch)
+        migrate: dict[str, list[str]] = {}
+        for peer, pairs in pending.migrate.items():
+            source = links.get(peer)
+            if source is None or source.down is not None:
+                prefetch += pairs
+            elif moved := _due(pairs, now):
+                migrate[peer] = moved
+        keys = _due(prefetch, now)
+        if keys and call(lambda c: c.prefetch(keys), link) is not None:
+            self.sent.update(keys)
+        for peer, moved in migrate.items():
+            if call(lambda c, p=peer, k=moved: c.migrate(k, p), link) is not None:  # type: ignore[misc]
+                self.sent.update(moved)
 
 
 def write_plan(plan: engine.Plan, path: Path, extra: Mapping[str, Any] | None = None) -> None:

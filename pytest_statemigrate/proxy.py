@@ -272,6 +272,24 @@ class StateProxy:
             done |= self.call(lambda c, s=share: what(c, s), self.links[name]) is not None  # type: ignore[misc]
         return done
 
+    def locate_many(self, keys: Sequence[str]) -> dict[str, list[placement.Location]]:
+        """Several agents: the directories' records for ``keys``, one LOCATE per directory
+        (each key's first live home); a directory that fails is down and its keys have no
+        records (records are hints). Empty with one agent (no directories)."""
+        if self.ring is None:
+            return {}
+        shares: dict[str, list[str]] = {}
+        for key in dict.fromkeys(keys):
+            link = self.home(key)
+            if link is not None:
+                shares.setdefault(link.name, []).append(key)
+        found: dict[str, list[placement.Location]] = {}
+        for name, share in shares.items():
+            reply = self.call(lambda c, s=share: c.locate(s), self.links[name])  # type: ignore[misc]
+            for key, located in (reply or {}).items():
+                found[key] = placement.parse(located)
+        return found
+
     def each_agent(self, what: Callable[[AgentClient], Any]) -> list[Any]:
         """``what`` on every agent not down; the replies of those that answered."""
         replies = (self.call(what, link) for link in self.links.values() if link.down is None)

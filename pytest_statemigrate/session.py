@@ -508,20 +508,26 @@ class StateMigrateSession:
         if worker:  # xdist: the queue is handed out while the run goes: a rolling window
             self._queue = _worker_queue(items[0].config)
             return
-        agent = self._agent_info()
-        if agent is None:
-            self.migrator = None
-            return
         tests = [(item.nodeid, self.predicted(item, prediction)) for item in items]
-        plan = migrator.make_plan(
-            tests,
-            agent,
-            socket.gethostname(),
-            policy=s.eviction,
-            lookahead_bytes=s.lookahead_bytes or None,
-            override=override,
-            on_disk=self._on_disk,
-        )
+        if self.proxy.ring is not None:
+            plan = self._plan_agents(migrator, tests, override)
+            if plan is None:
+                self.migrator = None
+                return
+        else:
+            agent = self._agent_info()
+            if agent is None:
+                self.migrator = None
+                return
+            plan = migrator.make_plan(
+                tests,
+                agent,
+                socket.gethostname(),
+                policy=s.eviction,
+                lookahead_bytes=s.lookahead_bytes or None,
+                override=override,
+                on_disk=self._on_disk,
+            )
         self._run_index = {id(item): i for i, item in enumerate(items)}
         # The embedded agent's disk tier is on this machine and this process reads it
         # directly (local_get): a prefetch into the agent's RAM would only add a copy through
@@ -593,6 +599,53 @@ class StateMigrateSession:
                     self._early.update(keys)
             self.proxy.close_link()
 
+    def _plan_agents(
+        self, migrator: Migrator, tests: list[tuple[str, tuple[str, ...]]], override: Any
+    ) -> Any:
+        """Several agents: plan with every live agent's STATS and where the directories know
+        the predicted values to be (one LOCATE per directory); each partition goes to the
+        agent node selection picks. None when no agent answered, or planning failed (one
+        summary line: prefetching stops, the tests load on demand)."""
+        from .engine import AgentInfo
+        from .migrate import holders
+
+        proxy = self.proxy
+        s = self.settings
+        try:
+            infos: list[AgentInfo] = []
+            replies: list[dict[str, Any]] = []
+            for name, link in proxy.links.items():
+                if link.down is not None:
+                    continue
+                reply = proxy.call(lambda c: c.stats(), link)
+                if reply is not None:  # an agent that failed is down: left out
+                    replies.append(reply)
+                    infos.append(AgentInfo.from_stats(name, reply))
+            if not infos:
+                return None
+            self._note_base(replies)
+            live = {a.name for a in infos}
+            wanted = [k for _, keys in tests for k in keys if k in migrator.prediction.partition_of]
+            located = {
+                key: {a: tier for a, tier in where.items() if a in live}
+                for key, where in holders(proxy.locate_many(wanted)).items()
+            }
+            return migrator.make_plan(
+                tests,
+                infos,
+                socket.gethostname(),
+                policy=s.eviction,
+                lookahead_bytes=s.lookahead_bytes or None,
+                override=override,
+                on_disk=True,
+                located=located,
+            )
+        except Exception as exc:  # planning is an optimisation: never a failed test
+            self.stats.fallback(f"prefetching stopped ({type(exc).__name__}: {exc})")
+            return None
+        finally:
+            proxy.close_link()
+
     def _agent_info(self) -> Any:
         from .engine import AgentInfo
 
@@ -601,8 +654,6 @@ class StateMigrateSession:
         if self.embedded is not None:  # started for this run: its RAM is empty
             self._on_disk = s.store is None
             return AgentInfo("embedded", host, s.ram_bytes, s.ram_bytes)
-        # Several agents: the plan is made for the first one's RAM and each key's PREFETCH
-        # goes to its home (Migrator, through the proxy); see docs/placement.md.
         replies = self.proxy.each_agent(lambda c: c.stats())
         self.proxy.close_link()
         if not replies:

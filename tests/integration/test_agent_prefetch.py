@@ -302,6 +302,30 @@ def test_migrate_copies_from_a_live_peer(start: StartAgent, tmp_path: Path) -> N
         assert same(src.get("k"), b"source v3")
 
 
+def test_migrate_of_a_key_the_target_has_below_loads_its_own_copy(
+    start: StartAgent, tmp_path: Path
+) -> None:
+    """Two agents sharing a store: the peer's copy is not newer than the target's own (the
+    same entry in the store), so it is refused, and the target's own copy goes to RAM."""
+    store = str(tmp_path / "store")
+    source = start(disk_dir=str(tmp_path / "src-disk"), store=store)
+    target = start(disk_dir=str(tmp_path / "dst-disk"), store=store)
+    with (
+        AgentClient(source.endpoint, timeout=20) as src,
+        AgentClient(target.endpoint, timeout=20) as dst,
+    ):
+        version = src.put("k", [b"head", b"shared"], {})
+        src.stats()  # the write-behind reached the store
+        assert dst.migrate(["k"], source.endpoint)["queued"] == 1
+        wait_until(lambda: dst.has("k") == "ram")
+        stats = wait_until(loads_done(dst))
+        assert stats["prefetch"]["discarded"] == 1  # the peer's copy
+        assert stats["prefetch"]["loads"] == 1  # its own, from the store
+        got = dst.get("k")
+        assert got is not None and got.version == version and same(got, b"shared")
+        assert got.tier == "ram"
+
+
 def test_migrate_from_a_dead_peer_fails_and_the_agent_goes_on(
     start: StartAgent, tmp_path: Path
 ) -> None:

@@ -98,6 +98,29 @@ def test_score_bounds() -> None:
     assert score(fast, MiB, "h1") > score(slow, MiB, "h1")
 
 
+def test_a_ram_holder_is_preferred_after_the_host_and_a_disk_copy_breaks_ties() -> None:
+    full = agent("full", ram_free=0)  # holds the partition in RAM: it costs no free RAM
+    roomy = agent("roomy")
+    held = {"full": "ram"}
+    assert choose_agent([roomy, full], 64 * MiB, "h1", held=held) is full
+    assert choose_agent([roomy, full], 64 * MiB, "h1") is roomy  # without the record
+    # ... but not over the client's host
+    near = agent("near", "client", ram_free=0, cpu_load=8.0)
+    far = agent("far", "other")
+    assert choose_agent([far, near], 64 * MiB, "client", held={"far": "ram"}) is near
+    # a copy on disk counts only between agents that fit, never over fitting
+    a, b = agent("a"), agent("b")
+    assert choose_agent([a, b], MiB, "h1", held={"b": "disk"}) is b
+    assert choose_agent([a, b], MiB, "h1", held={"b": "store"}) is a  # the store: no bonus
+    tight = agent("tight", ram_free=MiB // 2)
+    assert choose_agent([tight, b], MiB, "h1", held={"tight": "disk"}) is b
+    # the bounds of the docstring
+    best = agent("best", "h1", cpu_load=0.0)
+    assert score(best, MiB, "h1", "ram") == 8 + 4 + 2 + 1 + 1
+    assert score(agent("x", "far", cpu_load=0.0), 0, "h1", "disk") == 1 + 2 + 1 + 1
+    assert score(agent("y", "far", ram_free=0, cpu_load=50.0), MiB, "h1", "ram") > 6
+
+
 def test_ties_go_to_the_smallest_name_whatever_the_order() -> None:
     agents = [agent(name) for name in ("c", "a", "b")]
     for order in itertools.permutations(agents):
@@ -497,6 +520,35 @@ def test_plan_override_and_locations() -> None:
     assert (load_0.source, load_0.peer) == ("migrate", "b")
     (load_1,) = p.schedules["b"].loads()
     assert load_1.source == "disk"
+
+
+def test_plan_places_on_ram_holders_and_spreads_the_rest() -> None:
+    """Several agents on the client's host: a partition one of them holds in RAM stays there
+    (its free RAM does not shrink for it, and it loads nothing), the others spread by free
+    RAM; a partition held in RAM by an agent the override passes over is a MIGRATE from it."""
+    requests = stream([0, 1, 2, 3], [0, 1], [2, 3])
+    sizes = dict.fromkeys(range(4), 10 * MiB)
+    agents = [agent(n, "h1", ram_budget=25 * MiB, ram_free=25 * MiB) for n in ("a", "b", "c")]
+    # c holds partition 3 in RAM: 10 MiB of its budget is taken by it already
+    agents[2] = agent("c", "h1", ram_budget=25 * MiB, ram_free=15 * MiB)
+    locations = {3: {"c": "ram"}}
+    p = plan(requests, sizes, agents, "h1", locations=locations)
+    assert p.assignment[3] == "c"
+    assert len(set(p.assignment.values())) == 3  # spread: no agent takes all 40 MiB
+    assert all(ld.partition != 3 for ld in p.schedules["c"].loads())  # resident at the start
+    for name, sch in p.schedules.items():
+        mine = [
+            Request(r.test, tuple(q for q in r.partitions if p.assignment[q] == name))
+            for r in requests
+        ]
+        check(sch, mine, sizes)
+        assert sch.stats.peak_bytes <= 25 * MiB  # every agent's own budget
+    # The override puts everything on a: partition 3 comes from c's RAM.
+    moved = plan(requests, sizes, agents, "h1", locations=locations, override=lambda **kw: "a")
+    assert set(moved.assignment.values()) == {"a"}
+    (load_3,) = [ld for ld in moved.schedules["a"].loads() if ld.partition == 3]
+    assert (load_3.source, load_3.peer) == ("migrate", "c")
+    assert all(ld.source == "store" for ld in moved.schedules["a"].loads() if ld.partition != 3)
 
 
 def test_plan_edge_cases() -> None:

@@ -8,7 +8,16 @@ import pytest
 
 from pytest_statemigrate import engine
 from pytest_statemigrate.esg import ESGStore, Prediction
-from pytest_statemigrate.migrate import Migrator, _due, _next_use
+from pytest_statemigrate.migrate import (
+    HOME,
+    Migrator,
+    _due,
+    _next_use,
+    holders,
+    migration_source,
+    partition_locations,
+)
+from pytest_statemigrate.placement import Location
 from pytest_statemigrate.proxy import AgentLink, StateProxy
 from pytest_statemigrate.report import RunStats
 from tests.unit.test_esg import rec
@@ -68,7 +77,8 @@ def test_plan_moves_only_live_keys_each_due_at_its_first_use() -> None:
     assert migrator.members == {0: ("a", "b"), 1: ("c",)}
     sched = plan.schedules["embedded"]
     assert sched.stats.peak_bytes == 1_300  # without the old key's 9,000 bytes
-    sent = [(k, due) for actions in migrator._steps.values() for k, due in actions.prefetch]
+    assert all(set(by) == {HOME} for by in migrator._steps.values())  # one agent: by key
+    sent = [(k, due) for by in migrator._steps.values() for k, due in by[HOME].prefetch]
     assert sorted(sent) == [("a", 1), ("b", 3), ("c", 0)]
 
 
@@ -110,3 +120,74 @@ def test_loads_come_from_where_the_agent_keeps_values(on_disk: bool, source: str
     )
     (load,) = plan.schedules["x"].loads()
     assert load.source == source
+
+
+# -- several agents: where the directories know copies to be, and where actions go
+
+
+def test_holders_keep_the_newest_version_and_each_agents_fastest_tier() -> None:
+    located = {
+        "k": [
+            Location("a", "disk", 2),
+            Location("a", "ram", 2),
+            Location("b", "ram", 1),  # older: never read, so no copy to plan with
+            Location("c", "store", 2),
+        ],
+        "j": [],
+    }
+    assert holders(located) == {"k": {"a": "ram", "c": "store"}}
+
+
+def test_partition_locations_need_every_live_element() -> None:
+    where = {"x": {"a": "ram", "b": "disk"}, "y": {"a": "disk"}, "z": {"b": "ram"}}
+    members = {0: ("x", "y"), 1: ("z",), 2: ("x", "z"), 3: ()}
+    assert partition_locations(members, where) == {
+        0: {"a": "disk"},  # the slowest of its elements' tiers
+        1: {"b": "ram"},
+        2: {"b": "disk"},  # a holds x only: it would have to load z anyway
+    }
+
+
+def test_migration_source_is_a_ram_holder_unless_the_target_has_a_copy() -> None:
+    assert migration_source({"b": "ram", "a": "ram", "c": "disk"}, "x") == "a"
+    assert migration_source({"b": "ram"}, "b") is None  # resident there already
+    assert migration_source({"b": "ram", "x": "disk"}, "x") is None  # reads its own disk
+    assert migration_source({"b": "disk"}, "x") is None  # no RAM copy: PREFETCH
+    assert migration_source({}, "x") is None
+
+
+def test_several_agents_each_step_goes_to_the_agent_the_plan_names() -> None:
+    """Values one agent holds in RAM stay there; the override moves one partition to
+    another agent, which then copies the value from the holder's RAM (MIGRATE)."""
+    prediction = Prediction(
+        {},
+        {},
+        {"a": 0, "b": 1, "c": 2},
+        {},
+        {0: ("a",), 1: ("b",), 2: ("c",)},
+        {"a": 100, "b": 100, "c": 100},
+    )
+    tests = [("t0", ["a"]), ("t1", ["b"]), ("t2", ["c"])]
+    agents = [engine.AgentInfo(n, "h", ram_budget=1_000, ram_free=1_000) for n in ("x", "y")]
+    located = {"a": {"y": "ram"}, "c": {"y": "ram"}}  # y holds a and c in RAM
+
+    def c_on_x(*, partition: int | None, **_: object) -> str | None:
+        return "x" if partition == 2 else None
+
+    migrator = _migrator(prediction)
+    plan = migrator.make_plan(
+        tests,
+        agents,
+        "h",
+        policy="belady",
+        lookahead_bytes=None,
+        override=c_on_x,
+        on_disk=True,
+        located=located,
+    )
+    assert plan.assignment == {0: "y", 1: "x", 2: "x"}
+    # y holds a in RAM: nothing to do there; every action goes to x
+    assert all(set(by) == {"x"} for by in migrator._steps.values())
+    loads = [by["x"] for by in migrator._steps.values()]
+    assert sorted(k for a in loads for k in a.prefetch) == [("b", 1)]  # from x's own tiers
+    assert [a.migrate for a in loads if a.migrate] == [{"y": [("c", 2)]}]  # from y's RAM

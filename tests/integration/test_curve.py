@@ -16,15 +16,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nodeagent.client import AgentClient, AgentError
 from nodeagent.curve import ClientKeys
 from nodeagent.launcher import AgentProcess
+from nodeagent.placement import HashRing
 from tests.conftest import Suite
 from tests.integration.conftest import StartAgent
 from tests.integration.test_agent import child_env
+from tests.integration.test_placement_agents import keys_homed, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -338,3 +341,42 @@ def test_plugin_refuses_a_non_loopback_agent_without_keys(
             "--sm-keys DIR (or the ini key statemigrate_keys)*"
         ]
     )
+
+
+# -- several agents on other hosts -----------------------------------------------------------
+
+
+def test_agents_on_other_hosts_form_a_ring(start: StartAgent, keys: Path, tmp_path: Path) -> None:
+    """Agents named by non-loopback endpoints accept the ring, and announce to each other
+    with the client keys of their --curve-dir (tests/integration/test_netns.py does the same
+    across network namespaces)."""
+    if outside_address() is None:
+        pytest.skip("this machine has no non-loopback address")
+    agents = [
+        start(bind="tcp://0.0.0.0:*", curve_dir=str(keys), disk_dir=str(tmp_path / f"d{i}"))
+        for i in range(2)
+    ]
+    names = [reachable(agent) for agent in agents]
+    client = ClientKeys.load(keys)
+    for name in names:
+        with AgentClient(name, timeout=10, curve=client) as c:
+            assert c.ring(names, name)["changed"]
+    ring = HashRing(names)
+    # A value PUT at the agent that is not its home is announced to the home, over CURVE.
+    key = keys_homed(ring, names[1], 1)[0]
+    with AgentClient(names[0], timeout=10, curve=client) as c:
+        version = c.put(key, [b"v"], {})
+
+    def located() -> list[list[Any]]:
+        with AgentClient(names[1], timeout=10, curve=client) as c:
+            return c.locate([key]).get(key, [])
+
+    wait_until(lambda: located() == [[names[0], "ram", version]])
+    # The home copies it from the other agent (MIGRATE), over CURVE too.
+    with AgentClient(names[1], timeout=10, curve=client) as c:
+        assert c.migrate([key], source=names[0]) == {"queued": 1, "present": 0}
+        wait_until(lambda: c.has(key) == "ram")
+        assert c.get(key) is not None
+    for name in names:
+        with AgentClient(name, timeout=10, curve=client) as c:
+            assert c.stats()["placement"]["dropped"] == 0

@@ -350,13 +350,15 @@ def test_cut_link():
         subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", dev, "down"], check=True)
 """
 
-TIMEOUT = 3  # statemigrate_timeout, s: what a partition costs the run (once)
+#: Longest the managed run with a partition may take: the default statemigrate_timeout
+#: (30 s) is not paid for a host that cannot be reached (no connection is made), only the
+#: connection's own deadline (proxy.FIRST_PING_SECONDS, 2 s) is.
+CUT_RUN_SECONDS = 15
 
 
 def _project(suite: Suite) -> None:
-    suite.pytester.makeini(
-        f"[pytest]\nfilterwarnings = error\nstatemigrate_timeout = {TIMEOUT}\n"
-        "statemigrate_fixtures =\n    table_*\n    row_*\n"
+    suite.pytester.makeini(  # statemigrate_timeout: the default, as a user would have it
+        "[pytest]\nfilterwarnings = error\nstatemigrate_fixtures =\n    table_*\n    row_*\n"
     )
     suite.pytester.makeconftest(CONFTEST)
     suite.pytester.makepyfile(test_a=USES, test_b_cut=CUT, test_c=USES)
@@ -420,10 +422,12 @@ def test_a_host_cut_off_mid_run(
     # The victim's values were rebuilt after the cut (stored on the other agent); the
     # other's were still served.
     assert run.stats["builds"] >= 1 and sum(run.stats["hits"].values()) >= 1, run.text
-    run.result.stdout.fnmatch_lines([f"*agent {endpoint} down*other agents*"])
+    run.result.stdout.fnmatch_lines(
+        [f"*agent {endpoint} down (*no connection made*); its keys went to the other agents"]
+    )
     down_lines = [line for line in run.result.stdout.lines if " down (" in line]
     assert len(down_lines) == 1, down_lines
-    print(f"plain + managed run with a partition: {seconds:.1f} s")
+    assert seconds < CUT_RUN_SECONDS, run.text
     # The survivor serves the next run (the victim still cut off): nothing is rebuilt.
     again = netsuite.same_as_plain(*args)
     assert again.stats is not None and again.outcomes == run.outcomes

@@ -203,10 +203,12 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def start_in(host: Host, keys: Path, disk_dir: Path, log: Path) -> AgentProcess:
-    """``ip netns exec NS python -m nodeagent`` bound to the namespace's address; ready when
-    it answers a PING from this namespace, over the link."""
-    bind = f"tcp://{host.address}:*"
+def start_in(
+    host: Host, keys: Path, disk_dir: Path, log: Path, bind: str | None = None
+) -> AgentProcess:
+    """``ip netns exec NS python -m nodeagent`` bound to the namespace's address (or
+    ``bind``); ready when it answers a PING from this namespace, over the link."""
+    bind = bind or f"tcp://{host.address}:*"
     cmd = ["ip", "netns", "exec", host.ns, sys.executable, "-m", "nodeagent"]
     cmd += ["--bind", bind, "--curve-dir", str(keys), "--disk-dir", str(disk_dir)]
     temp_dir = tempfile.mkdtemp(prefix="sm-netns-")
@@ -221,7 +223,23 @@ def start_in(host: Host, keys: Path, disk_dir: Path, log: Path) -> AgentProcess:
             env=child_env(),  # this checkout's code: `ip netns exec` keeps the environment
         )
     agent = AgentProcess(process, bind, temp_dir, str(log), ClientKeys.load(keys))
-    return agent.wait_ready(timeout=20)
+    if not bind.startswith("tcp://0.0.0.0:"):
+        return agent.wait_ready(timeout=20)
+    # A wildcard address: the ready line names it, and the launcher would make it loopback,
+    # which is this namespace's, not the agent's. Other hosts use the agent's own address.
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()
+        process.stdout.close()
+        assert line.startswith(f"nodeagent ready {bind.rsplit(':', 1)[0]}:"), line
+        agent.endpoint = f"tcp://{host.address}:{line.strip().rsplit(':', 1)[1]}"
+        with AgentClient(agent.endpoint, timeout=10, curve=agent.client_keys) as client:
+            client.ping()
+        agent.ready = True
+    except BaseException:
+        agent.stop()
+        raise
+    return agent
 
 
 @pytest.fixture
@@ -261,6 +279,20 @@ def test_agents_listen_only_on_their_namespace_address(
         assert agent.endpoint.startswith(f"tcp://{host.address}:")
         # Nothing in this namespace has that address: the agent is on another "host".
         assert f" {host.address}/" not in ip("-4", "-o", "addr", "show").stdout
+
+
+def test_an_agent_bound_to_every_interface_is_reached_by_its_host_address(
+    hosts: list[Host], keys: Path, client_keys: ClientKeys, tmp_path: Path
+) -> None:
+    """``--bind tcp://0.0.0.0:PORT``, as docs/security.md runs a shared agent."""
+    with start_in(
+        hosts[0], keys, tmp_path / "disk", tmp_path / "agent.log", bind="tcp://0.0.0.0:7600"
+    ) as agent:
+        assert agent.endpoint == f"tcp://{hosts[0].address}:7600"
+        with AgentClient(agent.endpoint, timeout=10, curve=client_keys) as client:
+            assert client.put("k", [b"v"], {}) == 1
+            assert client.has("k") == "ram"
+    assert agent.process.returncode == 0
 
 
 def test_keyed_client_pings_puts_and_gets_over_the_link(

@@ -380,3 +380,53 @@ def test_agents_on_other_hosts_form_a_ring(start: StartAgent, keys: Path, tmp_pa
     for name in names:
         with AgentClient(name, timeout=10, curve=client) as c:
             assert c.stats()["placement"]["dropped"] == 0
+
+
+def test_an_agent_without_client_keys_warns_and_drops_announcements(
+    keys: Path, tmp_path: Path
+) -> None:
+    if outside_address() is None:
+        pytest.skip("this machine has no non-loopback address")
+    server_only = tmp_path / "server-only"  # what the agent's host gets without the ring note
+    (server_only / "authorized").mkdir(parents=True)
+    for name in ("server.key_secret", "authorized/client.key"):
+        (server_only / name).write_bytes((keys / name).read_bytes())
+    (server_only / "server.key_secret").chmod(0o600)
+    # (Not the launcher: it wants client keys in the --curve-dir to talk to its agent.)
+    log_path = tmp_path / "agent.log"
+    with open(log_path, "wb") as log_fh:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nodeagent",
+                "--no-disk",
+                "--bind",
+                "tcp://0.0.0.0:*",
+                "--curve-dir",
+                str(server_only),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=log_fh,
+            env=child_env(),
+        )
+    temp_dir = str(tmp_path / "temp")
+    os.mkdir(temp_dir)
+    agent = AgentProcess(process, "tcp://0.0.0.0:*", temp_dir, str(log_path), ClientKeys.load(keys))
+    with agent:
+        agent.wait_ready()
+        _no_client_keys(agent, keys)
+
+
+def _no_client_keys(agent: AgentProcess, keys: Path) -> None:
+    me, peer = reachable(agent), f"tcp://{outside_address()}:9"  # the peer is never reached
+    client = ClientKeys.load(keys)
+    key = keys_homed(HashRing([me, peer]), peer, 1)[0]
+    with AgentClient(me, timeout=10, curve=client) as c:
+        c.ring([me, peer], me)
+        c.put(key, [b"v"], {})
+        wait_until(lambda: c.stats()["placement"]["dropped"] == 1)
+    log = Path(agent.log_path).read_text()
+    assert f"ring: no client keys to announce to {peer}: put client.key_secret and server.key" in (
+        log
+    )

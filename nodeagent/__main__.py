@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="serve CURVE with the keys in DIR (made by `statemigrate keys`): the agent's "
         "server.key_secret, and authorized/*.key, the public keys of the clients it accepts "
-        "(SIGHUP rereads them); required for a non-loopback --bind",
+        "(SIGHUP rereads them); required for a non-loopback --bind. With client.key_secret "
+        "and server.key there too, it reaches agents on other hosts (a ring of agents)",
     )
     parser.add_argument(
         "--ram-bytes",
@@ -141,12 +142,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"nodeagent: error: {exc}{fix}", file=sys.stderr, flush=True)
         return 2
-    curve = None
+    curve = peer_keys = None
     if args.curve_dir is not None:
-        from nodeagent.curve import KeysError, ServerKeys
+        from nodeagent.curve import CLIENT, SECRET_SUFFIX, ClientKeys, KeysError, ServerKeys
 
         try:
             curve = ServerKeys.load(args.curve_dir)
+            # Its peers on other hosts (a ring of agents) accept it as a client: with the
+            # client keys of the same set, when the directory holds them.
+            if os.path.exists(os.path.join(args.curve_dir, CLIENT + SECRET_SUFFIX)):
+                peer_keys = ClientKeys.load(args.curve_dir)
         except KeysError as exc:
             print(f"nodeagent: error: --curve-dir: {exc}", file=sys.stderr, flush=True)
             return 2
@@ -172,7 +177,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     disk = None if args.no_disk else DiskTier(args.disk_dir, args.disk_bytes)
     tiers = TieredStore(RamTier(args.ram_bytes), disk, store)
-    server = AgentServer(args.bind, tiers, LeaseTable(), parent_pid=args.parent_pid, curve=curve)
+    server = AgentServer(
+        args.bind,
+        tiers,
+        LeaseTable(),
+        parent_pid=args.parent_pid,
+        curve=curve,
+        peer_keys=peer_keys,
+    )
     # SIGTERM (a launcher stopping an agent it never waited for) ends the loop like Ctrl-C,
     # so the tiers are closed on the way out.
     signal.signal(signal.SIGTERM, _interrupt)

@@ -21,6 +21,7 @@ import time
 from typing import Any, Final
 
 from nodeagent.client import AgentClient, AgentError
+from nodeagent.curve import ClientKeys
 
 __all__ = ["Announcer"]
 
@@ -36,9 +37,13 @@ Item = tuple[str, str, list[Any]]  # (directory, holder, [key, tier or None, ver
 
 
 class Announcer:
-    """One thread sending ANNOUNCE batches; :meth:`send` never blocks."""
+    """One thread sending ANNOUNCE batches; :meth:`send` never blocks.
 
-    def __init__(self) -> None:
+    :param curve: client keys for directories that are not ipc:// or loopback.
+    """
+
+    def __init__(self, curve: ClientKeys | None = None) -> None:
+        self._curve = curve  # client keys for directories on other hosts
         self._queue: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
         self._clients: dict[str, AgentClient] = {}
         self._dead_until: dict[str, float] = {}
@@ -90,7 +95,7 @@ class Announcer:
         try:
             client = self._clients.get(directory)
             if client is None:
-                client = AgentClient(directory, timeout=ANNOUNCE_TIMEOUT)
+                client = AgentClient(directory, timeout=ANNOUNCE_TIMEOUT, curve=self._curve)
                 self._clients[directory] = client
             client.announce(holder, entries)
             self.sent += len(entries)

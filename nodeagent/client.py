@@ -9,7 +9,10 @@ that fails the handshake (no keys for a CURVE agent, a key the agent does not au
 wrong server key) is dropped without a word, so the client watches its socket's handshake
 events (a monitor: an inproc PAIR socket in the client's own context, no thread) until the
 first handshake succeeds, and fails the waiting request at once with ``auth`` instead of
-letting it run into its timeout.
+letting it run into its timeout. The same events tell a host that cannot be reached (no
+handshake at all: the agent is not running, or the network is partitioned) from an agent that
+is slow to answer: with ``connect_timeout`` the former fails after that many seconds, not the
+whole request timeout.
 """
 
 from __future__ import annotations
@@ -88,6 +91,9 @@ class AgentClient:
         it so that stopping the agent does not wait for a slow peer.
     :param curve: this client's key pair and the agent's public key; required for an endpoint
         that is not ipc:// or loopback, and then the agent must run with ``--curve-dir``.
+    :param connect_timeout: seconds a request waits for the connection (its handshake) before
+        it fails with ``timeout``; None: the request's whole timeout. Once connected, a reply
+        is awaited for the request's timeout.
     """
 
     def __init__(
@@ -96,6 +102,7 @@ class AgentClient:
         timeout: float = 5.0,
         interrupt: Callable[[], bool] | None = None,
         curve: ClientKeys | None = None,
+        connect_timeout: float | None = None,
     ) -> None:
         try:
             check_endpoint(endpoint, curve=curve is not None)
@@ -106,6 +113,7 @@ class AgentClient:
             raise AgentError(endpoint, "refused", "cannot connect to a wildcard port")
         self.endpoint = endpoint
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
         self._interrupt = interrupt
         self._curve = curve
         self._next_id = 0
@@ -236,11 +244,20 @@ class AgentClient:
         except ProtocolError as exc:
             raise AgentError(self.endpoint, exc.error, exc.message) from None
         timeout = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        # Until a handshake succeeds (the monitor is on), wait no longer than connect_timeout.
+        connect = timeout if self.connect_timeout is None else min(timeout, self.connect_timeout)
         try:
             sock.send_multipart([header, *frames], copy=False, flags=zmq.NOBLOCK)
             while True:
-                remaining_ms = int((deadline - time.monotonic()) * 1000)
+                now = time.monotonic()
+                if self._monitor is not None and now - started >= connect:
+                    timeout = connect
+                    break
+                remaining_ms = int((deadline - now) * 1000)
+                if self._monitor is not None:
+                    remaining_ms = min(remaining_ms, int((started + connect - now) * 1000) + 1)
                 if remaining_ms <= 0:
                     break
                 if self._interrupt is not None:

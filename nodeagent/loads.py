@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from nodeagent.client import AgentClient, AgentError
+from nodeagent.curve import ClientKeys
 from nodeagent.tiers import Entry
 
 __all__ = ["Load", "Loader", "PeerReader"]
@@ -174,10 +175,12 @@ class PeerReader:
     of the queue: its other keys fail at once instead of waiting for a timeout each.
 
     :param stopping: set when the agent stops; a GET in progress is then given up.
+    :param curve: client keys for peers that are not ipc:// or loopback.
     """
 
-    def __init__(self, stopping: threading.Event) -> None:
+    def __init__(self, stopping: threading.Event, curve: ClientKeys | None = None) -> None:
         self._stopping = stopping
+        self._curve = curve
         self._clients: dict[str, AgentClient] = {}
         self._dead: set[str] = set()
 
@@ -202,7 +205,9 @@ class PeerReader:
             raise AgentError(peer, "dead", "did not answer earlier in this batch")
         client = self._clients.get(peer)
         if client is None:
-            client = AgentClient(peer, timeout=PEER_TIMEOUT, interrupt=self._stopping.is_set)
+            client = AgentClient(
+                peer, timeout=PEER_TIMEOUT, interrupt=self._stopping.is_set, curve=self._curve
+            )
             self._clients[peer] = client
             try:
                 client.ping(timeout=PEER_PING_TIMEOUT)

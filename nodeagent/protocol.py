@@ -267,16 +267,26 @@ def _keys_field(value: Any) -> str | None:
     return None
 
 
+_WILDCARD_HOSTS: Final = ("tcp://*:", "tcp://0.0.0.0:", "tcp://[::]:")
+
+
 def _peer_endpoint(value: Any) -> str | None:
+    """An endpoint another agent can connect to: ``ipc://PATH`` or ``tcp://HOST:PORT``.
+
+    Any host is accepted (agents on other machines): whether this agent may reach it is
+    decided when it connects, where a non-loopback peer needs CURVE keys (invariant 4).
+    """
     reason = _str_field(MAX_ENDPOINT_CHARS)(value)
     if reason is not None:
         return reason
     try:
-        check_endpoint(value)
+        check_endpoint(value, curve=True)
     except BindRefused:
-        return "must be an ipc:// or loopback tcp:// endpoint"
+        return "must be an ipc:// or tcp://HOST:PORT endpoint"
     if value.endswith(":*"):
         return "must name a port, not *"
+    if value.startswith(_WILDCARD_HOSTS):
+        return "must name a host, not a wildcard address"
     return None
 
 

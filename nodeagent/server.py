@@ -35,7 +35,7 @@ import zmq
 
 from nodeagent import __version__
 from nodeagent.announce import Announcer
-from nodeagent.curve import KeysError, ServerKeys
+from nodeagent.curve import ClientKeys, KeysError, ServerKeys
 from nodeagent.leases import LeaseTable, pid_alive
 from nodeagent.loads import QUEUED, Load, Loader, PeerReader
 from nodeagent.placement import HashRing, LocationMap
@@ -94,6 +94,9 @@ class AgentServer:
     :param parent_pid: when given, the loop exits once that process is gone.
     :param curve: serve CURVE with these keys: only clients whose public key is in
         ``curve.authorized`` get through the handshake.
+    :param peer_keys: client keys this agent talks to its peers with (ANNOUNCE to a key's
+        directory, MIGRATE from a source); without them it reaches only ipc:// and loopback
+        peers.
     """
 
     def __init__(
@@ -103,9 +106,11 @@ class AgentServer:
         leases: LeaseTable,
         parent_pid: int | None = None,
         curve: ServerKeys | None = None,
+        peer_keys: ClientKeys | None = None,
     ) -> None:
         check_endpoint(endpoint, curve=curve is not None)
         self.curve = curve
+        self.peer_keys = peer_keys
         self._auth: Any = None  # the ZAP authenticator, while bound with CURVE
         self._reload = threading.Event()  # reload_keys() was called: reread authorized/
         self.requested_endpoint = endpoint
@@ -134,7 +139,7 @@ class AgentServer:
         self._stopping = threading.Event()
         self._loaders_stopped = False
         self._local = Loader("loader", self._read_local, self._loaded, exit=tiers.close_thread)
-        peers = PeerReader(self._stopping)
+        peers = PeerReader(self._stopping, curve=peer_keys)
         self._migrations = Loader(
             "migrator", peers, self._loaded, idle=peers.idle, exit=tiers.close_thread
         )
@@ -806,7 +811,8 @@ class AgentServer:
             for gone in self.locations.holders() - set(agents):
                 self.locations.forget(gone)
             if len(ring) > 1 and self._announcer is None:
-                self._announcer = Announcer()
+                self._announcer = Announcer(curve=self.peer_keys)
+            self._warn_unreachable(agents, me)
             handed = self.locations.take(lambda key: ring.home(key) == me)
             for key, held in handed.items():
                 for loc in held:
@@ -815,6 +821,24 @@ class AgentServer:
                         moved += 1
             log.info("ring of %d agents; %d location records handed over", len(ring), moved)
         return {"changed": changed, "moved": moved, "write_errors": self.write_errors}, ()
+
+    def _warn_unreachable(self, agents: list[str], me: str) -> None:
+        """One line when the ring names peers on other hosts this agent cannot reach."""
+        if self.peer_keys is not None:
+            return
+        remote = []
+        for agent in agents:
+            try:
+                check_endpoint(agent)
+            except BindRefused:
+                remote.append(agent)
+        if remote and remote != [me]:
+            log.warning(
+                "ring: no client keys to announce to %s: put client.key_secret and server.key "
+                "(written by `statemigrate keys`) in --curve-dir; announcements to them are "
+                "dropped",
+                ", ".join(a for a in remote if a != me),
+            )
 
     def _locate(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
         found = {

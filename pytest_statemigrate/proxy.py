@@ -78,6 +78,8 @@ class AgentLink:
 
     :param name: the agent's name on the ring (its endpoint), for a link among several.
     :param curve: CURVE keys for long-lived agents (settings.curve).
+    :param connect_timeout: seconds a request waits for a connection to be made before the
+        agent counts as down (a host that cannot be reached); None: the whole ``timeout``.
     """
 
     def __init__(
@@ -86,11 +88,13 @@ class AgentLink:
         timeout: float,
         name: str = "",
         curve: ClientKeys | None = None,
+        connect_timeout: float | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.name = name
         self._timeout = timeout
         self._curve = curve
+        self._connect_timeout = connect_timeout
         #: Several agents: the first contact is a RING (the agents, and this one's name)
         #: instead of a PING; it answers the same fields.
         self.ring: tuple[str, ...] = ()
@@ -120,7 +124,10 @@ class AgentLink:
 
             try:
                 self._client = AgentClient(
-                    self.endpoint(), timeout=self._timeout, curve=self._curve
+                    self.endpoint(),
+                    timeout=self._timeout,
+                    curve=self._curve,
+                    connect_timeout=self._connect_timeout,
                 )
                 if self.write_errors is None:
                     # First contact: an agent that is not there fails over in seconds, not

@@ -38,6 +38,7 @@ from .keys import (
 )
 from .migrate import Migrator, write_plan
 from .proxy import (
+    FIRST_PING_SECONDS,
     AgentLink,
     BuildRecord,
     Hit,
@@ -244,14 +245,26 @@ class StateMigrateSession:
         else:
             # Several endpoints: one link each, placed by a hash ring (placement.py). One:
             # the link as it always was (no ring, no LOCATE).
+            # A long-lived agent's connection is made within FIRST_PING_SECONDS or never (the
+            # agent is gone, its host cut off): that costs seconds, not statemigrate_timeout.
             first, *others = parse_endpoints(agent_endpoint) or (agent_endpoint,)
             many = bool(others)
-            curve = settings.curve
+            curve, connect = settings.curve, FIRST_PING_SECONDS
             link = AgentLink(
-                lambda: first, settings.timeout, name=first if many else "", curve=curve
+                lambda: first,
+                settings.timeout,
+                name=first if many else "",
+                curve=curve,
+                connect_timeout=connect,
             )
             peers = [
-                AgentLink(lambda e=e: e, settings.timeout, name=e, curve=curve)  # type: ignore[misc]
+                AgentLink(
+                    lambda e=e: e,  # type: ignore[misc]
+                    settings.timeout,
+                    name=e,
+                    curve=curve,
+                    connect_timeout=connect,
+                )
                 for e in others
             ]
         self.proxy = StateProxy(

@@ -422,6 +422,32 @@ def test_client_times_out_naming_the_endpoint(tmp_path: Path) -> None:
             client.ping()  # a fresh socket, still nobody there
 
 
+def test_connect_timeout_fails_fast_where_no_connection_is_made(tmp_path: Path) -> None:
+    """A host that cannot be reached costs the connect timeout, not the request timeout."""
+    endpoint = f"ipc://{tmp_path}/nobody.sock"
+    with AgentClient(endpoint, timeout=30, connect_timeout=0.2) as client:
+        started = time.monotonic()
+        with pytest.raises(AgentError) as info:
+            client.ping()
+        assert time.monotonic() - started < 2.0
+    assert info.value.error == "timeout"
+    assert str(info.value) == (
+        f"agent {endpoint}: timeout: no reply to ping within 0.2 s (no connection made: is "
+        "the agent running at this endpoint?)"
+    )
+
+
+def test_connect_timeout_does_not_cut_a_slow_reply(agent: AgentProcess) -> None:
+    """Once connected, a reply is awaited for the request's whole timeout."""
+    with AgentClient(agent.endpoint) as holder:
+        assert holder.lease("k", "builder", ttl=30).granted
+        with AgentClient(agent.endpoint, timeout=5, connect_timeout=0.1) as waiter:
+            started = time.monotonic()
+            reply = waiter.lease("k", "waiter", ttl=30, wait=0.5)  # the agent answers in 0.5 s
+            assert time.monotonic() - started >= 0.45
+    assert not reply.granted and reply.holder == "builder"
+
+
 def test_client_refuses_non_loopback() -> None:
     with pytest.raises(AgentError, match="refusing"):
         AgentClient("tcp://10.1.2.3:5555")

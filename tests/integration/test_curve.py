@@ -16,15 +16,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nodeagent.client import AgentClient, AgentError
 from nodeagent.curve import ClientKeys
 from nodeagent.launcher import AgentProcess
+from nodeagent.placement import HashRing
 from tests.conftest import Suite
 from tests.integration.conftest import StartAgent
 from tests.integration.test_agent import child_env
+from tests.integration.test_placement_agents import keys_homed, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -337,4 +340,93 @@ def test_plugin_refuses_a_non_loopback_agent_without_keys(
             "ERROR: statemigrate: bad agent endpoint: refusing tcp://*without CURVE keys: pass "
             "--sm-keys DIR (or the ini key statemigrate_keys)*"
         ]
+    )
+
+
+# -- several agents on other hosts -----------------------------------------------------------
+
+
+def test_agents_on_other_hosts_form_a_ring(start: StartAgent, keys: Path, tmp_path: Path) -> None:
+    """Agents named by non-loopback endpoints accept the ring, and announce to each other
+    with the client keys of their --curve-dir (tests/integration/test_netns.py does the same
+    across network namespaces)."""
+    if outside_address() is None:
+        pytest.skip("this machine has no non-loopback address")
+    agents = [
+        start(bind="tcp://0.0.0.0:*", curve_dir=str(keys), disk_dir=str(tmp_path / f"d{i}"))
+        for i in range(2)
+    ]
+    names = [reachable(agent) for agent in agents]
+    client = ClientKeys.load(keys)
+    for name in names:
+        with AgentClient(name, timeout=10, curve=client) as c:
+            assert c.ring(names, name)["changed"]
+    ring = HashRing(names)
+    # A value PUT at the agent that is not its home is announced to the home, over CURVE.
+    key = keys_homed(ring, names[1], 1)[0]
+    with AgentClient(names[0], timeout=10, curve=client) as c:
+        version = c.put(key, [b"v"], {})
+
+    def located() -> list[list[Any]]:
+        with AgentClient(names[1], timeout=10, curve=client) as c:
+            return c.locate([key]).get(key, [])
+
+    wait_until(lambda: located() == [[names[0], "ram", version]])
+    # The home copies it from the other agent (MIGRATE), over CURVE too.
+    with AgentClient(names[1], timeout=10, curve=client) as c:
+        assert c.migrate([key], source=names[0]) == {"queued": 1, "present": 0}
+        wait_until(lambda: c.has(key) == "ram")
+        assert c.get(key) is not None
+    for name in names:
+        with AgentClient(name, timeout=10, curve=client) as c:
+            assert c.stats()["placement"]["dropped"] == 0
+
+
+def test_an_agent_without_client_keys_warns_and_drops_announcements(
+    keys: Path, tmp_path: Path
+) -> None:
+    if outside_address() is None:
+        pytest.skip("this machine has no non-loopback address")
+    server_only = tmp_path / "server-only"  # what the agent's host gets without the ring note
+    (server_only / "authorized").mkdir(parents=True)
+    for name in ("server.key_secret", "authorized/client.key"):
+        (server_only / name).write_bytes((keys / name).read_bytes())
+    (server_only / "server.key_secret").chmod(0o600)
+    # (Not the launcher: it wants client keys in the --curve-dir to talk to its agent.)
+    log_path = tmp_path / "agent.log"
+    with open(log_path, "wb") as log_fh:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nodeagent",
+                "--no-disk",
+                "--bind",
+                "tcp://0.0.0.0:*",
+                "--curve-dir",
+                str(server_only),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=log_fh,
+            env=child_env(),
+        )
+    temp_dir = str(tmp_path / "temp")
+    os.mkdir(temp_dir)
+    agent = AgentProcess(process, "tcp://0.0.0.0:*", temp_dir, str(log_path), ClientKeys.load(keys))
+    with agent:
+        agent.wait_ready()
+        _no_client_keys(agent, keys)
+
+
+def _no_client_keys(agent: AgentProcess, keys: Path) -> None:
+    me, peer = reachable(agent), f"tcp://{outside_address()}:9"  # the peer is never reached
+    client = ClientKeys.load(keys)
+    key = keys_homed(HashRing([me, peer]), peer, 1)[0]
+    with AgentClient(me, timeout=10, curve=client) as c:
+        c.ring([me, peer], me)
+        c.put(key, [b"v"], {})
+        wait_until(lambda: c.stats()["placement"]["dropped"] == 1)
+    log = Path(agent.log_path).read_text()
+    assert f"ring: no client keys to announce to {peer}: put client.key_secret and server.key" in (
+        log
     )

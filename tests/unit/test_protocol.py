@@ -42,7 +42,15 @@ metas = st.dictionaries(
 ttls = st.one_of(st.integers(1, 10**6), st.floats(min_value=1e-3, max_value=1e6))
 req_ids = st.integers(0, 2**63 - 1)
 key_lists = st.lists(keys, max_size=5)
-peers = st.sampled_from(["ipc:///tmp/sm-x/agent.sock", "tcp://127.0.0.1:5555", "tcp://[::1]:1"])
+peers = st.sampled_from(
+    [
+        "ipc:///tmp/sm-x/agent.sock",
+        "tcp://127.0.0.1:5555",
+        "tcp://[::1]:1",
+        "tcp://10.0.0.1:7600",  # agents on other hosts (with CURVE keys)
+        "tcp://agent-b.example:7600",
+    ]
+)
 
 FIELD_STRATEGIES: dict[Op, st.SearchStrategy[dict[str, Any]]] = {
     Op.PING: st.just({}),
@@ -227,7 +235,8 @@ def raw(**header: Any) -> bytes:
         (raw(op="prefetch", keys=["a"], tier="store"), "bad-field", "'tier' must be one of"),
         (raw(op="prefetch", keys=["a"], tier=1), "bad-field", "'tier'"),
         (raw(op="migrate", keys=["a"]), "bad-field", "'source' is missing"),
-        (raw(op="migrate", keys=["a"], source="tcp://10.0.0.1:5"), "bad-field", "'source'"),
+        (raw(op="migrate", keys=["a"], source="tcp://0.0.0.0:5"), "bad-field", "a wildcard"),
+        (raw(op="migrate", keys=["a"], source="udp://10.0.0.1:5"), "bad-field", "'source'"),
         (raw(op="migrate", keys=["a"], source="tcp://127.0.0.1:*"), "bad-field", "not *"),
         (raw(op="migrate", keys=["a"], source=5), "bad-field", "'source'"),
         (raw(op="migrate", source="ipc:///x"), "bad-field", "'keys' is missing"),
@@ -270,7 +279,9 @@ def test_batch_ops_take_lists_of_keys() -> None:
     [
         (Op.RING, {"agents": [], "me": "ipc:///a"}, "'agents' must be a non-empty list"),
         (Op.RING, {"agents": ["ipc:///a", "ipc:///a"], "me": "ipc:///a"}, "must not repeat"),
-        (Op.RING, {"agents": ["tcp://10.0.0.1:5"], "me": "ipc:///a"}, "item 0 must be an ipc"),
+        (Op.RING, {"agents": ["tcp://*:5"], "me": "ipc:///a"}, "item 0 must name a host"),
+        (Op.RING, {"agents": ["tcp://[::]:5"], "me": "ipc:///a"}, "item 0 must name a host"),
+        (Op.RING, {"agents": ["inproc://a"], "me": "ipc:///a"}, "item 0 must be an ipc"),
         (Op.ANNOUNCE, {"holder": "ipc:///a", "entries": [["k", "tape", 1]]}, "item 0 must be"),
         (Op.ANNOUNCE, {"holder": "ipc:///a", "entries": [["k", "ram"]]}, "[key, tier, version]"),
         (Op.ANNOUNCE, {"holder": "ipc:///a", "entries": [["k", None, -1]]}, "non-negative"),

@@ -126,12 +126,12 @@ def split(tests: Sequence[str], work: Workload, n: int) -> Plan:
         raise ValueError(f"the number of parts must be >= 1, got {n}")
     if len(set(tests)) != len(tests):
         raise ValueError("a test id appears twice in the collection")
-    groups = _groups(tests, work)
+    groups, group_of = _groups(tests, work, n)
     assignment = _assign(groups, work, n)
     parts: list[list[str]] = [[] for _ in range(n)]
     for test in tests:
         if test in work.needs:
-            parts[assignment[_footprint(work, test)]].append(test)
+            parts[assignment[group_of[test]]].append(test)
         else:
             parts[stable_bucket(test, n)].append(test)
     return Plan(tuple(_part(p, work) for p in parts))
@@ -141,16 +141,40 @@ def _footprint(work: Workload, test: str) -> tuple[str, ...]:
     return tuple(sorted(set(work.needs[test])))
 
 
-def _groups(tests: Sequence[str], work: Workload) -> dict[tuple[str, ...], float]:
-    """Known tests by footprint → their own seconds, sorted by footprint: the plan does not
-    depend on the collection order (pytest-randomly orders each shard's collection its own
-    way), only on which tests there are."""
+#: A group of tests with one footprint is cut into chunks of at most the total of the tests'
+#: own seconds / (CHUNKS_PER_PART x parts): a chunk can then go to another part (paying its
+#: values again, which METIS weighs), so that one big group (say, every test that uses no
+#: managed value) cannot unbalance the plan.
+CHUNKS_PER_PART: Final = 4
+TEST_FLOOR_S: Final = 0.001  # what a test weighs when chunking, whatever its measured seconds
+
+#: A chunk's mark in its group key: a pseudo-element that costs nothing and no test uses.
+_CHUNK = "\0chunk:"
+
+
+def _groups(
+    tests: Sequence[str], work: Workload, n: int
+) -> tuple[dict[tuple[str, ...], float], dict[str, tuple[str, ...]]]:
+    """Known tests by footprint (cut into chunks) → their own seconds, sorted by key; and each
+    test's group key. Sorted, so the plan does not depend on the collection order
+    (pytest-randomly orders each shard's collection its own way), only on which tests there
+    are."""
+    known = sorted(t for t in tests if t in work.needs)
+    limit = sum(work.own(t) + TEST_FLOOR_S for t in known) / (CHUNKS_PER_PART * n)
     groups: dict[tuple[str, ...], float] = {}
-    for test in sorted(tests):
-        if test in work.needs:
-            fp = _footprint(work, test)
-            groups[fp] = groups.get(fp, 0.0) + work.own(test)
-    return dict(sorted(groups.items()))
+    group_of: dict[str, tuple[str, ...]] = {}
+    chunk: dict[tuple[str, ...], tuple[int, float]] = {}  # footprint → (chunk, its weight)
+    for test in known:
+        fp = _footprint(work, test)
+        weight = work.own(test) + TEST_FLOOR_S
+        index, filled = chunk.get(fp, (0, 0.0))
+        if filled > 0 and filled + weight > limit:
+            index, filled = index + 1, 0.0
+        chunk[fp] = (index, filled + weight)
+        key = fp if index == 0 else (*fp, f"{_CHUNK}{index}")
+        groups[key] = groups.get(key, 0.0) + work.own(test)
+        group_of[test] = key
+    return dict(sorted(groups.items())), group_of
 
 
 def _part(tests: list[str], work: Workload) -> Part:

@@ -81,6 +81,18 @@ def test_balanced_and_far_less_state_than_a_duration_split() -> None:
     assert plan.state_s <= 1.2 * total  # little duplicated
 
 
+def test_one_big_group_of_equal_footprints_is_still_balanced() -> None:
+    """Most tests of a real suite use no managed value (or the same one): one footprint must
+    not be one indivisible block."""
+    tests = [f"t.py::test_{i}" for i in range(400)]
+    needs = {t: (() if i % 10 else ("db",)) for i, t in enumerate(tests)}
+    work = Workload(needs, dict.fromkeys(tests, 0.01), {"db": 0.5})
+    plan = shard.split(tests, work, 4)
+    assert plan.imbalance <= 1.15, [p.seconds for p in plan.parts]
+    assert sorted(t for p in plan.parts for t in p.tests) == sorted(tests)
+    assert sum("db" in p.elements for p in plan.parts) <= 2  # its 40 tests mostly together
+
+
 def test_unseen_tests_spread_by_a_stable_hash() -> None:
     tests, work = clustered(clusters=2, tests_per=4)
     new = [f"tests/test_new.py::test_{i}" for i in range(40)]

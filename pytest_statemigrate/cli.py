@@ -289,7 +289,10 @@ def _shard(args: argparse.Namespace) -> int:
     collected = _Collected()
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = pytest.main(["--co", "-q", "--sm-shard=off", *args.pytest_args], [collected])
+        # --assert=plain: collecting only, and this process has imported the plugin already
+        # (rewriting it would warn, an error under filterwarnings = error)
+        argv = ["--co", "-q", "--assert=plain", "--sm-shard=off", *args.pytest_args]
+        code = pytest.main(argv, [collected])
     if code not in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
         print(out.getvalue(), end="")
         print(f"statemigrate shard: collecting the tests failed ({code!r})", file=sys.stderr)

@@ -192,8 +192,8 @@ def test_statemigrate_shard_prints_the_plan_the_shards_run(project: Suite) -> No
         capture_output=True,
         text=True,
         timeout=120,
-        check=True,
     )
+    assert cli.returncode == 0, cli.stdout + cli.stderr
     assert f"plan {digests.pop()}" in cli.stdout
     listed = [[], []]  # type: list[list[str]]
     for line in cli.stdout.splitlines():

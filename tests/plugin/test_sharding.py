@@ -224,8 +224,9 @@ def test_dist_statemigrate_keeps_outcomes_and_state_together(project: Suite) -> 
     by_load = project.run("-n", "2", "--dist", "load")
     assert warm.outcomes == by_load.outcomes == plain.outcomes
     # Six values; a worker that runs a value's tests pays it once. Units keep each value's
-    # tests on one worker (a steal at the end may split one).
-    assert _loads(warm) <= 8 < _loads(by_load), (warm.stats, by_load.stats)
+    # tests on one worker; steals at the end may split a few (--dist load: nearly all 12).
+    assert _loads(warm) <= 10, warm.stats
+    assert _loads(warm) < _loads(by_load), (warm.stats, by_load.stats)
 
 
 def test_dist_statemigrate_without_an_esg_or_the_plugin(project: Suite) -> None:
@@ -234,7 +235,7 @@ def test_dist_statemigrate_without_an_esg_or_the_plugin(project: Suite) -> None:
     # scheduler, so tests sharing a value still share a worker, with no extra loads.
     cold = project.run("-n", "2", "--dist", "statemigrate")
     assert cold.outcomes == plain.outcomes
-    assert _loads(cold) <= 8, cold.stats
+    assert _loads(cold) <= 10, cold.stats  # six values, a few split by steals at the end
     assert not list((project.pytester.path / ".statemigrate").glob("closures-*"))
     off = project.plain("-n", "2", "--dist", "statemigrate")  # -p no:statemigrate
     assert off.result.ret == pytest.ExitCode.USAGE_ERROR

@@ -41,6 +41,21 @@ def pytest_sessionfinish(session):
 """
 
 
+#: A conftest with one session fixture, ``dataset``, that logs each build to builds.log.
+DATASET_CONFTEST = """
+import time
+import pytest
+from pathlib import Path
+
+@pytest.fixture(scope="session")
+def dataset():
+    with open(Path(__file__).parent / "builds.log", "a") as fh:
+        fh.write("dataset\\n")
+    time.sleep(0.05)
+    return list(range(100))
+"""
+
+
 @dataclass
 class Run:
     result: pytest.RunResult

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,3 +41,15 @@ def agent(start: StartAgent) -> AgentProcess:
 def client(agent: AgentProcess) -> Iterator[AgentClient]:
     with AgentClient(agent.endpoint, timeout=10) as c:
         yield c
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 20.0) -> Any:
+    """Poll ``check`` until it returns something truthy (generous: this machine is noisy)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {timeout} s: {check}")
+        time.sleep(0.02)

@@ -22,23 +22,11 @@ from nodeagent.leases import LeaseTable
 from nodeagent.protocol import decode_reply
 from nodeagent.server import AgentServer
 from nodeagent.tiers import DiskTier, RamTier, StoreTier, TieredStore
+from tests.integration.conftest import StartAgent, wait_until
 
-StartAgent = Callable[..., AgentProcess]
 MiB = 1 << 20
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Poll ``check`` until it returns something truthy (generous: this machine is noisy)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout} s: {check}")
-        time.sleep(0.02)
 
 
 def loads_done(client: AgentClient) -> Callable[[], dict[str, Any] | None]:

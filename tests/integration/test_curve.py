@@ -24,7 +24,7 @@ from nodeagent.client import AgentClient, AgentError
 from nodeagent.curve import ClientKeys
 from nodeagent.launcher import AgentProcess
 from nodeagent.placement import HashRing
-from tests.conftest import Suite
+from tests.conftest import DATASET_CONFTEST, Suite
 from tests.integration.conftest import StartAgent
 from tests.integration.test_agent import child_env
 from tests.integration.test_placement_agents import keys_homed, wait_until
@@ -266,18 +266,7 @@ def test_bad_curve_dir_is_one_line(keys: Path, damage: str) -> None:
 
 # -- the plugin ------------------------------------------------------------------------------
 
-CONFTEST = """
-import time
-import pytest
-from pathlib import Path
-
-@pytest.fixture(scope="session")
-def dataset():
-    with open(Path(__file__).parent / "builds.log", "a") as fh:
-        fh.write("dataset\\n")
-    time.sleep(0.05)
-    return list(range(100))
-"""
+CONFTEST = DATASET_CONFTEST
 
 
 def _project(suite: Suite, ini: str = "") -> None:

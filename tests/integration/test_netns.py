@@ -32,6 +32,7 @@ import pytest
 from nodeagent.client import AgentClient, AgentError
 from nodeagent.curve import ClientKeys
 from nodeagent.launcher import AgentProcess
+from nodeagent.leases import pid_alive
 from tests.conftest import Suite
 from tests.integration.test_agent import ROOT, child_env
 from tests.integration.test_curve import REFUSED_WITHIN, keys_command
@@ -51,16 +52,6 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _names(listing: str) -> list[str]:
     """Names of namespaces (``ip netns list``) or links (``ip -o link``) in a listing."""
     names = []
@@ -77,7 +68,7 @@ def clean_stale() -> None:
     """Remove namespaces and links of earlier runs whose process is gone (a crash, a kill)."""
     for ns in _names(ip("netns", "list", check=False).stdout):
         match = _OURS.match(ns)
-        if match is None or _alive(int(match[1])):
+        if match is None or pid_alive(int(match[1])):
             continue
         for pid in ip("netns", "pids", ns, check=False).stdout.split():
             with contextlib.suppress(ProcessLookupError, ValueError):
@@ -86,7 +77,7 @@ def clean_stale() -> None:
         ip("netns", "del", ns, check=False)
     for link in _names(ip("-o", "link", "show", check=False).stdout):
         match = _OURS.match(link)
-        if match is not None and not _alive(int(match[1])):
+        if match is not None and not pid_alive(int(match[1])):
             ip("link", "del", link, check=False)
 
 

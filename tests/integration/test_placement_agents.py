@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +20,9 @@ from nodeagent.placement import HashRing
 from pytest_statemigrate.proxy import AgentLink, BuildRecord, Hit, Miss, StateProxy
 from pytest_statemigrate.report import RunStats
 from tests.conftest import Suite
-from tests.integration.conftest import StartAgent
+from tests.integration.conftest import StartAgent, wait_until
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout} s")
-        time.sleep(0.02)
 
 
 def three(start: StartAgent, tmp_path: Path, **kwargs: Any) -> list[AgentProcess]:

@@ -8,22 +8,11 @@ import sys
 import pytest
 
 from nodeagent.launcher import start_agent
-from tests.conftest import Suite
+from tests.conftest import DATASET_CONFTEST, Suite
 
 pytestmark = pytest.mark.timeout(300)
 
-CONFTEST = """
-import time
-import pytest
-from pathlib import Path
-
-@pytest.fixture(scope="session")
-def dataset():
-    with open(Path(__file__).parent / "builds.log", "a") as fh:
-        fh.write("dataset\\n")
-    time.sleep(0.05)
-    return list(range(100))
-"""
+CONFTEST = DATASET_CONFTEST
 
 
 def _project(suite: Suite, ini: str = "statemigrate_fixtures = dataset\n") -> None:

@@ -255,16 +255,21 @@ _KEY = _str_field(MAX_KEY_CHARS)
 _HOLDER = _str_field(MAX_HOLDER_CHARS)
 
 
+def _each(items: list[Any], check: Validator) -> str | None:
+    """The first item ``check`` refuses, named by its index."""
+    for i, item in enumerate(items):
+        reason = check(item)
+        if reason is not None:
+            return f"item {i} {reason}"
+    return None
+
+
 def _keys_field(value: Any) -> str | None:
     if not isinstance(value, list):
         return "must be a list of keys"
     if len(value) > MAX_KEYS:
         return f"must hold at most {MAX_KEYS} keys"
-    for i, key in enumerate(value):
-        reason = _KEY(key)
-        if reason is not None:
-            return f"item {i} {reason}"
-    return None
+    return _each(value, _KEY)
 
 
 _WILDCARD_HOSTS: Final = ("tcp://*:", "tcp://0.0.0.0:", "tcp://[::]:")
@@ -295,13 +300,10 @@ def _agents_field(value: Any) -> str | None:
         return "must be a non-empty list of endpoints"
     if len(value) > MAX_AGENTS:
         return f"must hold at most {MAX_AGENTS} agents"
-    for i, agent in enumerate(value):
-        reason = _peer_endpoint(agent)
-        if reason is not None:
-            return f"item {i} {reason}"
-    if len(set(value)) != len(value):
+    reason = _each(value, _peer_endpoint)
+    if reason is None and len(set(value)) != len(value):
         return "must not repeat an agent"
-    return None
+    return reason
 
 
 _TIER = _choice("ram", "disk", "store")
@@ -313,14 +315,14 @@ def _entries_field(value: Any) -> str | None:
         return "must be a list of [key, tier, version]"
     if len(value) > MAX_KEYS:
         return f"must hold at most {MAX_KEYS} entries"
-    for i, item in enumerate(value):
-        if not isinstance(item, list) or len(item) != 3:
-            return f"item {i} must be [key, tier, version]"
-        key, tier, version = item
-        reason = _KEY(key) or _optional(_TIER)(tier) or _non_negative_int(version)
-        if reason is not None:
-            return f"item {i} {reason}"
-    return None
+    return _each(value, _entry)
+
+
+def _entry(item: Any) -> str | None:
+    if not isinstance(item, list) or len(item) != 3:
+        return "must be [key, tier, version]"
+    key, tier, version = item
+    return _KEY(key) or _optional(_TIER)(tier) or _non_negative_int(version)
 
 
 #: op -> field name -> (validator, required). Optional fields default to None.

@@ -11,7 +11,6 @@ import pytest
 
 from . import _spec
 from . import settings as st
-from .shard import parse_spec
 
 SESSION = "statemigrate-session"
 FIXTURE_HOOKS = "statemigrate-fixtures"
@@ -104,7 +103,7 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     group.addoption(
         "--sm-shard",
         dest="sm_shard",
-        type=st.arg_type(parse_spec),
+        type=st.arg_type(st.parse_shard),
         default=None,
         metavar="I/N",
         help="run shard I of N (1-based), chosen by state affinity and duration; auto (the "

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 from nodeagent.units import parse_size
 
-from .shard import ShardSpec, parse_spec
-
 if TYPE_CHECKING:
     from nodeagent.curve import ClientKeys
+
+    from .shard import ShardSpec
 
 DEFAULTS: Final[Mapping[str, Any]] = {
     "dir": ".statemigrate",  # store directory, relative to the rootdir
@@ -211,7 +211,7 @@ def build(
         lookahead_tests=ini_or_default("lookahead_tests", _positive(int)),
         lookahead_bytes=ini_or_default("lookahead_bytes", parse_size),
         plan_json=Path(option("sm_plan")) if option("sm_plan") else None,
-        shard=option("sm_shard") or ini_or_default("shard", parse_spec),
+        shard=option("sm_shard") or ini_or_default("shard", parse_shard),
         curve=curve,
     )
 
@@ -255,6 +255,14 @@ def _agents_and_keys(
     except ValueError as exc:
         raise SettingsError(f"statemigrate: bad agent endpoint: {exc}") from None
     return agent, curve
+
+
+def parse_shard(text: str) -> ShardSpec | str:
+    """:func:`shard.parse_spec`, imported only when a shard is asked for (a suite that
+    manages nothing does not import the shard planner)."""
+    from .shard import parse_spec
+
+    return parse_spec(text)
 
 
 def _choice(allowed: Sequence[str]) -> Callable[[str], str]:

@@ -150,6 +150,12 @@ def pytest_configure(config: pytest.Config) -> None:
     endpoint = workerinput.get(WORKER_KEY) if workerinput else settings.agent
     hooks = _Hooks(config, settings, endpoint)
     config.pluginmanager.register(hooks, SESSION)
+    if workerinput is None and _affinity_by_default(config, settings, hooks.expected):
+        config.option.dist = DIST
+        hooks.header = (
+            f"statemigrate: -n without --dist: tests scheduled by state affinity (--dist {DIST}; "
+            "--dist load or statemigrate_affinity = off for xdist's default)"
+        )
     controller = workerinput is None and _distributing(config)
     if config.pluginmanager.hasplugin("xdist") and workerinput is None:
         config.pluginmanager.register(_XdistController(hooks), "statemigrate-xdist")
@@ -184,6 +190,20 @@ def _shard_spec(settings: st.Settings, in_use: bool) -> Any:
         return detect(os.environ)
     except ValueError as exc:
         raise pytest.UsageError(f"statemigrate: {exc}") from None
+
+
+def _affinity_by_default(config: pytest.Config, settings: st.Settings, expected: bool) -> bool:
+    """``pytest -n N`` with no ``--dist``, which xdist has just made ``--dist load``: while
+    something is managed (:attr:`_Hooks.expected`), tests that share state go to the same
+    worker instead. A mode the user names is kept."""
+    if not settings.affinity or getattr(config.option, "dist", "no") != "load":
+        return False
+    if not _distributing(config):  # --collect-only
+        return False
+    asked = config.known_args_namespace  # the command line and addopts, before xdist's defaults
+    if getattr(asked, "dist", "no") != "no" or getattr(asked, "distload", False):
+        return False
+    return expected
 
 
 def _distributing(config: pytest.Config) -> bool:
@@ -303,11 +323,18 @@ class _Hooks:
         self.settings = settings
         self.endpoint = endpoint
         self._session: Any = None
+        self.header = ""  # a line for pytest's header, when the plugin chose xdist's mode
 
     @property
     def active(self) -> bool:
         """Anything selected (``@state`` may be applied while pytest collects)."""
         return bool(self.settings.patterns) or _spec.decorated_count > 0
+
+    @property
+    def expected(self) -> bool:
+        """Something is or was managed: selected now, or recorded in an earlier run's ESG
+        (``@state`` in a test module is seen only once workers collect it)."""
+        return self.active or (self.settings.store_dir / "esg.sqlite").is_file()
 
     @property
     def session(self) -> Any:
@@ -323,6 +350,9 @@ class _Hooks:
         manager = self.config.pluginmanager
         if manager.get_plugin(FIXTURE_HOOKS) is None:
             manager.register(_FixtureHooks(self), FIXTURE_HOOKS)
+
+    def pytest_report_header(self) -> list[str]:
+        return [self.header] if self.header else []
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self._session is None:
@@ -364,6 +394,8 @@ class _XdistController:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
+        if not self.hooks.expected:  # no agent for a suite that manages nothing
+            return
         endpoint = self.hooks.session.shared_endpoint()
         if endpoint is not None:
             node.workerinput[WORKER_KEY] = endpoint

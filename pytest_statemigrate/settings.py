@@ -38,6 +38,8 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "lookahead_bytes": 0,  # bytes loaded ahead of their use, per agent (0: its RAM budget)
     # run one CI shard of the suite: "I/N", "auto" (from the CI system's variables) or "off"
     "shard": "auto",
+    # under `pytest -n N` with no --dist: schedule by state affinity (--dist statemigrate)
+    "affinity": "on",
 }
 
 PARTITIONERS: Final = ("metis", "spectral")
@@ -131,6 +133,8 @@ class Settings:
     shard: ShardSpec | str = DEFAULTS["shard"]  # a spec, "auto" or "off"
     #: --sm-keys / statemigrate_keys, loaded: CURVE keys for talking to ``agent``
     curve: ClientKeys | None = None
+    #: ``-n N`` without ``--dist`` means ``--dist statemigrate`` while something is managed
+    affinity: bool = True
 
     @property
     def agents(self) -> tuple[str, ...]:
@@ -213,6 +217,7 @@ def build(
         plan_json=Path(option("sm_plan")) if option("sm_plan") else None,
         shard=option("sm_shard") or ini_or_default("shard", parse_shard),
         curve=curve,
+        affinity=ini_or_default("affinity", _choice(SWITCHES)) == "on",
     )
 
 
@@ -330,6 +335,11 @@ INI: Final[Mapping[str, tuple[str, str]]] = {
     "statemigrate_shard": (
         "run one CI shard: I/N, auto (default: from Bazel's, GitLab's or CircleCI's variables "
         "when something is managed) or off",
+        "string",
+    ),
+    "statemigrate_affinity": (
+        "on (default): `pytest -n N` without --dist schedules tests by state affinity "
+        "(--dist statemigrate) while something is managed; off: xdist's --dist load",
         "string",
     ),
     "statemigrate_lookahead_bytes": (

@@ -240,3 +240,37 @@ def test_dist_statemigrate_without_an_esg_or_the_plugin(project: Suite) -> None:
     off = project.plain("-n", "2", "--dist", "statemigrate")  # -p no:statemigrate
     assert off.result.ret == pytest.ExitCode.USAGE_ERROR
     assert "invalid choice: 'statemigrate'" in off.text
+
+
+BY_AFFINITY = "scheduling tests via AffinityScheduling"
+BY_LOAD = "scheduling tests via LoadScheduling"
+HEADER = "statemigrate: -n without --dist: tests scheduled by state affinity"
+
+
+def test_n_without_dist_schedules_by_state_affinity(project: Suite) -> None:
+    plain = project.plain("-n", "2")
+    cold = project.run("-n", "2", "-v")  # no ESG yet: from the workers' closures
+    assert cold.outcomes == plain.outcomes
+    assert BY_AFFINITY in cold.text and HEADER in cold.text, cold.text
+    warm = project.run("-n", "2", "-v")
+    by_load = project.run("-n", "2", "-v", "--dist", "load")  # a mode the user names is kept
+    assert warm.outcomes == by_load.outcomes == plain.outcomes
+    assert BY_AFFINITY in warm.text and BY_LOAD in by_load.text and HEADER not in by_load.text
+    assert _loads(warm) < _loads(by_load), (warm.stats, by_load.stats)
+    project.pytester.makeini(INI + "statemigrate_affinity = off\n")
+    off = project.run("-n", "2", "-v")
+    assert off.outcomes == plain.outcomes
+    assert BY_LOAD in off.text and HEADER not in off.text, off.text
+    project.pytester.makeini(INI + "statemigrate_affinity = sometimes\n")
+    bad = project.run("-n", "2")
+    assert bad.result.ret == pytest.ExitCode.USAGE_ERROR
+    line = "statemigrate: bad value for statemigrate_affinity: 'sometimes' is not one of on, off"
+    assert line in bad.text, bad.text
+
+
+def test_n_without_dist_stays_load_when_nothing_is_managed(suite: Suite) -> None:
+    suite.pytester.makepyfile(test_plain="def test_a():\n    pass\n\ndef test_b():\n    pass\n")
+    run = suite.run("-n", "2", "-v")
+    assert run.outcomes == suite.plain("-n", "2").outcomes
+    assert BY_LOAD in run.text and HEADER not in run.text, run.text
+    assert not (suite.pytester.path / ".statemigrate").exists()

@@ -12,8 +12,8 @@ Scenarios (docs/benchmarks.md says what each measures and the targets):
   plain     the example suite, plugin disabled (-p no:statemigrate)
   cold      plugin on, store deleted before each run               target: <= 1.05 x plain
   warm      plugin on, store kept (after one unmeasured warm-up)   target: >= 5 x faster
-  xdist     -n 2: plugin cold (--dist load and --dist statemigrate) / warm vs plain -n 2 and the
-            pytest-xdist FileLock recipe
+  xdist     -n 2: plugin cold (the default, --dist statemigrate; and --dist load) / warm vs
+            plain -n 2 and the pytest-xdist FileLock recipe
   idle      2,000 trivial tests, nothing managed: plugin loaded vs disabled  target: <= 1.03
   fcache    pytest-fixture-cache cold / warm on an adapted copy of the suite
 
@@ -436,11 +436,11 @@ def build_configs(only: Sequence[str], peer: dict[str, Any]) -> list[Config]:
         )
         out.append(
             Config(
-                "cold-n2-sm",
+                "cold-n2-load",
                 "suite",
-                "-n 2 --dist statemigrate, plugin on, store deleted before each run",
-                example("cold-n2-sm"),
-                [*q, *n2, "--dist", "statemigrate", *FCACHE_OFF],
+                "-n 2 --dist load (xdist's default), plugin on, store deleted before each run",
+                example("cold-n2-load"),
+                [*q, *n2, "--dist", "load", *FCACHE_OFF],
                 plugin=True,
                 prep=rm_store,
             )
@@ -601,8 +601,8 @@ TARGETS: list[tuple[str, str, str, str, float, str]] = [
     ("idle-on vs idle-off", "idle-on", "idle-off", "max", 1.03, "idle overhead within 3%"),
 ]
 INFO_RATIOS: list[tuple[str, str, str]] = [
-    ("cold-n2-sm vs plain-n2", "cold-n2-sm", "plain-n2"),
-    ("cold-n2-sm vs filelock-n2", "cold-n2-sm", "filelock-n2"),
+    ("cold-n2-load vs plain-n2", "cold-n2-load", "plain-n2"),
+    ("cold-n2-load vs filelock-n2", "cold-n2-load", "filelock-n2"),
     ("plain vs warm-agent", "plain", "warm-agent"),
     ("plain-n2 vs warm-n2", "plain-n2", "warm-n2"),
     ("filelock-n2 vs plain-n2", "filelock-n2", "plain-n2"),

@@ -455,6 +455,16 @@ def build_configs(only: Sequence[str], peer: dict[str, Any]) -> list[Config]:
                 plugin=True,
             )
         )
+        out.append(
+            Config(
+                "warm-n2-load",
+                "suite",
+                "-n 2 --dist load, plugin on, store kept (warmed up)",
+                example("warm-n2-load"),
+                [*q, *n2, "--dist", "load", *FCACHE_OFF],
+                plugin=True,
+            )
+        )
     if "fcache" in want and peer.get("installed") and peer.get("reversed_order_works"):
         for name, prep, what in (
             ("fcache-cold", rm_fcache, "pytest-fixture-cache, cache deleted before each run"),
@@ -605,6 +615,7 @@ INFO_RATIOS: list[tuple[str, str, str]] = [
     ("cold-n2-load vs filelock-n2", "cold-n2-load", "filelock-n2"),
     ("plain vs warm-agent", "plain", "warm-agent"),
     ("plain-n2 vs warm-n2", "plain-n2", "warm-n2"),
+    ("warm-n2 vs warm-n2-load", "warm-n2", "warm-n2-load"),
     ("filelock-n2 vs plain-n2", "filelock-n2", "plain-n2"),
     ("plain vs fcache-warm", "plain", "fcache-warm"),
     ("fcache-cold vs plain", "fcache-cold", "plain"),

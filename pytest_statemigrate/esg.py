@@ -275,6 +275,8 @@ class Prediction:
     cost: dict[str, float] = field(default_factory=dict)
     #: node id → the test's own seconds (median over the kept sessions that ran it)
     durations: dict[str, float] = field(default_factory=dict)
+    #: key → seconds its latest load took, where one was measured
+    loads: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -919,6 +921,12 @@ class ESGStore:
                     " WHERE coalesce(build_s, load_s) IS NOT NULL"
                 )
             }
+            loads = {
+                key: float(seconds)
+                for key, seconds in db.execute(
+                    "SELECT key, load_s FROM elements WHERE load_s IS NOT NULL"
+                )
+            }
             runs: defaultdict[str, list[float]] = defaultdict(list)
             for nodeid, seconds in db.execute(
                 "SELECT t.nodeid, d.seconds FROM durations d JOIN tests t ON t.id = d.test"
@@ -953,6 +961,7 @@ class ESGStore:
             nbytes,
             cost,
             {test: statistics.median(seconds) for test, seconds in runs.items()},
+            loads,
         )
 
     def elements(self) -> list[ElementInfo]:

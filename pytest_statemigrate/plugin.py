@@ -421,7 +421,12 @@ class _XdistController:
 
         def plan(collection: list[str], workers: int) -> list[list[int]]:
             try:
-                work = esg_workload(settings.store_dir / "esg.sqlite", settings.history)
+                work = esg_workload(
+                    settings.store_dir / "esg.sqlite",
+                    settings.history,
+                    collection,
+                    stored=self.hooks.session.stored,
+                )
                 work = with_closures(work, self.closures)
             except Exception as exc:  # scheduling by module instead never costs a test
                 self.hooks.session.stats.fallback(f"--dist {DIST}: ESG not read ({exc!r})")

@@ -14,7 +14,7 @@ import select
 import socket
 import time
 import warnings
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -53,6 +53,8 @@ from .settings import Settings, parse_endpoints
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 _NOTHING = object()
+#: --dist statemigrate: seconds the controller spends at most asking which values are stored
+STORED_QUERY_S = 0.5
 
 
 class DiskClient:
@@ -879,6 +881,20 @@ class StateMigrateSession:
             self.stats.managed.add(name)
             self._element(key, label, fixturedef.scope, nbytes, build_s=record.seconds)
         return value
+
+    def stored(self, keys: Sequence[str], seconds: float = STORED_QUERY_S) -> set[str]:
+        """Which of ``keys`` an agent holds now, in any tier: this run loads them. One HAS
+        each, for at most ``seconds`` in all; keys not asked count as not held (built)."""
+        if self.embedded is not None and self.embedded.empty:
+            return set()  # nothing was stored when this run's agent started
+        deadline = time.monotonic() + seconds
+        held: set[str] = set()
+        for key in keys:
+            if time.monotonic() >= deadline:
+                break
+            if self.proxy.call_home(key, lambda c, k=key: c.has(k)):  # type: ignore[misc]
+                held.add(key)
+        return held
 
     def shared_endpoint(self) -> str | None:
         """The endpoint xdist workers should use: started here, once, on the first call."""

@@ -29,7 +29,7 @@ Imported by settings.py (to parse ``--sm-shard``): only the standard library at 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -472,15 +472,49 @@ def with_closures(work: Workload, path: Any) -> Workload:
     return Workload(needs, work.seconds, cost)
 
 
-def esg_workload(path: Any, history: int) -> Workload:
-    """The workload recorded in the ESG file at ``path`` (an empty one when there is none)."""
+def esg_workload(
+    path: Any,
+    history: int,
+    collection: Sequence[str] = (),
+    stored: Callable[[Sequence[str]], set[str]] | None = None,
+) -> Workload:
+    """The workload recorded in the ESG file at ``path`` (an empty one when there is none).
+
+    With ``stored`` (which of the keys the ``collection`` uses an agent holds now), a held
+    key costs its load, not its build: units are balanced on what this run pays.
+    """
     from .esg import ESGStore
 
     if not path.exists():
         return Workload({}, {}, {})
     with ESGStore(path, history) as store:
         p = store.prediction()
-    return workload_of(p.footprints, p.durations, p.cost)
+    cost = p.cost
+    if stored is not None:
+        used = dict.fromkeys(k for t in collection for k in p.footprints.get(t, ()) if k in cost)
+        if used:
+            cost = charge_loads(cost, p.nbytes, p.loads, stored(list(used)))
+    return workload_of(p.footprints, p.durations, cost)
+
+
+def charge_loads(
+    cost: Mapping[str, float],
+    nbytes: Mapping[str, int],
+    loads: Mapping[str, float],
+    held: Iterable[str],
+) -> dict[str, float]:
+    """``cost`` with each ``held`` key charged what loading it takes: its latest measured
+    load, else its size at the median seconds per byte of the measured loads; never more
+    than its build."""
+    from statistics import median
+
+    rates = [loads[k] / nbytes[k] for k in loads if nbytes.get(k)]
+    rate = median(rates) if rates else 0.0
+    out = dict(cost)
+    for key in held:
+        load = loads.get(key, rate * nbytes.get(key, 0))
+        out[key] = min(out.get(key, load), load)
+    return out
 
 
 def select(

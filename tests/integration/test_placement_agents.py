@@ -301,8 +301,9 @@ def test_three_agents_cold_then_warm(suite: Suite, start: StartAgent, tmp_path: 
     # Each value was stored once, at its home, which records itself as its holder. (Not
     # asserted: that all three got some; 8 keys land on one agent with p = 3**-7.)
     held = [_ram_entries(a) for a in agents]
-    records = [_stats(a)["placement"]["records"] for a in agents]
-    assert sum(held) == MANAGED and records == held, (held, records, cold.text)
+    assert sum(held) == MANAGED, (held, cold.text)
+    # Announcements are batched by a thread of each agent: under load they may land late.
+    wait_until(lambda: [_stats(a)["placement"]["records"] for a in agents] == held)
     (suite.pytester.path / "builds.log").unlink()
     warm = suite.run("--sm-agent", flag)  # (the plain run would write builds.log)
     assert warm.outcomes == cold.outcomes  # which equal a plain run's
@@ -336,3 +337,31 @@ def test_an_agent_killed_mid_run(suite: Suite, start: StartAgent, tmp_path: Path
     again = suite.same_as_plain("--sm-agent", flag)
     assert again.stats is not None and again.outcomes == run.outcomes
     assert again.stats["builds"] == 0, again.text
+
+
+def test_the_scheduler_learns_which_values_are_stored(start: StartAgent, tmp_path: Path) -> None:
+    """``--dist statemigrate`` balances units on what this run pays: the controller asks each
+    key's home whether it holds the key (HAS), and keys it holds are loaded, not built."""
+    from pytest_statemigrate import settings as st
+    from pytest_statemigrate.session import StateMigrateSession
+
+    agents = three(start, tmp_path)
+    endpoints = [a.endpoint for a in agents]
+    ring = tell_ring(agents)
+    held = [keys_homed(ring, e, 1, prefix="held")[0] for e in endpoints]
+    for key in held:
+        with AgentClient(ring.home(key), timeout=10) as c:
+            c.put(key, [b"x"], {})
+    missing = [f"missing-{i}" for i in range(5)]
+    ini = {"statemigrate_agent": ",".join(endpoints)}
+    settings = st.build(
+        rootdir=tmp_path,
+        ini=lambda name: [] if name == "statemigrate_fixtures" else ini.get(name, ""),
+        option=lambda name: None,
+    )
+    session = StateMigrateSession(settings, tmp_path, settings.agent)
+    try:
+        assert session.stored([*held, *missing]) == set(held)
+        assert session.stored([*held, *missing], seconds=0.0) == set()  # out of time: built
+    finally:
+        session.close()

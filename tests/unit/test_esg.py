@@ -567,6 +567,7 @@ def test_durations_are_kept_per_session_merged_and_pruned(tmp_path: Path) -> Non
         p = store.prediction()
         assert p.durations == {"t1": 0.5, "t9": 0.25}  # medians over the kept sessions
         assert p.cost == {"a": 1.0, "b": 2.0}  # builds first; a load only where none was
+        assert p.loads == {"a": 0.1}  # what a run that loads instead pays
     with ESGStore(tmp_path / "a", history=2) as store:
         store.add_session(rec("s4", 4.0, {"t2": "c"}))  # prunes s1 and s2
         assert store.prediction().durations == {"t1": 0.125}  # t9 went with s1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -261,3 +262,42 @@ def test_different_collections_are_reported() -> None:
     sched.schedule()
     assert reported == [(["t1"], ["t2"])]
     assert not a.queue and not b.queue
+
+
+def test_values_an_agent_holds_are_charged_their_load() -> None:
+    cost = {"a": 2.0, "b": 1.0, "c": 0.001, "d": 3.0}
+    nbytes = {"a": 1000, "b": 4000, "c": 10_000, "d": 0}
+    loads = {"a": 0.01, "c": 0.05}  # 10 µs/B and 5 µs/B: median 7.5 µs/B
+    charged = shard.charge_loads(cost, nbytes, loads, ["a", "b", "c"])
+    # a: its measured load; b: its size at the median rate; c: its build is cheaper
+    assert charged == {"a": 0.01, "b": pytest.approx(0.03), "c": 0.001, "d": 3.0}
+    assert shard.charge_loads(cost, nbytes, {}, ["d"])["d"] == 0.0  # no rate: a load is ~free
+
+
+def test_units_balance_on_what_this_run_pays(tmp_path: Path) -> None:
+    """Warm, a value that took 4 s to build loads in 0.01 s: a unit that uses it is no longer
+    the longest, and the esg workload says so only when told what the agent holds."""
+    from pytest_statemigrate.esg import ESGStore, SessionRecord
+
+    record = SessionRecord("s", 1.0, "h")
+    for i, key in enumerate(("big", "small")):
+        record.element(key, "f", "session", 1000, build_s=4.0 if key == "big" else 1.0)
+        record.element(key, "f", "session", 1000, load_s=0.01)
+        for j in range(3):
+            record.read(f"t{i}{j}", key)
+            record.duration(f"t{i}{j}", 0.1)
+    with ESGStore(tmp_path / "esg.sqlite") as store:
+        store.add_session(record)
+    tests = [f"t{i}{j}" for i in range(2) for j in range(3)]
+    path = tmp_path / "esg.sqlite"
+    cold = shard.esg_workload(path, 20, tests)
+    assert cold.cost == {"big": 4.0, "small": 1.0}
+    asked: list[list[str]] = []
+
+    def stored(keys: list[str]) -> set[str]:
+        asked.append(sorted(keys))
+        return {"big"}
+
+    warm = shard.esg_workload(path, 20, tests, stored=stored)
+    assert asked == [["big", "small"]]
+    assert warm.cost == {"big": 0.01, "small": 1.0}

@@ -1,0 +1,36 @@
+"""What each process imports, in a fresh interpreter: modules a path does not use stay out of it.
+
+Every pytest process of a run (and xdist's controller and workers, and the agent) pays for what
+it imports; these tests pin the imports that cost the most and are not needed where they were
+made (measured with ``python -X importtime``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def new_modules(code: str, setup: str = "") -> set[str]:
+    """The modules that ``code`` imports in a fresh interpreter, after ``setup``."""
+    script = (
+        f"import sys\n{setup}\nbefore = set(sys.modules)\n{code}\n"
+        "print(' '.join(sorted(set(sys.modules) - before)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split())
+
+
+def test_the_agent_client_imports_no_asyncio() -> None:
+    # zmq.utils.monitor imports zmq.asyncio, hence asyncio and ssl (~30 ms in every process
+    # that talks to an agent, the agent itself included): the client decodes monitor events.
+    new = new_modules("import nodeagent.client")
+    assert "zmq" in new
+    assert not new & {"asyncio", "ssl", "zmq.asyncio", "zmq.utils.monitor"}
+
+
+def test_the_agent_imports_no_asyncio() -> None:
+    new = new_modules("import nodeagent.__main__, nodeagent.server, nodeagent.tiers")
+    assert "nodeagent.server" in new
+    assert not new & {"asyncio", "ssl", "zmq.asyncio", "zmq.utils.monitor"}

@@ -16,10 +16,15 @@ import sys
 import tempfile
 import time
 from types import TracebackType
-from typing import IO, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
-from nodeagent.client import AgentClient, AgentError
 from nodeagent.curve import ClientKeys, KeysError
+
+if TYPE_CHECKING:
+    from nodeagent.client import AgentError
+
+# nodeagent.client (hence zmq, ~20 ms of imports) is imported where it is used: a process that
+# only spawns an agent and stops it unasked (pytest-xdist's controller) never talks to it.
 
 __all__ = ["AgentProcess", "local_endpoint", "spawn_agent", "start_agent"]
 
@@ -68,6 +73,8 @@ class AgentProcess:
         """
         if self.ready:
             return self
+        from nodeagent.client import AgentClient, AgentError
+
         deadline = time.monotonic() + timeout
         proc, bind = self.process, self.endpoint
 
@@ -105,6 +112,8 @@ class AgentProcess:
         proc = self.process
         asked = False
         if proc.poll() is None and self.ready:
+            from nodeagent.client import AgentClient, AgentError
+
             with (
                 contextlib.suppress(AgentError),
                 AgentClient(
@@ -216,6 +225,8 @@ def spawn_agent(
         try:
             client_keys = ClientKeys.load(curve_dir)
         except KeysError as exc:
+            from nodeagent.client import AgentError
+
             raise AgentError(
                 bind or "agent", "start", f"no client keys to reach it: {exc}"
             ) from None
@@ -255,6 +266,8 @@ def spawn_agent(
             env=env,
         )
     except OSError as exc:
+        from nodeagent.client import AgentError
+
         log_fh.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise AgentError(bind, "start", f"cannot run {python}: {exc}") from None

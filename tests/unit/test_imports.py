@@ -34,3 +34,10 @@ def test_the_agent_imports_no_asyncio() -> None:
     new = new_modules("import nodeagent.__main__, nodeagent.server, nodeagent.tiers")
     assert "nodeagent.server" in new
     assert not new & {"asyncio", "ssl", "zmq.asyncio", "zmq.utils.monitor"}
+
+
+def test_spawning_an_agent_imports_no_zmq() -> None:
+    # xdist's controller spawns the run's agent and stops it without a word to it.
+    new = new_modules("import nodeagent.launcher")
+    assert not {m for m in new if m == "zmq" or m.startswith("zmq.")}
+    assert "nodeagent.client" not in new

@@ -18,7 +18,7 @@ from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nodeagent.protocol import Fetched, LeaseReply
 
@@ -36,7 +36,6 @@ from .keys import (
     make_key,
     param_token,
 )
-from .migrate import Migrator, write_plan
 from .proxy import (
     FIRST_PING_SECONDS,
     AgentLink,
@@ -50,6 +49,11 @@ from .proxy import (
 from .recorder import AccessRecorder, used_fixturedefs
 from .report import RunStats
 from .settings import Settings, parse_endpoints
+
+if TYPE_CHECKING:
+    # Imported where a plan is made (a run with a stored ESG): a cold run never needs
+    # migrate.py nor engine.py (~20 ms of imports in every pytest process).
+    from .migrate import Migrator
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 _NOTHING = object()
@@ -517,6 +521,8 @@ class StateMigrateSession:
         prediction = self._prediction()
         if prediction is None or not prediction.partition_of:
             return
+        from .migrate import Migrator, write_plan
+
         ready = embedded.up if embedded is not None else (lambda: True)
         migrator = Migrator(self.proxy, prediction, ready=ready, lookahead_tests=s.lookahead_tests)
         self.migrator = migrator

@@ -41,3 +41,10 @@ def test_spawning_an_agent_imports_no_zmq() -> None:
     new = new_modules("import nodeagent.launcher")
     assert not {m for m in new if m == "zmq" or m.startswith("zmq.")}
     assert "nodeagent.client" not in new
+
+
+def test_the_session_imports_no_planner() -> None:
+    # Planning (migrate.py, engine.py) and the ESG's medians need an ESG: a cold run has none.
+    new = new_modules("import pytest_statemigrate.session", setup="import pytest")
+    assert "pytest_statemigrate.esg" in new
+    assert not new & {"pytest_statemigrate.migrate", "pytest_statemigrate.engine", "statistics"}

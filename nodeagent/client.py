@@ -21,11 +21,10 @@ import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from nodeagent.curve import ClientKeys
 from nodeagent.protocol import (
     MAX_KEYS,
     BindRefused,
@@ -37,6 +36,9 @@ from nodeagent.protocol import (
     decode_reply,
     encode_request,
 )
+
+if TYPE_CHECKING:
+    from nodeagent.curve import ClientKeys  # loaded by the caller: only its attributes are read
 
 __all__ = ["AgentClient", "AgentError", "Fetched", "LeaseReply"]
 

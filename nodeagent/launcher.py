@@ -18,13 +18,13 @@ import time
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Final
 
-from nodeagent.curve import ClientKeys, KeysError
-
 if TYPE_CHECKING:
     from nodeagent.client import AgentError
+    from nodeagent.curve import ClientKeys
 
-# nodeagent.client (hence zmq, ~20 ms of imports) is imported where it is used: a process that
-# only spawns an agent and stops it unasked (pytest-xdist's controller) never talks to it.
+# nodeagent.client (hence zmq, ~20 ms of imports) and nodeagent.curve are imported where they
+# are used: a process that only spawns an agent without keys and stops it unasked (xdist's
+# controller) never talks to it.
 
 __all__ = ["AgentProcess", "local_endpoint", "spawn_agent", "start_agent"]
 
@@ -222,6 +222,8 @@ def spawn_agent(
     """
     client_keys = None
     if curve_dir is not None:
+        from nodeagent.curve import ClientKeys, KeysError
+
         try:
             client_keys = ClientKeys.load(curve_dir)
         except KeysError as exc:

@@ -509,3 +509,19 @@ def test_importing_the_module_imports_nothing_heavy() -> None:
     imported = set(out.stdout.split())
     assert "pytest_statemigrate" in imported
     assert not imported & {"networkx", "pymetis", "numpy", "scipy"}
+
+
+def test_metis_prints_nothing_into_the_run_s_output(capfd: pytest.CaptureFixture[str]) -> None:
+    """A vertex heavier than a part makes METIS print "Cannot bisect a graph with 0 vertices"
+    to C's stdout (seen after pytest's summary of a warm ``-n 2`` run); the parts are still
+    whole and none is empty."""
+    import ctypes
+
+    keys = [f"v{i}" for i in range(6)]
+    edges = {(i, i + 1): 1 for i in range(5)}
+    membership = pt.partition_data(keys, [1_000_000, 1, 2, 3, 1, 2], edges, 4)
+    ctypes.CDLL(None).fflush(None)  # what C buffered would reach the terminal at exit
+    assert capfd.readouterr().out == ""
+    assert sorted(set(membership.values())) == [0, 1, 2, 3]
+    print("after")  # the descriptor is back
+    assert capfd.readouterr().out == "after\n"

@@ -438,6 +438,21 @@ def _connect(path: str, uri: bool = False) -> sqlite3.Connection:
     return sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, uri=uri)
 
 
+def _wal(db: sqlite3.Connection) -> None:
+    """Switch to the WAL journal (persistent; a no-op once set). While another connection is
+    switching a new file, sqlite says "database is locked" at once, without waiting for the
+    busy timeout: retry within :data:`BUSY_TIMEOUT_S`."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _snapshot(path: Path) -> sqlite3.Connection:
     """An in-memory copy of the ESG file at ``path`` (WAL included), migrated to this version.
 
@@ -499,7 +514,7 @@ class ESGStore:
             with _transaction(db, "IMMEDIATE"):
                 _prepare(db)
             # After the check, so that a file moved aside is left as it was found.
-            db.execute("PRAGMA journal_mode = WAL")  # persistent; a no-op once set
+            _wal(db)
             db.execute("PRAGMA synchronous = NORMAL")  # safe with WAL: a crash loses no file
         except sqlite3.OperationalError:  # locked, I/O, cannot open: not the file's fault
             db.close()

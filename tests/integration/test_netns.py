@@ -34,6 +34,7 @@ from nodeagent.curve import ClientKeys
 from nodeagent.launcher import AgentProcess
 from nodeagent.leases import pid_alive
 from tests.conftest import Suite
+from tests.integration.conftest import wait_until
 from tests.integration.test_agent import ROOT, child_env
 from tests.integration.test_curve import REFUSED_WITHIN, keys_command
 
@@ -336,7 +337,9 @@ from pathlib import Path
 def built(name):
     with open(Path(__file__).parent / "builds.log", "a") as fh:
         fh.write(name + "\\n")
-    time.sleep(0.02)
+    # Well above a load across the veth pair with CURVE (~30 ms under load): else the
+    # plugin rightly builds instead of loading, and the warm assertions fail.
+    time.sleep(0.1)
 
 def _make(name, scope):
     @pytest.fixture(scope=scope, name=name)
@@ -409,8 +412,9 @@ def test_two_hosts_cold_then_warm(netsuite: Suite, agents: list[AgentProcess], k
     # Each value stored once, at its home on the ring, which records itself as its holder;
     # both agents got some (all 16 on one: p = 2**-15).
     held = [int(stats(a)["tiers"]["ram"]["entries"]) for a in agents]
-    records = [stats(a)["placement"]["records"] for a in agents]
-    assert sum(held) == 2 * VALUES and records == held, (held, records)
+    assert sum(held) == 2 * VALUES, held
+    # Announcements are batched by a thread of each agent: under load they may land late.
+    wait_until(lambda: [stats(a)["placement"]["records"] for a in agents] == held)
     assert all(held), held
     assert [stats(a)["placement"]["dropped"] for a in agents] == [0, 0]
     (netsuite.pytester.path / "builds.log").unlink()

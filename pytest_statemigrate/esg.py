@@ -453,6 +453,18 @@ def _wal(db: sqlite3.Connection) -> None:
             time.sleep(0.01)
 
 
+def records_state(path: Path) -> bool:
+    """The ESG file at ``path`` records managed values: an earlier run managed something.
+    Read only, without migrating or repairing (False for anything unreadable)."""
+    if not path.is_file():
+        return False
+    try:
+        with closing(_connect(path.resolve().as_uri() + "?mode=ro", uri=True)) as db:
+            return db.execute("SELECT 1 FROM elements LIMIT 1").fetchone() is not None
+    except sqlite3.Error:
+        return False
+
+
 def _snapshot(path: Path) -> sqlite3.Connection:
     """An in-memory copy of the ESG file at ``path`` (WAL included), migrated to this version.
 

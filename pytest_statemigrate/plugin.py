@@ -324,6 +324,7 @@ class _Hooks:
         self.endpoint = endpoint
         self._session: Any = None
         self.header = ""  # a line for pytest's header, when the plugin chose xdist's mode
+        self._recorded: bool | None = None  # the ESG records managed values (see expected)
 
     @property
     def active(self) -> bool:
@@ -332,9 +333,15 @@ class _Hooks:
 
     @property
     def expected(self) -> bool:
-        """Something is or was managed: selected now, or recorded in an earlier run's ESG
-        (``@state`` in a test module is seen only once workers collect it)."""
-        return self.active or (self.settings.store_dir / "esg.sqlite").is_file()
+        """Something is or was managed: selected now, or values recorded in an earlier run's
+        ESG (``@state`` in a test module is seen only once workers collect it)."""
+        if self.active:
+            return True
+        if self._recorded is None:
+            from .esg import records_state
+
+            self._recorded = records_state(self.settings.store_dir / "esg.sqlite")
+        return self._recorded
 
     @property
     def session(self) -> Any:

@@ -269,8 +269,45 @@ def test_n_without_dist_schedules_by_state_affinity(project: Suite) -> None:
 
 
 def test_n_without_dist_stays_load_when_nothing_is_managed(suite: Suite) -> None:
-    suite.pytester.makepyfile(test_plain="def test_a():\n    pass\n\ndef test_b():\n    pass\n")
+    suite.pytester.makepyfile(
+        test_plain="import pytest\n@pytest.fixture\ndef f():\n    return 1\n"
+        "def test_a(f):\n    pass\n\ndef test_b():\n    pass\n"
+    )
     run = suite.run("-n", "2", "-v")
     assert run.outcomes == suite.plain("-n", "2").outcomes
     assert BY_LOAD in run.text and HEADER not in run.text, run.text
-    assert not (suite.pytester.path / ".statemigrate").exists()
+    assert not (suite.pytester.path / ".statemigrate").exists()  # nor an agent started
+    suite.run("--sm-record")  # an ESG of fixture setups, but of no managed value
+    assert (suite.pytester.path / ".statemigrate" / "esg.sqlite").is_file()
+    again = suite.run("-n", "2", "-v")
+    assert BY_LOAD in again.text and HEADER not in again.text, again.text
+
+
+def test_state_in_a_test_module_is_scheduled_by_affinity_from_the_second_run(
+    suite: Suite,
+) -> None:
+    """The controller collects nothing, so it sees ``@state`` in a test module only through
+    the values an earlier run recorded."""
+    suite.pytester.makepyfile(
+        test_mod="""
+import pytest
+from pytest_statemigrate import state
+
+@state
+@pytest.fixture(scope="session")
+def data():
+    return list(range(10))
+
+def test_a(data):
+    assert data[1] == 1
+
+def test_b(data):
+    assert len(data) == 10
+"""
+    )
+    plain = suite.plain("-n", "2")
+    first = suite.run("-n", "2", "-v")
+    assert first.outcomes == plain.outcomes and BY_LOAD in first.text, first.text
+    second = suite.run("-n", "2", "-v")
+    assert second.outcomes == plain.outcomes
+    assert BY_AFFINITY in second.text and HEADER in second.text, second.text

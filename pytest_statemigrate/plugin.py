@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any, Final
@@ -425,16 +427,30 @@ class _XdistController:
         )
 
         settings = self.hooks.settings
+        session = self.hooks.session
+        prepared: dict[str, Any] = {}
+
+        def prepare() -> None:
+            """While the workers start and collect (half a second at least): read the ESG,
+            ask the agents what they hold, import pymetis. The controller is idle then; the
+            plan itself is wanted the moment the last worker has collected."""
+            try:
+                path = settings.store_dir / "esg.sqlite"
+                prepared["work"] = esg_workload(path, settings.history, stored=session.stored)
+                with contextlib.suppress(ImportError):
+                    import pymetis  # noqa: F401  (the split's, imported off the critical path)
+            except Exception as exc:
+                prepared["error"] = exc
+
+        preparing = threading.Thread(target=prepare, name="statemigrate-plan", daemon=True)
+        preparing.start()
 
         def plan(collection: list[str], workers: int) -> list[list[int]]:
+            preparing.join()
             try:
-                work = esg_workload(
-                    settings.store_dir / "esg.sqlite",
-                    settings.history,
-                    collection,
-                    stored=self.hooks.session.stored,
-                )
-                work = with_closures(work, self.closures)
+                if "error" in prepared:
+                    raise prepared["error"]
+                work = with_closures(prepared["work"], self.closures)
             except Exception as exc:  # scheduling by module instead never costs a test
                 self.hooks.session.stats.fallback(f"--dist {DIST}: ESG not read ({exc!r})")
                 work = Workload({}, {}, {})

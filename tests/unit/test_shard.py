@@ -301,6 +301,9 @@ def test_units_balance_on_what_this_run_pays(tmp_path: Path) -> None:
     warm = shard.esg_workload(path, 20, tests, stored=stored)
     assert asked == [["big", "small"]]
     assert warm.cost == {"big": 0.01, "small": 1.0}
+    assert shard.esg_workload(path, 20, stored=stored).cost == warm.cost  # every known test
+    assert shard.esg_workload(path, 20, ["t00"], stored=stored).cost == warm.cost
+    assert asked[1:] == [["big", "small"], ["big"]]
 
 
 def test_a_short_run_gets_one_unit_per_worker() -> None:

@@ -152,7 +152,7 @@ def pytest_configure(config: pytest.Config) -> None:
     endpoint = workerinput.get(WORKER_KEY) if workerinput else settings.agent
     hooks = _Hooks(config, settings, endpoint)
     config.pluginmanager.register(hooks, SESSION)
-    if workerinput is None and _affinity_by_default(config, settings, hooks.expected):
+    if workerinput is None and _affinity_by_default(config, settings, hooks):
         config.option.dist = DIST
         hooks.header = (
             f"statemigrate: -n without --dist: tests scheduled by state affinity (--dist {DIST}; "
@@ -194,10 +194,11 @@ def _shard_spec(settings: st.Settings, in_use: bool) -> Any:
         raise pytest.UsageError(f"statemigrate: {exc}") from None
 
 
-def _affinity_by_default(config: pytest.Config, settings: st.Settings, expected: bool) -> bool:
+def _affinity_by_default(config: pytest.Config, settings: st.Settings, hooks: _Hooks) -> bool:
     """``pytest -n N`` with no ``--dist``, which xdist has just made ``--dist load``: while
-    something is managed (:attr:`_Hooks.expected`), tests that share state go to the same
-    worker instead. A mode the user names is kept."""
+    something is managed (:attr:`_Hooks.expected`, asked last: a run without ``-n`` reads no
+    ESG), tests that share state go to the same worker instead. A mode the user names is
+    kept."""
     if not settings.affinity or getattr(config.option, "dist", "no") != "load":
         return False
     if not _distributing(config):  # --collect-only
@@ -205,7 +206,7 @@ def _affinity_by_default(config: pytest.Config, settings: st.Settings, expected:
     asked = config.known_args_namespace  # the command line and addopts, before xdist's defaults
     if getattr(asked, "dist", "no") != "no" or getattr(asked, "distload", False):
         return False
-    return expected
+    return hooks.expected
 
 
 def _distributing(config: pytest.Config) -> bool:
@@ -340,9 +341,12 @@ class _Hooks:
         if self.active:
             return True
         if self._recorded is None:
-            from .esg import records_state
+            path = self.settings.store_dir / "esg.sqlite"
+            self._recorded = False
+            if path.is_file():  # else no import of esg.py (~15 ms) for a suite with no ESG
+                from .esg import records_state
 
-            self._recorded = records_state(self.settings.store_dir / "esg.sqlite")
+                self._recorded = records_state(path)
         return self._recorded
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 
 def new_modules(code: str, setup: str = "") -> set[str]:
@@ -49,3 +50,13 @@ def test_the_session_imports_no_planner() -> None:
     new = new_modules("import pytest_statemigrate.session", setup="import pytest")
     assert "pytest_statemigrate.esg" in new
     assert not new & {"pytest_statemigrate.migrate", "pytest_statemigrate.engine", "statistics"}
+
+
+def test_a_suite_that_manages_nothing_imports_no_esg(tmp_path: Path) -> None:
+    # An installed plugin that manages nothing pays for its import and one pytest_configure;
+    # whether `-n` should schedule by affinity is asked only under -n (an ESG may say so).
+    (tmp_path / "test_a.py").write_text("def test_a():\n    pass\n")
+    args = ["-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "statemigrate"]
+    new = new_modules(f"pytest.main({[*args, str(tmp_path)]!r})", setup="import pytest")
+    assert "pytest_statemigrate.plugin" in new
+    assert not new & {f"pytest_statemigrate.{m}" for m in ("esg", "session", "shard")}

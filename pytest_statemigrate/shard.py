@@ -485,14 +485,12 @@ def with_closures(work: Workload, path: Any) -> Workload:
 def esg_workload(
     path: Any,
     history: int,
-    collection: Sequence[str] | None = None,
     stored: Callable[[Sequence[str]], set[str]] | None = None,
 ) -> Workload:
     """The workload recorded in the ESG file at ``path`` (an empty one when there is none).
 
-    With ``stored`` (which of the keys the tests of ``collection``, default every test the
-    ESG knows, use an agent holds now), a held key costs its load, not its build: units are
-    balanced on what this run pays.
+    With ``stored`` (which of the keys the known tests use an agent holds now), a held key
+    costs its load, not its build: units are balanced on what this run pays.
     """
     from .esg import ESGStore
 
@@ -502,8 +500,7 @@ def esg_workload(
         p = store.prediction()
     cost = p.cost
     if stored is not None:
-        tests = p.footprints if collection is None else collection
-        used = dict.fromkeys(k for t in tests for k in p.footprints.get(t, ()) if k in cost)
+        used = dict.fromkeys(k for keys in p.footprints.values() for k in keys if k in cost)
         if used:
             cost = charge_loads(cost, p.nbytes, p.loads, stored(list(used)))
     return workload_of(p.footprints, p.durations, cost)

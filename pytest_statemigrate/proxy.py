@@ -21,7 +21,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -269,15 +269,19 @@ class StateProxy:
         """``what(client, keys)`` for each home's share of ``keys``; whether any succeeded."""
         if self.ring is None:
             return self.call(lambda c: what(c, list(keys))) is not None
+        done = False
+        for name, share in self._by_home(keys).items():
+            done |= self.call(lambda c, s=share: what(c, s), self.links[name]) is not None  # type: ignore[misc]
+        return done
+
+    def _by_home(self, keys: Iterable[str]) -> dict[str, list[str]]:
+        """``keys`` by the name of their first live home (keys with none are left out)."""
         shares: dict[str, list[str]] = {}
         for key in keys:
             link = self.home(key)
             if link is not None:
                 shares.setdefault(link.name, []).append(key)
-        done = False
-        for name, share in shares.items():
-            done |= self.call(lambda c, s=share: what(c, s), self.links[name]) is not None  # type: ignore[misc]
-        return done
+        return shares
 
     def locate_many(self, keys: Sequence[str]) -> dict[str, list[placement.Location]]:
         """Several agents: the directories' records for ``keys``, one LOCATE per directory
@@ -285,13 +289,8 @@ class StateProxy:
         records (records are hints). Empty with one agent (no directories)."""
         if self.ring is None:
             return {}
-        shares: dict[str, list[str]] = {}
-        for key in dict.fromkeys(keys):
-            link = self.home(key)
-            if link is not None:
-                shares.setdefault(link.name, []).append(key)
         found: dict[str, list[placement.Location]] = {}
-        for name, share in shares.items():
+        for name, share in self._by_home(dict.fromkeys(keys)).items():
             reply = self.call(lambda c, s=share: c.locate(s), self.links[name])  # type: ignore[misc]
             for key, located in (reply or {}).items():
                 found[key] = placement.parse(located)

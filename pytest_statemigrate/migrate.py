@@ -252,53 +252,42 @@ class Migrator:
         self._pending = {}
         try:
             for target, actions in pending.items():
-                if target == HOME:
-                    self._send_home(actions, now)
-                else:
-                    self._send_to(target, actions, now)
+                self._send(target, actions, now)
         finally:
             self.proxy.close_link()  # no zmq thread while the test body runs
 
-    def _send_home(self, pending: _Actions, now: int) -> None:
-        """One agent, or xdist's window: each key's share goes to its home."""
-        call = self.proxy.call
-        homes = self.proxy.each_home
-        if pending.evict:
-            evict = list(dict.fromkeys(pending.evict))
-            homes(evict, lambda c, share: c.evict_many(share, tier="ram"))
-        keys = _due(pending.prefetch, now)
-        if keys and homes(keys, lambda c, share: c.prefetch(share)):
-            self.sent.update(keys)
-        for peer, pairs in pending.migrate.items():
-            moved = _due(pairs, now)
-            if moved and call(lambda c, p=peer, k=moved: c.migrate(k, p)) is not None:  # type: ignore[misc]
-                self.sent.update(moved)
+    def _send(self, target: str, pending: _Actions, now: int) -> None:
+        """``target``'s actions: HOME (one agent, or xdist's window) sends each key's share to
+        its home; an agent's name (several agents) is the agent the plan gave them to. A copy
+        whose source agent is down in this run is read from the target's own tiers instead;
+        nothing is sent to an agent that is down (its tests read on demand from the others)."""
+        proxy = self.proxy
+        send: Callable[[Sequence[str], Callable[[Any, list[str]], Any]], bool] = proxy.each_home
+        if target != HOME:
+            link = proxy.links.get(target)
+            if link is None or link.down is not None:
+                return
 
-    def _send_to(self, target: str, pending: _Actions, now: int) -> None:
-        """Several agents: the actions the plan gave ``target``. A copy whose source agent is
-        down in this run is read from ``target``'s own tiers instead; nothing is sent to an
-        agent that is down (its tests read on demand from the others)."""
-        links = self.proxy.links
-        link = links.get(target)
-        if link is None or link.down is not None:
-            return
-        call = self.proxy.call
+            def to_target(keys: Sequence[str], what: Callable[[Any, list[str]], Any]) -> bool:
+                return proxy.call(lambda c: what(c, list(keys)), link) is not None
+
+            send = to_target
         if pending.evict:
             evict = list(dict.fromkeys(pending.evict))
-            call(lambda c: c.evict_many(evict, tier="ram"), link)
+            send(evict, lambda c, share: c.evict_many(share, tier="ram"))
         prefetch = list(pending.prefetch)
         migrate: dict[str, list[str]] = {}
         for peer, pairs in pending.migrate.items():
-            source = links.get(peer)
+            source = proxy.links.get(peer)
             if source is None or source.down is not None:
                 prefetch += pairs
             elif moved := _due(pairs, now):
                 migrate[peer] = moved
         keys = _due(prefetch, now)
-        if keys and call(lambda c: c.prefetch(keys), link) is not None:
+        if keys and send(keys, lambda c, share: c.prefetch(share)):
             self.sent.update(keys)
         for peer, moved in migrate.items():
-            if call(lambda c, p=peer, k=moved: c.migrate(k, p), link) is not None:  # type: ignore[misc]
+            if send(moved, lambda c, share, p=peer: c.migrate(share, p)):  # type: ignore[misc]
                 self.sent.update(moved)
 
 

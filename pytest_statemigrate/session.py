@@ -14,7 +14,7 @@ import select
 import socket
 import time
 import warnings
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -532,23 +532,14 @@ class StateMigrateSession:
         tests = [(item.nodeid, self.predicted(item, prediction)) for item in items]
         if self.proxy.ring is not None:
             plan = self._plan_agents(migrator, tests, override)
-            if plan is None:
-                self.migrator = None
-                return
         else:
             agent = self._agent_info()
-            if agent is None:
-                self.migrator = None
-                return
-            plan = migrator.make_plan(
-                tests,
-                agent,
-                socket.gethostname(),
-                policy=s.eviction,
-                lookahead_bytes=s.lookahead_bytes or None,
-                override=override,
-                on_disk=self._on_disk,
-            )
+            plan = None
+            if agent is not None:
+                plan = self._make_plan(migrator, tests, agent, override, on_disk=self._on_disk)
+        if plan is None:
+            self.migrator = None
+            return
         self._run_index = {id(item): i for i, item in enumerate(items)}
         # The embedded agent's disk tier is on this machine and this process reads it
         # directly (local_get): a prefetch into the agent's RAM would only add a copy through
@@ -631,7 +622,6 @@ class StateMigrateSession:
         from .migrate import holders
 
         proxy = self.proxy
-        s = self.settings
         try:
             infos: list[AgentInfo] = []
             replies: list[dict[str, Any]] = []
@@ -651,21 +641,35 @@ class StateMigrateSession:
                 key: {a: tier for a, tier in where.items() if a in live}
                 for key, where in holders(proxy.locate_many(wanted)).items()
             }
-            return migrator.make_plan(
-                tests,
-                infos,
-                socket.gethostname(),
-                policy=s.eviction,
-                lookahead_bytes=s.lookahead_bytes or None,
-                override=override,
-                on_disk=True,
-                located=located,
-            )
+            return self._make_plan(migrator, tests, infos, override, on_disk=True, located=located)
         except Exception as exc:  # planning is an optimisation: never a failed test
             self.stats.fallback(f"prefetching stopped ({type(exc).__name__}: {exc})")
             return None
         finally:
             proxy.close_link()
+
+    def _make_plan(
+        self,
+        migrator: Migrator,
+        tests: list[tuple[str, tuple[str, ...]]],
+        agents: Any,
+        override: Any,
+        *,
+        on_disk: bool,
+        located: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> Any:
+        """:meth:`Migrator.make_plan` with this run's settings and host."""
+        s = self.settings
+        return migrator.make_plan(
+            tests,
+            agents,
+            socket.gethostname(),
+            policy=s.eviction,
+            lookahead_bytes=s.lookahead_bytes or None,
+            override=override,
+            on_disk=on_disk,
+            located=located,
+        )
 
     def _agent_info(self) -> Any:
         from .engine import AgentInfo

@@ -37,6 +37,7 @@ from tests.conftest import Suite
 from tests.integration.conftest import wait_until
 from tests.integration.test_agent import ROOT, child_env
 from tests.integration.test_curve import REFUSED_WITHIN, keys_command
+from tests.integration.test_placement_agents import tables_project
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -329,42 +330,9 @@ def test_client_without_keys_is_refused(
 
 VALUES = 8  # managed fixtures of each scope: 16 values over two agents
 
-CONFTEST = f"""
-import time
-import pytest
-from pathlib import Path
-
-def built(name):
-    with open(Path(__file__).parent / "builds.log", "a") as fh:
-        fh.write(name + "\\n")
-    # Well above a load across the veth pair with CURVE (~30 ms under load): else the
-    # plugin rightly builds instead of loading, and the warm assertions fail.
-    time.sleep(0.1)
-
-def _make(name, scope):
-    @pytest.fixture(scope=scope, name=name)
-    def fixture():
-        built(name)
-        return {{"name": name, "rows": list(range(5000))}}
-    return fixture
-
-for _i in range({VALUES}):
-    globals()[f"table_{{_i}}"] = _make(f"table_{{_i}}", "module")
-    globals()[f"row_{{_i}}"] = _make(f"row_{{_i}}", "function")
-"""
-
-TABLES = ", ".join(f"table_{i}" for i in range(VALUES))
-ROWS = ", ".join(f"row_{i}" for i in range(VALUES))
-USES = f"""
-def test_tables({TABLES}):
-    assert [t["name"] for t in ({TABLES},)] == [f"table_{{i}}" for i in range({VALUES})]
-
-def test_rows({ROWS}):
-    assert sum(len(r["rows"]) for r in ({ROWS},)) == {VALUES * 5000}
-
-def test_fails(row_0):
-    assert row_0["name"] == "row_1"
-"""
+# Builds well above a load across the veth pair with CURVE (~30 ms under load): else the
+# plugin rightly builds instead of loading, and the warm assertions fail.
+CONFTEST, USES = tables_project(values=VALUES, rows=5000, build_s=0.1)
 
 # Cuts the agent's link from inside the run, between two test modules: a silent partition.
 CUT = """

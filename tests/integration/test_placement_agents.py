@@ -224,7 +224,12 @@ def test_three_agents_locate_then_get_from_the_holder(start: StartAgent, tmp_pat
 
 # -- whole runs with --sm-agent a,b,c
 
-CONFTEST = """
+
+def tables_project(values: int, rows: int, build_s: float) -> tuple[str, str]:
+    """A conftest of ``values`` module-scoped tables ``table_i`` and as many function-scoped
+    ``row_i`` (each build logged to builds.log, taking ``build_s``, a dict of ``rows`` rows),
+    and a test module that uses them all (one test fails)."""
+    conftest = f"""
 import time
 import pytest
 from pathlib import Path
@@ -232,31 +237,35 @@ from pathlib import Path
 def built(name):
     with open(Path(__file__).parent / "builds.log", "a") as fh:
         fh.write(name + "\\n")
-    time.sleep(0.02)
+    time.sleep({build_s})
 
 def _make(name, scope):
     @pytest.fixture(scope=scope, name=name)
     def fixture():
         built(name)
-        return {"name": name, "rows": list(range(2000))}
+        return {{"name": name, "rows": list(range({rows}))}}
     return fixture
 
-for _i in range(4):
-    globals()[f"table_{_i}"] = _make(f"table_{_i}", "module")
-    globals()[f"row_{_i}"] = _make(f"row_{_i}", "function")
+for _i in range({values}):
+    globals()[f"table_{{_i}}"] = _make(f"table_{{_i}}", "module")
+    globals()[f"row_{{_i}}"] = _make(f"row_{{_i}}", "function")
 """
+    tables = ", ".join(f"table_{i}" for i in range(values))
+    rows_ = ", ".join(f"row_{i}" for i in range(values))
+    uses = f"""
+def test_tables({tables}):
+    assert [t["name"] for t in ({tables},)] == [f"table_{{i}}" for i in range({values})]
 
-USES = """
-def test_tables(table_0, table_1, table_2, table_3):
-    assert [t["name"] for t in (table_0, table_1, table_2, table_3)] == [
-        "table_0", "table_1", "table_2", "table_3"]
-
-def test_rows(row_0, row_1, row_2, row_3):
-    assert sum(len(r["rows"]) for r in (row_0, row_1, row_2, row_3)) == 8000
+def test_rows({rows_}):
+    assert sum(len(r["rows"]) for r in ({rows_},)) == {values * rows}
 
 def test_fails(row_0):
     assert row_0["name"] == "row_1"
 """
+    return conftest, uses
+
+
+CONFTEST, USES = tables_project(values=4, rows=2000, build_s=0.02)
 
 KILL = """
 import os, signal

@@ -353,20 +353,21 @@ def _refine(
 
 
 #: A unit is expected to take at least this long: a shorter one is not worth paying its state
-#: on another worker for (a warm run of a small suite: one unit per worker).
+#: on another worker for (a warm run of a small suite: two units per worker, the fewest that
+#: still leave whole units to hand out before the steals at the end split values).
 UNIT_MIN_S: Final = 1.0
 
 
 def units(tests: Sequence[str], work: Workload, workers: int, per_worker: int = 4) -> Plan:
     """Units of work for ``workers`` pytest-xdist workers: :func:`split` into up to
     ``per_worker`` times as many parts (so that the tail can balance; fewer when the parts
-    would be shorter than :data:`UNIT_MIN_S`, never fewer than workers), the longest first,
+    would be shorter than :data:`UNIT_MIN_S`, never fewer than two per worker), the longest first,
     empty ones dropped. Tests the ESG has never seen form one unit per module (file), as
     ``--dist loadfile``."""
     known = [t for t in tests if t in work.needs]
     elements = {k for t in known for k in work.needs[t]}
     seconds = sum(work.own(t) for t in known) + sum(work.element_cost(k) for k in elements)
-    count = min(workers * per_worker, max(workers, int(seconds / UNIT_MIN_S)), len(known))
+    count = min(workers * per_worker, max(2 * workers, int(seconds / UNIT_MIN_S)), len(known))
     plan = split(known, work, max(1, count)) if known else None
     parts = [p for p in plan.parts if p.tests] if plan is not None else []
     by_module: defaultdict[str, list[str]] = defaultdict(list)

@@ -304,12 +304,12 @@ def test_units_balance_on_what_this_run_pays(tmp_path: Path) -> None:
     assert warm.cost == {"big": 0.01, "small": 1.0}
 
 
-def test_a_short_run_gets_one_unit_per_worker() -> None:
+def test_a_short_run_gets_two_units_per_worker() -> None:
     """Units shorter than UNIT_MIN_S would only pay their state twice: a warm run of a small
-    suite (loads of hundredths of a second) gets one unit per worker; a long one four each."""
+    suite (loads of hundredths of a second) gets two units per worker; a long one four each."""
     tests = [f"t{m}.py::t{i}" for m in range(4) for i in range(10)]
     needs = {t: (f"k{t[1]}",) for t in tests}
     warm = Workload(needs, dict.fromkeys(tests, 0.005), {f"k{m}": 0.02 for m in range(4)})
-    assert len(shard.units(tests, warm, workers=2).parts) == 2
+    assert len(shard.units(tests, warm, workers=2).parts) == 4
     cold = Workload(needs, dict.fromkeys(tests, 0.005), {f"k{m}": 3.0 for m in range(4)})
     assert len(shard.units(tests, cold, workers=2).parts) == 8

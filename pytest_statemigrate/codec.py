@@ -37,7 +37,8 @@ import msgpack
 from .keys import FORMAT_VERSION
 
 SECRET_ENV: Final = "STATEMIGRATE_SECRET"
-_IMMUTABLE: Final = (str, bytes, int, float, bool, complex, type(None))
+#: Values no code can change in place: pickled by value, never checked for changes.
+IMMUTABLE: Final = (str, bytes, int, float, bool, complex, type(None))
 
 Buffer = bytes | bytearray | memoryview | pickle.PickleBuffer
 
@@ -48,6 +49,10 @@ class Unverified(Exception):
 
 class Unpicklable(Exception):
     """The value cannot be pickled; the message says why."""
+
+
+class Shared(Unpicklable):
+    """The value shares mutable parts with a dependency's value; the message says which."""
 
 
 def load_secret(store_dir: Path) -> bytes:
@@ -151,10 +156,15 @@ def _fragile(cls: type) -> bool:
 
 
 def _pickle(
-    value: Any, names: Sequence[str], deps: Mapping[str, Any], classes: set[type] | None = None
+    value: Any,
+    names: Sequence[str],
+    deps: Mapping[str, Any],
+    classes: set[type] | None = None,
+    memo: list[Any] | None = None,
 ) -> list[Any]:
     """The body and out-of-band buffers of ``value``; with ``classes``, also note there the
-    classes pickled (a Python callback per object: only the store needs it)."""
+    classes pickled (a Python callback per object: only the store needs it); with ``memo``,
+    append the pickler's memo (``{id: (index, object)}``: every object pickled, kept alive)."""
     buffers: list[Any] = []
     stream = io.BytesIO()
     stream.write(_prologue(names))
@@ -165,6 +175,8 @@ def _pickle(
     )
     _seed_memo(pickler, names, deps)
     pickler.dump(value)
+    if memo is not None:
+        memo.append(pickler.memo.copy())
     frames: list[Any] = [stream.getbuffer()]
     for buf in buffers:
         raw = buf.raw()
@@ -174,7 +186,7 @@ def _pickle(
 
 def _by_reference(deps: Mapping[str, Any]) -> list[str]:
     """The dependencies pickled as references (immutable ones are pickled as values)."""
-    return [name for name, v in deps.items() if not isinstance(v, _IMMUTABLE)]
+    return [name for name, v in deps.items() if not isinstance(v, IMMUTABLE)]
 
 
 def state_digest(value: Any, deps: Mapping[str, Any]) -> tuple[str, int] | None:
@@ -187,20 +199,32 @@ def state_digest(value: Any, deps: Mapping[str, Any]) -> tuple[str, int] | None:
     return payload_digest(frames), sum(memoryview(f).nbytes for f in frames)
 
 
-def dump(value: Any, deps: Mapping[str, Any]) -> list[Buffer]:
+def dump(
+    value: Any,
+    deps: Mapping[str, Any],
+    shares: Callable[[Mapping[int, tuple[int, Any]]], str | None] | None = None,
+) -> list[Buffer]:
     """Pickle ``value`` into a body and its out-of-band buffers.
 
     :param deps: the values of the fixtures it depends on, by name; references to them are
         kept as references (resolved on load by :func:`load`'s ``resolve``).
+    :param shares: given the pickler's memo, what the value shares with its dependencies'
+        values beyond those references, or None (``depstate.shared_part``).
     :raises Unpicklable: when it does not pickle, or (for values holding instances of a
         :func:`_fragile` class) does not come back the same from a round trip.
+    :raises Shared: when ``shares`` names a shared part.
     """
     names = _by_reference(deps)
     classes: set[type] = set()
+    memo: list[Any] | None = [] if shares is not None else None
     try:
-        frames = _pickle(value, names, deps, classes)
+        frames = _pickle(value, names, deps, classes, memo)
     except Exception as exc:
         raise Unpicklable(f"{type(value).__name__} value cannot be pickled ({exc})") from None
+    if shares is not None and memo:
+        part = shares(memo.pop())
+        if part is not None:
+            raise Shared(f"its value shares {part}: a loaded copy would not")
     fragile = sorted(c.__qualname__ for c in classes if _fragile(c))
     if fragile:
         # Only such values pay for a round trip: load, then compare the two objects' states

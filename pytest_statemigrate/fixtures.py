@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import functools
 import inspect
 import os
 import textwrap
@@ -128,8 +129,8 @@ def analyse(name: str, func: Any, argnames: Sequence[str], rootdir: Path) -> Ana
 
     if rel is None and spec is None:
         return refuse(
-            "defined outside the rootdir (by pytest or a plugin): its code and side effects "
-            "are not the project's"
+            f"defined outside the rootdir, by {owner(raw)}: only the project's own fixtures "
+            "can be managed"
         )
     if inspect.isgeneratorfunction(raw):
         return refuse("yield fixture: its teardown cannot run for a loaded value")
@@ -170,17 +171,44 @@ def closure_token(func: Any, rootdir: Path) -> str:
     return "|".join(parts)
 
 
+def is_direct_param(func: Any) -> bool:
+    """pytest's stand-in for a ``parametrize`` argument (``metafunc.parametrize("seed", ...)``
+    in a test or a ``pytest_generate_tests``): its value is the param, nothing else."""
+    return getattr(unwrap(func), "__name__", None) == "get_direct_param_fixture_func"
+
+
+@functools.lru_cache(maxsize=64)
+def _owner_of_module(module: str) -> str:
+    top = module.partition(".")[0]
+    if top in ("_pytest", "pytest", "py"):
+        return "pytest"
+    try:
+        from importlib.metadata import packages_distributions
+
+        dists = packages_distributions().get(top)
+    except Exception:
+        dists = None
+    return dists[0] if dists else top or "a plugin"
+
+
+def owner(func: Any) -> str:
+    """Who defines a fixture outside the rootdir: ``pytest``, or the plugin's distribution."""
+    return _owner_of_module(str(getattr(unwrap(func), "__module__", "") or ""))
+
+
 def unmanaged_dependency_refusal(dep_name: str, func: Any, rootdir: Path) -> str | None:
     """Why a fixture that is not managed may not feed a managed one, or None if it may."""
     raw = unwrap(func)
     code = getattr(raw, "__code__", None)
-    if inspect.isgeneratorfunction(raw) or inspect.isasyncgenfunction(raw):
-        return f"depends on {dep_name}, a yield fixture that is not managed"
+    if is_direct_param(raw):
+        return None  # its value is the param, which the dependent's key holds
     if code is None or relative_path(code.co_filename, rootdir) is None:
         return (
-            f"depends on {dep_name}, a fixture with side effects (from pytest or a plugin) "
-            "that is not managed"
+            f"depends on {dep_name}, a fixture of {owner(raw)} (not the project's): its value "
+            "may come from side effects the key cannot see"
         )
+    if inspect.isgeneratorfunction(raw) or inspect.isasyncgenfunction(raw):
+        return f"depends on {dep_name}, a yield fixture that is not managed"
     if "request" in inspect.signature(raw).parameters:
         attrs, escapes = _request_use(raw)
         if escapes or attrs - _REQUEST_PURE:
@@ -246,6 +274,7 @@ __all__ = [
     "analyse",
     "given_id",
     "global_alias",
+    "is_direct_param",
     "is_selected",
     "param_part",
     "relative_path",

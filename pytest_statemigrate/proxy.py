@@ -458,9 +458,12 @@ class StateProxy:
         deps: Mapping[str, Any],
         record: BuildRecord,
         miss: Miss,
+        shares: Callable[[Mapping[int, tuple[int, Any]]], str | None] | None = None,
     ) -> int:
         """Offer a freshly built value to the agent (or record why it is built in-process).
 
+        :param shares: see :func:`codec.dump`: a value sharing parts with a dependency's
+            value is refused.
         Returns the size of its pickle, 0 when it was not pickled."""
         self.stats.builds += 1
         self.stats.build_seconds += record.seconds
@@ -471,7 +474,7 @@ class StateProxy:
             return 0
         start = time.perf_counter()
         try:
-            payload = codec.dump(value, deps)
+            payload = codec.dump(value, deps, shares)
         except codec.Unpicklable as exc:
             self._mark_build(key, name, str(exc), record.fingerprints, refused=True)
             return 0

@@ -35,6 +35,9 @@ class RunStats:
     load_seconds: float = 0.0
     store_seconds: float = 0.0
     saved_seconds: float = 0.0  # sum over hits of (build seconds - load seconds)
+    #: wall seconds the plugin's own work took in managed setups (keys, lookups, loads,
+    #: checks, stores): what a hit's saving must pay for
+    plugin_seconds: float = 0.0
     refused: dict[str, str] = field(default_factory=dict)  # fixture id → why it runs unmanaged
     built_instead: dict[str, str] = field(default_factory=dict)  # fixture id → why it is built
     fallbacks: dict[str, int] = field(default_factory=dict)  # trouble → how often
@@ -82,6 +85,8 @@ class RunStats:
             "load_seconds": round(self.load_seconds, 6),
             "store_seconds": round(self.store_seconds, 6),
             "saved_seconds": round(self.saved_seconds, 6),
+            "plugin_seconds": round(self.plugin_seconds, 6),
+            "net_saved_seconds": round(self.net_saved(), 6),
             "refused": _by_label(self, self.refused),
             "refused_ids": dict(sorted(self.refused.items())),
             "built_instead": _by_label(self, self.built_instead),
@@ -109,6 +114,7 @@ class RunStats:
             load_seconds=data["load_seconds"],
             store_seconds=data["store_seconds"],
             saved_seconds=data["saved_seconds"],
+            plugin_seconds=float(data.get("plugin_seconds", 0.0)),
             refused=dict(data["refused_ids"]),
             built_instead=dict(data["built_instead_ids"]),
             fallbacks=dict(data["fallbacks"]),
@@ -131,6 +137,7 @@ class RunStats:
         self.load_seconds += other.load_seconds
         self.store_seconds += other.store_seconds
         self.saved_seconds += other.saved_seconds
+        self.plugin_seconds += other.plugin_seconds
         self.refused.update(other.refused)
         self.built_instead.update(other.built_instead)
         for message, count in other.fallbacks.items():
@@ -138,6 +145,11 @@ class RunStats:
         self.prefetched += other.prefetched
         self.prefetch_bytes += other.prefetch_bytes
         self.prefetch_used_bytes += other.prefetch_used_bytes
+
+    def net_saved(self) -> float:
+        """Seconds of building the hits saved, less what the plugin's work in managed setups
+        cost beyond the loads themselves (negative: the plugin cost more than it saved)."""
+        return self.saved_seconds - max(0.0, self.plugin_seconds - self.load_seconds)
 
     def is_empty(self) -> bool:
         return not (self.managed or self.refused or self.fallbacks)
@@ -147,7 +159,7 @@ class RunStats:
         hits = sum(self.hits.values())
         by_tier = ", ".join(f"{tier} {n}" for tier, n in sorted(self.hits.items()))
         managed = self._labels(self.managed)
-        saved = self.saved_seconds
+        saved = self.net_saved()
         out = [
             f"managed fixtures: {len(managed)}" + (f" ({', '.join(managed)})" if managed else ""),
             f"hits: {hits}"
@@ -157,8 +169,7 @@ class RunStats:
             + (f"; waited for another worker's build: {self.waited}" if self.waited else ""),
             f"loaded {_size(self.bytes_loaded)} in {self.load_seconds:.2f}s; "
             f"stored {_size(self.bytes_stored)} in {self.store_seconds:.2f}s; "
-            f"built in {self.build_seconds:.2f}s; "
-            + (f"saved ~{saved:.2f}s" if saved >= 0 else f"loading cost ~{-saved:.2f}s more"),
+            f"built in {self.build_seconds:.2f}s; " + _saving(saved, hits, self.plugin_seconds),
         ]
         if self.prefetched:
             line = f"prefetched {self.prefetched} value(s) before the tests that need them"
@@ -195,6 +206,15 @@ class RunStats:
     def write_json(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
+
+
+def _saving(net: float, hits: int, plugin_seconds: float) -> str:
+    """The summary's claim: never a saving the run did not make (see RunStats.net_saved)."""
+    if not hits:
+        return f"the plugin's own work took {plugin_seconds:.2f}s"
+    if net >= 0:
+        return f"saved ~{net:.2f}s"
+    return f"loading and checking cost ~{-net:.2f}s more than building would have"
 
 
 def _by_label(stats: RunStats, reasons: Mapping[str, str]) -> dict[str, str]:

@@ -6,6 +6,7 @@ fixture setup into: key → lookup → (hit: hand the value over) | (miss: build
 
 from __future__ import annotations
 
+import functools
 import gc
 import itertools
 import json
@@ -14,16 +15,17 @@ import select
 import socket
 import time
 import warnings
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from nodeagent.protocol import Fetched, LeaseReply
 
+from . import depstate
 from . import fixtures as fx
-from .codec import load_secret, state_digest
+from .codec import IMMUTABLE, Unpicklable, load_secret, state_digest
 from .esg import ESGStore, Prediction, SessionRecord
 from .inputs import BuildRecorder, fingerprint, static_paths
 from .keys import (
@@ -234,6 +236,25 @@ class EmbeddedAgent:
             process.stop()
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _plugin_time(method: Callable[Concatenate[Any, _P], _R]) -> Callable[Concatenate[Any, _P], _R]:
+    """Count a session method's wall seconds as the plugin's own (``RunStats.plugin_seconds``),
+    which the summary's "saved" claim pays for."""
+
+    def timed(self: Any, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        start = time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.stats.plugin_seconds += time.perf_counter() - start
+
+    functools.update_wrapper(timed, method)
+    return timed
+
+
 class StateMigrateSession:
     """Registered as plugin ``statemigrate-session``; see plugin.py for the hooks."""
 
@@ -292,6 +313,9 @@ class StateMigrateSession:
         self._unmanaged: dict[Any, tuple[str | None, str]] = {}  # fixturedef → (refusal, code)
         self._pending: dict[Any, Any] = {}  # fixturedef → loaded value, for the tryfirst impl
         self._deps: dict[Any, dict[str, Any]] = {}  # fixturedef → its dependencies' values
+        #: id(value) → (value, digest) of dependencies' values checked in this test's setup
+        #: (emptied whenever code the plugin does not watch may have run: a test, a setup)
+        self._dep_digests: dict[int, tuple[Any, str]] = {}
         #: fixturedef → how its current value came: "loaded", "stored" (built and stored in
         #: this run) or "built" (built in-process only).
         self._origin: dict[Any, str] = {}
@@ -310,10 +334,12 @@ class StateMigrateSession:
         #: not the test's own time, which the shard plan needs apart from the state's
         self._state_s = 0.0
         self._depth = 0  # managed setups in progress (one may request another dynamically)
+        self._own_s = 0.0  # seconds fixture functions ran inside setups the plugin wraps
         self.recorder = AccessRecorder(
             self.esg, rootdir, settings.write_check_bytes, settings.max_value_bytes
         )
 
+    @_plugin_time
     def prelaunch(self, local: bool = True) -> None:
         """Start the embedded agent now, so that it boots while pytest collects; with
         ``local``, also open its disk tier here (this process will read values)."""
@@ -344,19 +370,23 @@ class StateMigrateSession:
         if dep in self._keys:
             return self._keys[dep]
         managed = self.analysis(dep)
-        if managed is not None:
-            raise Unkeyable(
-                f"depends on {argname}, which runs unmanaged ({managed.refused or 'no key'})"
-            )
+        if managed is not None and managed.refused is None:
+            # Selected and manageable, yet this setup found no key for it.
+            why = self.stats.refused.get(managed.fixture_id, "no key")
+            raise Unkeyable(f"depends on {argname}, which runs unmanaged ({why})")
+        # Not selected, or refused by the rules: the rules for unmanaged dependencies apply.
         static = self._unmanaged.get(dep)
         if static is None:  # parsing source is costly: once per definition
             static = self._unmanaged[dep] = (
                 fx.unmanaged_dependency_refusal(argname, dep.func, self.rootdir),
-                code_digest(fx.unwrap(dep.func), self.rootdir),
+                # pytest's parametrize stand-in: the same token wherever pytest is installed
+                "direct-param"
+                if fx.is_direct_param(dep.func)
+                else code_digest(fx.unwrap(dep.func), self.rootdir),
             )
-        why, code = static
-        if why is not None:
-            raise Unkeyable(why)
+        refusal, code = static
+        if refusal is not None:
+            raise Unkeyable(refusal)
         if argname in seen:
             return "cycle"
         parts = [code]
@@ -403,13 +433,25 @@ class StateMigrateSession:
         if analysis is None:
             return (yield from self._unmanaged_setup(fixturedef))
         start = time.perf_counter()
+        own = self._own_s
         self._depth += 1
         try:
             return (yield from self._managed_setup(fixturedef, request, analysis))
         finally:
             self._depth -= 1
             if not self._depth:
-                self._state_s += time.perf_counter() - start
+                spent = time.perf_counter() - start
+                self._state_s += spent
+                # What the plugin itself cost this setup: keys, lookups, loads, checks, stores.
+                self.stats.plugin_seconds += max(0.0, spent - (self._own_s - own))
+
+    def _fixture_code(self) -> Generator[None, Any, Any]:
+        """Let pytest run the fixture function; its seconds are the fixture's own."""
+        start = time.perf_counter()
+        try:
+            return (yield)
+        finally:
+            self._own_s += time.perf_counter() - start
 
     def test_report(self, nodeid: str, when: str, duration: float) -> None:
         """One phase of a test ended: its own seconds are the phase's less its managed setups."""
@@ -427,12 +469,12 @@ class StateMigrateSession:
         self._keys.pop(fixturedef, None)
         if analysis.refused is not None:
             self.stats.refused[name] = analysis.refused
-            return (yield)
+            return (yield from self._unmanaged_setup(fixturedef, record=False))
         try:
             key = self.key_for(fixturedef, request, analysis)
         except Unkeyable as exc:
             self.stats.refused[name] = str(exc)
-            return (yield)
+            return (yield from self._unmanaged_setup(fixturedef, record=False))
         self._keys[fixturedef] = key
         deps = {n: request.getfixturevalue(n) for n in fixturedef.argnames if n != "request"}
         self._deps[fixturedef] = deps
@@ -477,9 +519,12 @@ class StateMigrateSession:
                 return argname, origin == "stored"
         return None
 
-    def _unmanaged_setup(self, fixturedef: Any) -> Generator[None, Any, Any]:
+    def _unmanaged_setup(self, fixturedef: Any, record: bool = True) -> Generator[None, Any, Any]:
         start = time.perf_counter()
-        value = yield
+        value = yield from self._fixture_code()
+        self._dep_digests.clear()  # it may have changed any value
+        if not record:
+            return value
         with self._recording():
             self.recorder.unmanaged_setup(fixturedef, time.perf_counter() - start, value)
         return value
@@ -505,6 +550,7 @@ class StateMigrateSession:
         self.esg.element(key, label, scope, nbytes, build_s=build_s, load_s=load_s)
 
     # -- predictive migration (engine.py, migrate.py) -------------------------------------
+    @_plugin_time
     def plan_run(
         self,
         items: list[Any],
@@ -576,6 +622,7 @@ class StateMigrateSession:
                 return None
         return self._predicted
 
+    @_plugin_time
     def early_prefetch(self, selection: list[str]) -> None:
         """Before collection, with a long-lived agent: prefetch what the first tests of the
         last run's plan used, when this run selects tests as that one did (same paths, -k and
@@ -736,8 +783,10 @@ class StateMigrateSession:
         except Exception as exc:  # the scheduler then groups such tests by module
             self.stats.fallback(f"--dist statemigrate: closures not written ({exc!r})")
 
+    @_plugin_time
     def before_test(self, item: Any) -> None:
         """``item`` is about to be set up: send the migrations due now."""
+        self._dep_digests.clear()  # the last test ran since
         migrator = self.migrator
         if migrator is None:
             return
@@ -768,8 +817,10 @@ class StateMigrateSession:
         self.stats.prefetch_used_bytes += max(0, used - base_used)
 
     # -- the tests that use managed values ------------------------------------------------
+    @_plugin_time
     def test_ready(self, item: Any) -> None:
         """``item``'s fixtures are set up: note the digests of the values it may mutate."""
+        self._dep_digests.clear()  # the test body runs next
         with self._recording():
             self._note_digests(item)
 
@@ -795,6 +846,7 @@ class StateMigrateSession:
                         digest = None
                 recorder.before_test(fixturedef, key, None if digest is None else digest[0])
 
+    @_plugin_time
     def test_done(self, item: Any) -> None:
         """``item`` ran; its fixtures are still set up: record what it read and wrote."""
         with self._recording():
@@ -833,18 +885,20 @@ class StateMigrateSession:
         if not miss.store:  # built in-process by decision: nothing to record for a store
             start = time.perf_counter()
             try:
-                value = yield
+                value = yield from self._fixture_code()
             except BaseException:
                 self.proxy.abandon(key, miss)
                 raise
             record = BuildRecord(seconds=time.perf_counter() - start)
+            self._dep_digests.clear()  # unchecked: it may have changed a dependency
             return self._built(fixturedef, key, name, label, value, deps, record, miss)
+        before, trouble = self._deps_before(deps)
         recorder = BuildRecorder()
         try:
             with _recording_warnings() as log, recorder:
                 # The build's own time: what recording it costs is not what loading must beat.
                 start = time.perf_counter()
-                value = yield
+                value = yield from self._fixture_code()
                 seconds = time.perf_counter() - start
         except BaseException:
             self.proxy.abandon(key, miss)
@@ -872,7 +926,57 @@ class StateMigrateSession:
             )
             self.proxy.refuse(key, name, why, record)
             return value
-        return self._built(fixturedef, key, name, label, value, deps, record, miss)
+        changed, shares = self._deps_after(deps, before)
+        if changed is not None or trouble is not None:
+            self.proxy.refuse(key, name, trouble or str(changed), record)
+            return value
+        return self._built(fixturedef, key, name, label, value, deps, record, miss, shares)
+
+    def _deps_before(self, deps: Mapping[str, Any]) -> tuple[dict[str, str], str | None]:
+        """The digests of the mutable dependencies' values before a build (see depstate.py),
+        and why the build cannot be checked, if it cannot."""
+        digests: dict[str, str] = {}
+        for dep, value in deps.items():
+            if isinstance(value, IMMUTABLE):
+                continue
+            known = self._dep_digests.get(id(value))
+            if known is not None and known[0] is value:
+                digests[dep] = known[1]
+                continue
+            try:
+                snap = depstate.snapshot(value)
+            except Unpicklable:
+                return digests, (
+                    f"depends on {dep}, whose value does not pickle: what building changes in "
+                    f"{dep} cannot be checked"
+                )
+            digests[dep] = snap.digest
+            self._dep_digests[id(value)] = (value, snap.digest)
+        return digests, None
+
+    def _deps_after(
+        self, deps: Mapping[str, Any], before: Mapping[str, str]
+    ) -> tuple[str | None, Any]:
+        """After a build: why its value must not be stored (it changed a dependency in place),
+        or None and the check of what the value shares with the dependencies' values (for
+        :meth:`StateProxy.store`)."""
+        snaps: dict[str, depstate.Snapshot] = {}
+        for dep, earlier in before.items():
+            value = deps[dep]
+            try:
+                snap = depstate.snapshot(value, keep=True)
+            except Unpicklable:
+                return f"its build leaves {dep} unpicklable", None
+            self._dep_digests[id(value)] = (value, snap.digest)
+            if snap.digest != earlier:
+                return (
+                    f"its build changes {dep} in place: a loaded value would leave {dep} as it was"
+                ), None
+            snaps[dep] = snap
+        if not snaps:
+            return None, None
+        roots = list(deps.values())
+        return None, lambda memo: depstate.shared_part(memo, roots, snaps)
 
     def _built(
         self,
@@ -884,9 +988,10 @@ class StateMigrateSession:
         deps: dict[str, Any],
         record: BuildRecord,
         miss: Miss,
+        shares: Any = None,
     ) -> Any:
         """Store a built value (or note why not); a value not refused is a state element."""
-        nbytes = self.proxy.store(key, name, value, deps, record, miss)
+        nbytes = self.proxy.store(key, name, value, deps, record, miss, shares)
         if key not in self.proxy.refused_keys:
             self.stats.managed.add(name)
             self._element(key, label, fixturedef.scope, nbytes, build_s=record.seconds)
@@ -921,6 +1026,7 @@ class StateMigrateSession:
         if esg is not None:
             self.esg.merge(SessionRecord.from_json(esg))
 
+    @_plugin_time
     def save_esg(self) -> None:
         """Add this run to the ESG file and re-partition it when it changed (not in workers:
         the controller saves what they recorded)."""
@@ -950,6 +1056,7 @@ class StateMigrateSession:
         value = self._pending.pop(fixturedef, _NOTHING)
         return (value is not _NOTHING, value)
 
+    @_plugin_time
     def finish(self) -> None:
         """At the end of the session, before the summary: what the agent failed to keep."""
         self._prefetch_report()

@@ -441,7 +441,7 @@ def test_c(data):
     run.result.stdout.fnmatch_lines_random(
         [
             "managed fixtures: 1 (data (conftest.py))",
-            "refused data (test_a.py): depends on tmp_path, which runs unmanaged*",
+            "refused data (test_a.py): depends on tmp_path, a fixture of pytest*",
         ]
     )
     assert "test_c" not in run.text.split("statemigrate")[-1]

@@ -1,0 +1,140 @@
+"""A real project's suite with and without the plugin: every test's outcome, and the times.
+
+For each fixture selection, each round runs plain pytest, then the plugin on an empty store
+(cold), then again (warm), and with ``--xdist`` the same with ``-n 2``; each test's outcome is
+compared with the plain run of that round. It prints one markdown row per selection and mode:
+runs, tests, runs whose outcomes differ from plain, median seconds (the session time pytest
+reports) and the ratio of medians against plain.
+
+Set up the project as a user would, from its sdist, in a venv that has the plugin::
+
+    python -m venv /tmp/gpd/venv
+    /tmp/gpd/venv/bin/pip install -e . pytest-xdist geopandas==1.2.0 pyogrio
+    /tmp/gpd/venv/bin/pip download --no-deps --no-binary :all: geopandas==1.2.0 -d /tmp/gpd
+    tar xzf /tmp/gpd/geopandas-1.2.0.tar.gz -C /tmp/gpd
+
+    python bench/realsuite.py --python /tmp/gpd/venv/bin/python \\
+        --project /tmp/gpd/geopandas-1.2.0 --runs 5 --xdist \\
+        --fixtures '*' --fixtures point_gdf,buffered_locations \\
+        geopandas/tools/tests/test_clip.py
+
+The project's own pytest configuration is used (its rootdir, its ini file); the plugin is
+loaded with ``-p statemigrate`` and the selection with ``--sm-fixtures``. Not collected by
+pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+OUTCOMES = """
+import json, os
+
+_outcomes = {}
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" or report.outcome != "passed":
+        if report.when != "call" and report.outcome == "failed":
+            outcome = "error"
+        elif hasattr(report, "wasxfail"):
+            outcome = "xfailed" if report.skipped else "xpassed"
+        else:
+            outcome = report.outcome
+        _outcomes.setdefault(report.nodeid, outcome)
+
+def pytest_sessionfinish(session):
+    if not hasattr(session.config, "workerinput"):
+        with open(os.environ["SM_BENCH_OUTCOMES"], "w") as fh:
+            json.dump(_outcomes, fh)
+"""
+
+_SECONDS = re.compile(r" in ([0-9.]+)s")
+
+
+def run(
+    python: str, project: Path, args: list[str], plugin_dir: Path, out: Path
+) -> tuple[dict[str, str], float, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(plugin_dir), env.get("PYTHONPATH")]))
+    env["SM_BENCH_OUTCOMES"] = str(out)
+    out.unlink(missing_ok=True)
+    cmd = [python, "-m", "pytest", "-p", "sm_bench_outcomes", "-p", "no:cacheprovider", *args]
+    proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
+    text = proc.stdout + proc.stderr
+    outcomes = json.loads(out.read_text()) if out.exists() else {}
+    found = _SECONDS.findall(text.strip().splitlines()[-1] if text.strip() else "")
+    return outcomes, float(found[-1]) if found else float("nan"), text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("tests", nargs="*", help="test paths, relative to the project")
+    parser.add_argument("--project", type=Path, required=True)
+    parser.add_argument("--python", default=sys.executable)
+    parser.add_argument("--fixtures", action="append", required=True, help="--sm-fixtures value")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--xdist", action="store_true", help="also -n 2")
+    parser.add_argument("--show-diffs", action="store_true")
+    ns = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="sm-realsuite-"))
+    (tmp / "sm_bench_outcomes.py").write_text(OUTCOMES)
+    out = tmp / "outcomes.json"
+    store = ns.project / ".statemigrate"
+    modes = [("", [])] + ([("-n 2 ", ["-n", "2"])] if ns.xdist else [])
+    rows = []
+    try:
+        for selection in ns.fixtures:
+            sm = ["-p", "statemigrate", f"--sm-fixtures={selection}"]
+            for label, extra in modes:
+                times: dict[str, list[float]] = {"plain": [], "cold": [], "warm": []}
+                diffs = {"cold": 0, "warm": 0}
+                tests = 0
+                for _ in range(ns.runs):
+                    shutil.rmtree(store, ignore_errors=True)
+                    plain, secs, _text = run(ns.python, ns.project, [*extra, *ns.tests], tmp, out)
+                    times["plain"].append(secs)
+                    tests = len(plain)
+                    for phase in ("cold", "warm"):
+                        got, secs, text = run(
+                            ns.python, ns.project, [*sm, *extra, *ns.tests], tmp, out
+                        )
+                        times[phase].append(secs)
+                        if got != plain:
+                            diffs[phase] += 1
+                            if ns.show_diffs:
+                                changed = {
+                                    k
+                                    for k in plain.keys() | got.keys()
+                                    if plain.get(k) != got.get(k)
+                                }
+                                print(f"{label}{phase}: {sorted(changed)[:10]}\n{text[-3000:]}")
+                base = statistics.median(times["plain"])
+                for phase in ("plain", "cold", "warm"):
+                    med = statistics.median(times[phase])
+                    rows.append(
+                        f"| `{selection}` | {label}{phase} | {ns.runs} | {tests} | "
+                        f"{diffs.get(phase, 0)} | {med:.2f} | {med / base:.2f} |"
+                    )
+                    print(rows[-1], flush=True)
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    header = "| selection | run | rounds | tests | rounds unlike plain | median s | ratio |"
+    print("\n" + header)
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

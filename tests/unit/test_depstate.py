@@ -1,0 +1,162 @@
+"""depstate: what a build changed in its dependencies, and what its value shares with them."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pytest_statemigrate import codec, depstate
+
+
+def _memo(value: Any, deps: dict[str, Any]) -> dict[int, tuple[int, Any]]:
+    """The memo of the value's pickle as the store makes it (dependencies by reference)."""
+    memo: list[Any] = []
+    codec._pickle(value, [n for n in deps], deps, memo=memo)
+    return dict(memo[0])
+
+
+def _shared(value: Any, **deps: Any) -> str | None:
+    snaps = {name: depstate.snapshot(v, keep=True) for name, v in deps.items()}
+    return depstate.shared_part(_memo(value, deps), list(deps.values()), snaps)
+
+
+plain = st.recursive(
+    st.none() | st.integers() | st.text(max_size=5) | st.floats(allow_nan=False),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=20,
+)
+
+
+@given(plain)
+def test_a_snapshot_is_stable_while_nothing_changes(value: Any) -> None:
+    assert depstate.snapshot(value).digest == depstate.snapshot(value).digest
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: d["rows"].append(4),
+        lambda d: d.__setitem__("type", "plot"),
+        lambda d: d["nested"]["deep"].pop(),
+        lambda d: d["array"].__setitem__(0, 99),
+        lambda d: d["obj"].__setattr__("seen", True),
+    ],
+    ids=["list-item", "new-key", "nested", "array-buffer", "attribute"],
+)
+def test_any_change_in_place_changes_the_digest(change: Any) -> None:
+    value = {
+        "rows": [1, 2, 3],
+        "nested": {"deep": [1]},
+        "array": np.arange(4),
+        "obj": Box(),
+    }
+    before = depstate.snapshot(value).digest
+    change(value)
+    assert depstate.snapshot(value).digest != before
+
+
+class Box:
+    def __init__(self) -> None:
+        self.items = [1, 2]
+
+
+class Point:
+    def __init__(self) -> None:
+        self.x = 1
+
+
+@dataclass
+class Holder:
+    kind: ClassVar[list[str]] = ["shared by every instance"]
+    source: Any = None
+    parts: list[Any] = field(default_factory=list)
+
+
+def test_the_dependency_itself_is_not_a_shared_part() -> None:
+    dep = {"rows": [1, 2]}
+    assert _shared({"dep": dep, "n": 2}, dep=dep) is None
+    assert _shared(dep, dep=dep) is None
+    assert _shared(Holder(source=dep), dep=dep) is None
+
+
+def test_shared_containers_are_named() -> None:
+    dep = {"rows": [1, 2], "meta": {"a": 1}}
+    assert _shared({"rows": dep["rows"]}, dep=dep) == "a list with dep"
+    assert _shared({"meta": dep["meta"]}, dep=dep) == "a dict with dep"
+    assert _shared(dict(dep), dep=dep) in ("a list with dep", "a dict with dep")
+    point = Point()
+    # an instance shares through its __dict__
+    assert _shared({"point": point}, dep={"point": point}) == "a dict with dep"
+
+
+def test_copies_and_class_attributes_are_not_shared() -> None:
+    dep = {"rows": [1, 2]}
+    assert _shared({"rows": list(dep["rows"])}, dep=dep) is None
+    # Holder.kind is reached from both pickles, yet it belongs to the class
+    assert _shared(Holder(parts=[1]), dep=Holder(parts=[2])) is None
+
+
+def test_numpy_views_and_shallow_copies_share_memory() -> None:
+    base = np.arange(10)
+    assert _shared(base[2:6], base=base) is not None
+    assert _shared(base[::2], base=base) is not None  # not contiguous: pickled in-band
+    arrays = {"x": np.arange(5)}
+    assert "an array's memory with arrays" in str(_shared(dict(arrays), arrays=arrays))
+    assert _shared(base[2:6].copy(), base=base) is None
+    assert _shared(np.arange(3), base=base) is None
+
+
+def test_read_only_on_both_sides_is_not_shared() -> None:
+    base = np.arange(10)
+    base.flags.writeable = False
+    assert _shared(base[2:6], base=base) is None
+
+
+def test_pandas_copy_on_write_frames_are_not_shared() -> None:
+    pd = pytest.importorskip("pandas")
+    if not depstate._copies_on_write(pd):
+        pytest.skip("this pandas does not copy on write")
+    frame = pd.DataFrame({"a": [1, 2, 3], "b": [1.0, 2.0, 3.0]})
+    assert _shared(frame[["a"]], frame=frame) is None
+    assert _shared(frame.copy(deep=False), frame=frame) is None
+    # ... but a numpy array taken out of it and written to is
+    raw = frame["a"].to_numpy().copy()
+    assert _shared({"raw": raw}, frame=frame) is None
+
+
+def test_unpicklable_dependencies_are_reported() -> None:
+    with pytest.raises(codec.Unpicklable):
+        depstate.snapshot(lambda: 1)
+
+
+def test_dump_refuses_a_shared_value() -> None:
+    dep = {"rows": [1, 2]}
+    snaps = {"dep": depstate.snapshot(dep, keep=True)}
+
+    def shares(memo: Any) -> str | None:
+        return depstate.shared_part(memo, [dep], snaps)
+
+    with pytest.raises(codec.Shared, match="shares a list with dep"):
+        codec.dump(dict(dep), {"dep": dep}, shares)
+    frames = codec.dump({"dep": dep}, {"dep": dep}, shares)
+    loaded = codec.load(frames, {"dep": dep}.__getitem__)
+    assert loaded["dep"] is dep
+
+
+def test_the_memo_pickle_matches_the_plain_pickle() -> None:
+    """Recording the memo does not change the stored bytes."""
+    value = {"a": [1, 2], "b": np.arange(3)}
+    with_memo: list[Any] = []
+    frames = codec._pickle(value, [], {}, memo=with_memo)
+    without = codec._pickle(value, [], {})
+    assert codec.payload_digest(frames) == codec.payload_digest(without)
+    stream = io.BytesIO()
+    pickle.Pickler(stream, protocol=5).dump(value)
+    assert with_memo and len(with_memo[0]) > 0

@@ -429,10 +429,16 @@ class StateMigrateSession:
     # -- the setup of one managed fixture --------------------------------------------------
     def setup(self, fixturedef: Any, request: Any) -> Generator[None, Any, Any]:
         """Body of the ``pytest_fixture_setup`` wrapper (see plugin.py)."""
+        start = time.perf_counter()
         analysis = self.analysis(fixturedef)
         if analysis is None:
-            return (yield from self._unmanaged_setup(fixturedef))
-        start = time.perf_counter()
+            own = self._own_s
+            try:
+                return (yield from self._unmanaged_setup(fixturedef))
+            finally:
+                if not self._depth:  # (inside a managed setup, that one counts it)
+                    spent = time.perf_counter() - start
+                    self.stats.plugin_seconds += max(0.0, spent - (self._own_s - own))
         own = self._own_s
         self._depth += 1
         try:

@@ -185,16 +185,6 @@ def test_dependency_changes_keep_plain_outcomes(suite: Suite, selection: str) ->
     suite.same_as_plain(opt, "-n", "2")
 
 
-def test_dependency_digests_do_not_slow_hits(suite: Suite) -> None:
-    """A warm run checks nothing: only builds compare their dependencies' states."""
-    _project(suite)
-    suite.run(f"--sm-fixtures={BOTH}")
-    warm = suite.run(f"--sm-fixtures={BOTH}")
-    assert warm.stats is not None
-    # points, base, arrays, config, wrapper, summary are served; the refused ones build
-    assert warm.stats["builds"] > 0 and warm.stats["hits_total"] > 0
-
-
 GENERATED_PARAMS = """
 import time
 import pytest

@@ -38,3 +38,20 @@ def test_labels_tell_fixtures_of_one_name_apart() -> None:
         "data (tests/conftest.py)",
         "other",
     ]
+
+
+def test_saved_is_net_of_loads_and_the_plugins_own_work() -> None:
+    stats = RunStats(hits=Counter(disk=3), saved_seconds=0.30, load_seconds=0.05)
+    stats.plugin_seconds = 0.15  # the loads (0.05) and 0.10 of keys, checks, recording
+    assert round(stats.net_saved(), 6) == 0.20
+    assert "saved ~0.20s" in stats.lines()[2]
+    stats.plugin_seconds = 0.45  # the plugin's work cost more than the builds it avoided
+    assert "loading and checking cost ~0.10s more than building would have" in stats.lines()[2]
+    assert "saved" not in stats.lines()[2]
+    assert round(RunStats.from_json(stats.to_json()).net_saved(), 6) == -0.10
+
+
+def test_a_run_without_hits_claims_no_saving() -> None:
+    stats = RunStats(builds=2, build_seconds=1.0, plugin_seconds=0.12)
+    stats.managed.add("a")
+    assert stats.lines()[2].endswith("the plugin's own work took 0.12s")

@@ -30,7 +30,7 @@ import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgpack
 
@@ -120,15 +120,35 @@ def _seed_memo(pickler: pickle.Pickler, names: Sequence[str], deps: Mapping[str,
     pickler.memo = {id(deps[n]): (i, deps[n]) for i, n in enumerate(names)}
 
 
-class _Pickler(pickle.Pickler):
-    """Notes the classes it pickles (builtin containers are never passed to the hook)."""
+class SharingCheck(Protocol):
+    """What a stored value shares with its dependencies' values (``depstate.SharingCheck``)."""
 
-    def __init__(self, file: io.BytesIO, buffers: list[Any], classes: set[type]) -> None:
+    def watch(self, obj: Any) -> None:
+        """Called for each object the value's pickle reaches that is not a builtin."""
+
+    def verdict(self, value: Any) -> str | None:
+        """After pickling: the shared part, or None."""
+
+
+class _Pickler(pickle.Pickler):
+    """Notes the classes it pickles (builtin containers are never passed to the hook), and
+    shows every such object to ``watch``."""
+
+    def __init__(
+        self,
+        file: io.BytesIO,
+        buffers: list[Any],
+        classes: set[type],
+        watch: Callable[[Any], None] | None = None,
+    ) -> None:
         super().__init__(file, protocol=5, buffer_callback=buffers.append)
         self._classes = classes
+        self._watch = watch
 
     def reducer_override(self, obj: Any) -> Any:
         self._classes.add(type(obj))
+        if self._watch is not None:
+            self._watch(obj)
         return NotImplemented
 
 
@@ -160,23 +180,21 @@ def _pickle(
     names: Sequence[str],
     deps: Mapping[str, Any],
     classes: set[type] | None = None,
-    memo: list[Any] | None = None,
+    watch: Callable[[Any], None] | None = None,
 ) -> list[Any]:
     """The body and out-of-band buffers of ``value``; with ``classes``, also note there the
-    classes pickled (a Python callback per object: only the store needs it); with ``memo``,
-    append the pickler's memo (``{id: (index, object)}``: every object pickled, kept alive)."""
+    classes pickled (a Python callback per object: only the store needs it), and show those
+    objects to ``watch``."""
     buffers: list[Any] = []
     stream = io.BytesIO()
     stream.write(_prologue(names))
     pickler = (
-        _Pickler(stream, buffers, classes)
+        _Pickler(stream, buffers, classes, watch)
         if classes is not None
         else pickle.Pickler(stream, protocol=5, buffer_callback=buffers.append)
     )
     _seed_memo(pickler, names, deps)
     pickler.dump(value)
-    if memo is not None:
-        memo.append(pickler.memo.copy())
     frames: list[Any] = [stream.getbuffer()]
     for buf in buffers:
         raw = buf.raw()
@@ -202,27 +220,26 @@ def state_digest(value: Any, deps: Mapping[str, Any]) -> tuple[str, int] | None:
 def dump(
     value: Any,
     deps: Mapping[str, Any],
-    shares: Callable[[Mapping[int, tuple[int, Any]]], str | None] | None = None,
+    shares: SharingCheck | None = None,
 ) -> list[Buffer]:
     """Pickle ``value`` into a body and its out-of-band buffers.
 
     :param deps: the values of the fixtures it depends on, by name; references to them are
         kept as references (resolved on load by :func:`load`'s ``resolve``).
-    :param shares: given the pickler's memo, what the value shares with its dependencies'
-        values beyond those references, or None (``depstate.shared_part``).
+    :param shares: what the value shares with its dependencies' values beyond those
+        references (``depstate.SharingCheck``).
     :raises Unpicklable: when it does not pickle, or (for values holding instances of a
         :func:`_fragile` class) does not come back the same from a round trip.
     :raises Shared: when ``shares`` names a shared part.
     """
     names = _by_reference(deps)
     classes: set[type] = set()
-    memo: list[Any] | None = [] if shares is not None else None
     try:
-        frames = _pickle(value, names, deps, classes, memo)
+        frames = _pickle(value, names, deps, classes, shares.watch if shares else None)
     except Exception as exc:
         raise Unpicklable(f"{type(value).__name__} value cannot be pickled ({exc})") from None
-    if shares is not None and memo:
-        part = shares(memo.pop())
+    if shares is not None:
+        part = shares.verdict(value)
         if part is not None:
             raise Shared(f"its value shares {part}: a loaded copy would not")
     fragile = sorted(c.__qualname__ for c in classes if _fragile(c))

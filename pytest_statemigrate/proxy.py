@@ -458,7 +458,7 @@ class StateProxy:
         deps: Mapping[str, Any],
         record: BuildRecord,
         miss: Miss,
-        shares: Callable[[Mapping[int, tuple[int, Any]]], str | None] | None = None,
+        shares: codec.SharingCheck | None = None,
     ) -> int:
         """Offer a freshly built value to the agent (or record why it is built in-process).
 

@@ -981,8 +981,7 @@ class StateMigrateSession:
             snaps[dep] = snap
         if not snaps:
             return None, None
-        roots = list(deps.values())
-        return None, lambda memo: depstate.shared_part(memo, roots, snaps)
+        return None, depstate.SharingCheck(list(deps.values()), snaps)
 
     def _built(
         self,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import pickle
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -15,16 +13,12 @@ from hypothesis import strategies as st
 from pytest_statemigrate import codec, depstate
 
 
-def _memo(value: Any, deps: dict[str, Any]) -> dict[int, tuple[int, Any]]:
-    """The memo of the value's pickle as the store makes it (dependencies by reference)."""
-    memo: list[Any] = []
-    codec._pickle(value, [n for n in deps], deps, memo=memo)
-    return dict(memo[0])
-
-
 def _shared(value: Any, **deps: Any) -> str | None:
+    """What the store's sharing check says of ``value`` (dependencies by reference)."""
     snaps = {name: depstate.snapshot(v, keep=True) for name, v in deps.items()}
-    return depstate.shared_part(_memo(value, deps), list(deps.values()), snaps)
+    check = depstate.SharingCheck(list(deps.values()), snaps)
+    codec._pickle(value, list(deps), deps, set(), check.watch)
+    return check.verdict(value)
 
 
 plain = st.recursive(
@@ -140,9 +134,7 @@ def test_dump_refuses_a_shared_value() -> None:
     dep = {"rows": [1, 2]}
     snaps = {"dep": depstate.snapshot(dep, keep=True)}
 
-    def shares(memo: Any) -> str | None:
-        return depstate.shared_part(memo, [dep], snaps)
-
+    shares = depstate.SharingCheck([dep], snaps)
     with pytest.raises(codec.Shared, match="shares a list with dep"):
         codec.dump(dict(dep), {"dep": dep}, shares)
     frames = codec.dump({"dep": dep}, {"dep": dep}, shares)
@@ -150,13 +142,13 @@ def test_dump_refuses_a_shared_value() -> None:
     assert loaded["dep"] is dep
 
 
-def test_the_memo_pickle_matches_the_plain_pickle() -> None:
-    """Recording the memo does not change the stored bytes."""
-    value = {"a": [1, 2], "b": np.arange(3)}
-    with_memo: list[Any] = []
-    frames = codec._pickle(value, [], {}, memo=with_memo)
-    without = codec._pickle(value, [], {})
-    assert codec.payload_digest(frames) == codec.payload_digest(without)
-    stream = io.BytesIO()
-    pickle.Pickler(stream, protocol=5).dump(value)
-    assert with_memo and len(with_memo[0]) > 0
+def test_the_digest_survives_cycles_and_heavy_sharing() -> None:
+    cyclic: list[Any] = [1]
+    cyclic.append(cyclic)
+    first = depstate.snapshot(cyclic).digest
+    assert depstate.snapshot(cyclic).digest == first
+    cyclic.append(2)
+    assert depstate.snapshot(cyclic).digest != first
+    part = list(range(1000))
+    shared = [part] * 50  # written 50 times in fast mode: still one digest each time
+    assert depstate.snapshot(shared).digest == depstate.snapshot(shared).digest

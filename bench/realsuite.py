@@ -36,26 +36,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-OUTCOMES = """
-import json, os
-
-_outcomes = {}
-
-def pytest_runtest_logreport(report):
-    if report.when == "call" or report.outcome != "passed":
-        if report.when != "call" and report.outcome == "failed":
-            outcome = "error"
-        elif hasattr(report, "wasxfail"):
-            outcome = "xfailed" if report.skipped else "xpassed"
-        else:
-            outcome = report.outcome
-        _outcomes.setdefault(report.nodeid, outcome)
-
-def pytest_sessionfinish(session):
-    if not hasattr(session.config, "workerinput"):
-        with open(os.environ["SM_BENCH_OUTCOMES"], "w") as fh:
-            json.dump(_outcomes, fh)
-"""
+# The outcome recorder of the project's own acceptance tests: the same verdicts, compared alike.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.conftest import OUTCOMES_PLUGIN as OUTCOMES
 
 _SECONDS = re.compile(r" in ([0-9.]+)s")
 
@@ -65,7 +48,7 @@ def run(
 ) -> tuple[dict[str, str], float, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(plugin_dir), env.get("PYTHONPATH")]))
-    env["SM_BENCH_OUTCOMES"] = str(out)
+    env["SM_OUTCOMES"] = str(out)
     out.unlink(missing_ok=True)
     cmd = [python, "-m", "pytest", "-p", "sm_bench_outcomes", "-p", "no:cacheprovider", *args]
     proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)

@@ -26,7 +26,6 @@ import io
 import os
 import pickle
 import secrets
-import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any, Final, Protocol
 
 import msgpack
 
+from . import fidelity
 from .keys import FORMAT_VERSION
 
 SECRET_ENV: Final = "STATEMIGRATE_SECRET"
@@ -152,29 +152,6 @@ class _Pickler(pickle.Pickler):
         return NotImplemented
 
 
-def _fragile(cls: type) -> bool:
-    """A class whose instances may unpickle *wrongly* without an error.
-
-    Unpickling looks ``__setstate__`` up on the new instance (and, before Python 3.11,
-    pickling looks ``__getstate__`` up on the old one); a ``__getattr__`` (or
-    ``__getattribute__``) that answers for them swallows the state, and the loaded object
-    silently differs from the stored one.
-    """
-    if issubclass(cls, type):
-        return False
-    # Only lookups written in Python count: C types define their slots as descriptors.
-    custom_lookup = any(
-        isinstance(vars(k).get(name), types.FunctionType)
-        for k in cls.__mro__
-        for name in ("__getattr__", "__getattribute__")
-    )
-    # Before 3.11 there is no object.__getstate__: pickling asks the instance, and the hook
-    # may answer for that too.
-    return custom_lookup and (
-        getattr(cls, "__setstate__", None) is None or getattr(cls, "__getstate__", None) is None
-    )
-
-
 def _pickle(
     value: Any,
     names: Sequence[str],
@@ -229,7 +206,7 @@ def dump(
     :param shares: what the value shares with its dependencies' values beyond those
         references (``depstate.SharingCheck``).
     :raises Unpicklable: when it does not pickle, or (for values holding instances of a
-        :func:`_fragile` class) does not come back the same from a round trip.
+        :func:`fidelity.fragile` class) does not come back the same from a round trip.
     :raises Shared: when ``shares`` names a shared part.
     """
     names = _by_reference(deps)
@@ -242,49 +219,49 @@ def dump(
         part = shares.verdict(value)
         if part is not None:
             raise Shared(f"its value shares {part}: a loaded copy would not")
-    fragile = sorted(c.__qualname__ for c in classes if _fragile(c))
-    if fragile:
-        # Only such values pay for a round trip: load, then compare the two objects' states
-        # as read directly (a __getattr__ may also answer for __getstate__, as on 3.10, and
-        # then both pickles agree on a state that is not the object's).
-        why = (
-            f"its value does not survive pickling ({', '.join(fragile)}: __getattr__ "
-            "without __setstate__)"
+    verdicts = {c: fidelity.fragile(c) for c in classes}
+    if any(verdicts.values()):
+        # Only such values pay for a round trip: the fragile instances of the value and of
+        # what loads from it, in pickling order, must hold the same state (fidelity.py).
+        reason = fidelity.first_difference(
+            _fragile_instances(value, names, deps, verdicts),
+            _fragile_instances(_round_trip(frames, deps), names, deps, verdicts),
+            lambda cls: verdicts.get(cls) or fidelity.fragile(cls) or "changed",
         )
-        try:
-            loaded = load(frames, deps.__getitem__)
-            same = _state_bytes(loaded, names, deps) == _state_bytes(value, names, deps)
-        except Exception:
-            raise Unpicklable(why) from None
-        if not same:
-            raise Unpicklable(why)
+        if reason is not None:
+            raise Unpicklable(f"its value does not survive pickling ({reason})")
     return frames
 
 
-def _rebuild(cls: type) -> Any:  # named only in comparison pickles, never loaded
-    return object.__new__(cls)
+def _round_trip(frames: Sequence[Any], deps: Mapping[str, Any]) -> Any:
+    try:
+        return load(frames, deps.__getitem__)
+    except Exception as exc:
+        raise Unpicklable(
+            f"its value does not survive pickling ({type(exc).__name__}: {exc})"
+        ) from None
 
 
-class _StatePickler(pickle.Pickler):
-    """Pickles instances of fragile classes by their ``__dict__``, read past any hook."""
+def _fragile_instances(
+    value: Any, names: Sequence[str], deps: Mapping[str, Any], verdicts: dict[type, str | None]
+) -> list[Any]:
+    """The instances of fragile classes ``value``'s pickle reaches, in pickling order."""
+    found: list[Any] = []
 
-    def reducer_override(self, obj: Any) -> Any:
+    def watch(obj: Any) -> None:
         cls = type(obj)
-        if isinstance(cls, type) and _fragile(cls):
-            try:
-                state = object.__getattribute__(obj, "__dict__")
-            except AttributeError:
-                return NotImplemented
-            return (_rebuild, (cls,), dict(state))
-        return NotImplemented
+        if cls not in verdicts:
+            verdicts[cls] = fidelity.fragile(cls)
+        if verdicts[cls]:
+            found.append(obj)
 
-
-def _state_bytes(value: Any, names: Sequence[str], deps: Mapping[str, Any]) -> bytes:
-    stream = io.BytesIO()
-    pickler = _StatePickler(stream, protocol=5)
-    _seed_memo(pickler, names, deps)
-    pickler.dump(value)
-    return stream.getvalue()
+    try:
+        _pickle(value, names, deps, set(), watch)
+    except Exception as exc:
+        raise Unpicklable(
+            f"its value does not survive pickling ({type(exc).__name__}: {exc})"
+        ) from None
+    return found
 
 
 def load(frames: Sequence[Any], resolve: Callable[[str], Any]) -> Any:

@@ -60,14 +60,17 @@ def run(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("tests", nargs="*", help="test paths, relative to the project")
+    parser.add_argument(
+        "tests", nargs="*", help="test paths, relative to the project, and pytest options"
+    )
     parser.add_argument("--project", type=Path, required=True)
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--fixtures", action="append", required=True, help="--sm-fixtures value")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--xdist", action="store_true", help="also -n 2")
     parser.add_argument("--show-diffs", action="store_true")
-    ns = parser.parse_args()
+    ns, extra = parser.parse_known_args()  # pytest's own options (--rootdir=., -k ...) too
+    ns.tests += extra
 
     tmp = Path(tempfile.mkdtemp(prefix="sm-realsuite-"))
     (tmp / "sm_bench_outcomes.py").write_text(OUTCOMES)

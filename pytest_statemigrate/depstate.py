@@ -145,7 +145,8 @@ def snapshot(value: Any, keep: bool = False) -> Snapshot:
             pickler = pickle.Pickler(sink, protocol=5, buffer_callback=sink.buffer)
         pickler.fast = fast
         try:
-            pickler.dump(value)
+            with codec.quiet():
+                pickler.dump(value)
         except (ValueError, OverflowError, RecursionError):
             if fast:  # a cycle, or too much sharing: pickle it with the memo
                 continue

@@ -421,3 +421,38 @@ def test_lossy_values_are_refused_with_the_reason(suite: Suite) -> None:
                 "refused *registry*: *cannot be pickled*",
             ]
         )
+
+
+WARNS_ON_LOAD = '''
+import time
+import warnings
+import pytest
+
+class Trajectory:
+    """Warns whenever it opens, on unpickling too (MDAnalysis: "Reader has no dt ...")."""
+    def __init__(self, frames):
+        warnings.warn("Reader has no dt information, set to 1.0 ps", UserWarning)
+        self.frames = frames
+    def __reduce__(self):
+        return (Trajectory, (self.frames,))
+
+@pytest.fixture
+def trajectory():
+    time.sleep(0.05)
+    return Trajectory(list(range(10)))
+'''
+
+
+def test_warnings_of_a_load_are_not_added_to_the_builds(suite: Suite) -> None:
+    """Each test sees the build's one warning, as in plain pytest: not the load's as well."""
+    suite.pytester.makeini("[pytest]\nstatemigrate_fixtures = trajectory\n")
+    suite.pytester.makeconftest(WARNS_ON_LOAD)
+    suite.pytester.makepyfile(
+        test_traj="def test_a(trajectory):\n    assert len(trajectory.frames) == 10\n"
+        "def test_b(trajectory):\n    assert trajectory.frames[-1] == 9\n"
+    )
+    plain = suite.plain().result.parseoutcomes()
+    for _ in range(2):  # cold (the second test loads), then warm
+        run = suite.same_as_plain()
+        assert run.result.parseoutcomes() == plain, run.text
+        assert run.stats is not None and run.stats["hits_total"] >= 1

@@ -34,7 +34,7 @@ import pickle
 import sys
 import types
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, Final
@@ -112,21 +112,33 @@ class _Sink:
         self.hash.update(raw if raw.contiguous else bytes(raw))
 
 
-class _ArrayPickler(pickle.Pickler):
-    """Notes the arrays it pickles, and which of them pandas protects (see :func:`_protect`)."""
+class _Arrays:
+    """The arrays a pickle reaches, and the ids of those pandas protects (:func:`_protect`):
+    shown every object a pickler's ``reducer_override`` sees."""
 
-    def __init__(self, file: Any, buffer_callback: Any, ndarray: Any, pandas: Any) -> None:
-        super().__init__(file, protocol=5, buffer_callback=buffer_callback)
-        self.ndarray = ndarray
-        self.pandas = pandas
+    def __init__(self) -> None:
+        self.ndarray = _ndarray()
+        self.pandas = _pandas()
         self.arrays: list[Any] = []
         self.protected: set[int] = set()
 
-    def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, self.ndarray):
+    def watch(self, obj: Any) -> None:
+        if self.ndarray is not None and isinstance(obj, self.ndarray):
             self.arrays.append(obj)
         elif self.pandas is not None:
             _protect(obj, self.pandas, self.protected)
+
+    def spans(self) -> list[tuple[int, int, bool]]:
+        return _spans(self.arrays, self.protected)
+
+
+class _ArrayPickler(pickle.Pickler):
+    def __init__(self, file: Any, buffer_callback: Any, seen: _Arrays) -> None:
+        super().__init__(file, protocol=5, buffer_callback=buffer_callback)
+        self.seen = seen
+
+    def reducer_override(self, obj: Any) -> Any:
+        self.seen.watch(obj)
         return NotImplemented
 
 
@@ -135,12 +147,13 @@ def snapshot(value: Any, keep: bool = False) -> Snapshot:
 
     :raises codec.Unpicklable: when it does not pickle.
     """
-    ndarray = _ndarray() if keep else None
+    seen = _Arrays() if keep else None
     for fast in (True, False):
         sink = _Sink(FAST_LIMIT if fast else sys.maxsize)
         pickler: Any
-        if ndarray is not None:
-            pickler = _ArrayPickler(sink, sink.buffer, ndarray, _pandas())
+        if seen is not None and seen.ndarray is not None:
+            seen.arrays.clear()
+            pickler = _ArrayPickler(sink, sink.buffer, seen)
         else:
             pickler = pickle.Pickler(sink, protocol=5, buffer_callback=sink.buffer)
         pickler.fast = fast
@@ -157,11 +170,9 @@ def snapshot(value: Any, keep: bool = False) -> Snapshot:
             ) from None
         break
     digest = sink.hash.hexdigest()
-    if not keep:
+    if seen is None:
         return Snapshot(digest)
-    arrays: list[Any] = getattr(pickler, "arrays", [])
-    protected: set[int] = getattr(pickler, "protected", set())
-    return Snapshot(digest, value, _spans(arrays, protected))
+    return Snapshot(digest, value, seen.spans())
 
 
 class SharingCheck:
@@ -171,35 +182,26 @@ class SharingCheck:
     def __init__(self, roots: Sequence[Any], deps: Mapping[str, Snapshot]) -> None:
         self.roots = roots
         self.deps = deps
-        self.arrays: list[Any] = []
-        self.protected: set[int] = set()
-        self._ndarray = _ndarray()
-        self._pandas = _pandas()
-
-    def watch(self, obj: Any) -> None:
-        if self._ndarray is not None and isinstance(obj, self._ndarray):
-            self.arrays.append(obj)
-        elif self._pandas is not None:
-            _protect(obj, self._pandas, self.protected)
+        self.seen = _Arrays()
+        self.watch = self.seen.watch
 
     def verdict(self, value: Any) -> str | None:
-        return shared_part(value, self.roots, self.deps, self.arrays, self.protected)
+        return shared_part(value, self.roots, self.deps, self.seen.spans())
 
 
 def shared_part(
     value: Any,
     roots: Sequence[Any],
     deps: Mapping[str, Snapshot],
-    arrays: Iterable[Any] = (),
-    protected: Iterable[int] = (),
+    spans: Sequence[tuple[int, int, bool]] = (),
 ) -> str | None:
     """Why ``value`` shares mutable parts with a dependency's value (``"a list with corpus"``),
     or None.
 
     :param roots: the dependencies' values themselves: the value refers to them by reference,
         and a hit gives it the live objects, so they are not shared parts.
-    :param arrays: the arrays the value's pickle reached, and ``protected`` the ids of those
-        pandas protects (:class:`codec._Pickler` notes both while storing it).
+    :param spans: the memory of the arrays the value's pickle reached (:class:`_Arrays`,
+        shown them by :class:`codec._Pickler` while storing it).
     """
     mine = _containers(value, {id(root) for root in roots}, VALUE_BUDGET)
     for name, snap in deps.items() if mine else ():
@@ -207,7 +209,6 @@ def shared_part(
         if obj is not None:
             kind = next(k for k in _CONTAINERS if isinstance(obj, k))
             return f"{_NAMES[kind]} with {name}"
-    spans = _spans(list(arrays), set(protected))
     if spans:
         for name, snap in deps.items():
             if snap.arrays and _overlap(spans, snap.arrays):
@@ -297,7 +298,9 @@ def _pickles_itself(cls: type) -> bool:
     return known
 
 
-def _overlap(mine: list[tuple[int, int, bool]], theirs: list[tuple[int, int, bool]]) -> bool:
+def _overlap(
+    mine: Sequence[tuple[int, int, bool]], theirs: Sequence[tuple[int, int, bool]]
+) -> bool:
     """Whether two arrays share bytes a write could change through one and show through the
     other (not when both are safe)."""
     theirs = sorted(theirs)

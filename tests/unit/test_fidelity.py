@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +143,3 @@ def test_the_check_compares_each_instance_in_order() -> None:
     assert fidelity.first_difference([a, b], [a, Namespace(y=1)], fidelity.fragile)
     shorter = fidelity.first_difference([a, b], [a], fidelity.fragile)
     assert shorter is not None and shorter.startswith("Namespace: ")
-
-
-def test_pickle_itself_agrees_on_the_faithful_corpus() -> None:
-    ns = Namespace(rows=[1, 2])
-    assert pickle.loads(pickle.dumps(ns)) == ns

@@ -429,26 +429,21 @@ class StateMigrateSession:
     # -- the setup of one managed fixture --------------------------------------------------
     def setup(self, fixturedef: Any, request: Any) -> Generator[None, Any, Any]:
         """Body of the ``pytest_fixture_setup`` wrapper (see plugin.py)."""
-        start = time.perf_counter()
+        start, own = time.perf_counter(), self._own_s
         analysis = self.analysis(fixturedef)
-        if analysis is None:
-            own = self._own_s
-            try:
-                return (yield from self._unmanaged_setup(fixturedef))
-            finally:
-                if not self._depth:  # (inside a managed setup, that one counts it)
-                    spent = time.perf_counter() - start
-                    self.stats.plugin_seconds += max(0.0, spent - (self._own_s - own))
-        own = self._own_s
-        self._depth += 1
+        managed = analysis is not None
+        self._depth += managed
         try:
+            if analysis is None:
+                return (yield from self._unmanaged_setup(fixturedef))
             return (yield from self._managed_setup(fixturedef, request, analysis))
         finally:
-            self._depth -= 1
-            if not self._depth:
+            self._depth -= managed
+            if not self._depth:  # (a setup inside a managed one is counted by that one)
                 spent = time.perf_counter() - start
-                self._state_s += spent
-                # What the plugin itself cost this setup: keys, lookups, loads, checks, stores.
+                if managed:
+                    self._state_s += spent
+                # What the plugin itself cost: keys, lookups, loads, checks, stores.
                 self.stats.plugin_seconds += max(0.0, spent - (self._own_s - own))
 
     def _fixture_code(self) -> Generator[None, Any, Any]:

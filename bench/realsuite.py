@@ -6,7 +6,12 @@ compared with the plain run of that round. It prints one markdown row per select
 runs, tests, runs whose outcomes differ from plain, median seconds (the session time pytest
 reports) and the ratio of medians against plain.
 
-Set up the project as a user would, from its sdist, in a venv that has the plugin::
+``--preset mdanalysis`` and ``--preset geopandas-clip`` set up the two suites of
+docs/benchmarks.md in ``~/.cache/statemigrate-bench/real-NAME`` on first use and run them::
+
+    python bench/realsuite.py --preset mdanalysis --runs 3 --xdist
+
+Or set up a project as a user would, from its sdist, in a venv that has the plugin::
 
     python -m venv /tmp/gpd/venv
     /tmp/gpd/venv/bin/pip install -e . pytest-xdist geopandas==1.2.0 pyogrio
@@ -35,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 # The outcome recorder of the project's own acceptance tests: the same verdicts, compared alike.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -58,25 +64,87 @@ def run(
     return outcomes, float(found[-1]) if found else float("nan"), text
 
 
+#: Suites set up by ``--preset NAME`` in ``~/.cache/statemigrate-bench/real-NAME`` (a venv with
+#: this project installed editable): what to install, where the project is, what to run.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The fixture-heavy suite of docs/benchmarks.md: 87% of a plain run is fixture setup.
+    "mdanalysis": {
+        "install": ["MDAnalysis==2.11.0", "MDAnalysisTests==2.11.0", "pytest-xdist"],
+        "package": "MDAnalysisTests",  # the project is this installed package's directory
+        "args": ["--rootdir=.", "core/test_atomselections.py"],
+        "fixtures": ["*"],
+    },
+    # Issue 17's suite: a fixture that buffers its dependency in place.
+    "geopandas-clip": {
+        "install": ["geopandas==1.2.0", "pyogrio", "pytest-xdist"],
+        "sdist": "geopandas==1.2.0",  # the project is this sdist, unpacked
+        "args": ["geopandas/tools/tests/test_clip.py"],
+        "fixtures": ["*", "point_gdf,buffered_locations"],
+    },
+}
+
+
+def prepare(name: str) -> tuple[str, Path, list[str], list[str]]:
+    """(python, project, pytest args, selections) of a preset, set up on first use."""
+    preset = PRESETS[name]
+    root = Path(__file__).resolve().parents[1]
+    # Outside this repository: pytest would take its pyproject.toml for the suite's ini file.
+    home = Path.home() / ".cache" / "statemigrate-bench" / f"real-{name}"
+    python = home / "venv" / "bin" / "python"
+    pip = [str(python), "-m", "pip"]
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(home / "venv")], check=True)
+        subprocess.run([*pip, "install", "-q", "-e", str(root), *preset["install"]], check=True)
+    unpacked = [p for p in home.iterdir() if p.is_dir() and p.name != "venv"]
+    if "sdist" in preset and not unpacked:
+        download = [*pip, "download", "-q", "--no-deps", "--no-binary", ":all:", "-d", str(home)]
+        subprocess.run([*download, preset["sdist"]], check=True)
+        for archive in home.glob("*.tar.gz"):
+            shutil.unpack_archive(archive, home)
+        unpacked = [p for p in home.iterdir() if p.is_dir() and p.name != "venv"]
+    if "package" in preset:
+        found = subprocess.run(
+            [
+                str(python),
+                "-c",
+                f"import {preset['package']} as m, os; print(os.path.dirname(m.__file__))",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        project = Path(found.stdout.strip())
+    else:
+        project = unpacked[0]
+    return str(python), project, list(preset["args"]), list(preset["fixtures"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "tests", nargs="*", help="test paths, relative to the project, and pytest options"
     )
-    parser.add_argument("--project", type=Path, required=True)
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="a suite set up here (below)")
+    parser.add_argument("--project", type=Path)
     parser.add_argument("--python", default=sys.executable)
-    parser.add_argument("--fixtures", action="append", required=True, help="--sm-fixtures value")
+    parser.add_argument("--fixtures", action="append", help="--sm-fixtures value")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--xdist", action="store_true", help="also -n 2")
     parser.add_argument("--show-diffs", action="store_true")
     ns, extra = parser.parse_known_args()  # pytest's own options (--rootdir=., -k ...) too
     ns.tests += extra
+    if ns.preset:
+        ns.python, ns.project, args, selections = prepare(ns.preset)
+        ns.tests = ns.tests or args
+        ns.fixtures = ns.fixtures or selections
+    if ns.project is None or not ns.fixtures:
+        parser.error("give --preset, or --project and --fixtures")
 
     tmp = Path(tempfile.mkdtemp(prefix="sm-realsuite-"))
     (tmp / "sm_bench_outcomes.py").write_text(OUTCOMES)
     out = tmp / "outcomes.json"
     store = ns.project / ".statemigrate"
-    modes = [("", [])] + ([("-n 2 ", ["-n", "2"])] if ns.xdist else [])
+    modes: list[tuple[str, list[str]]] = [("", [])] + ([("-n 2 ", ["-n", "2"])] if ns.xdist else [])
     rows = []
     try:
         for selection in ns.fixtures:

@@ -229,20 +229,25 @@ def dump(
         reason = fidelity.first_difference(
             _fragile_instances(value, names, deps, verdicts),
             _fragile_instances(_round_trip(frames, deps), names, deps, verdicts),
-            lambda cls: verdicts.get(cls) or fidelity.fragile(cls) or "changed",
+            lambda cls: verdicts.get(cls) or "changed",  # (every class seen has a verdict)
         )
         if reason is not None:
-            raise Unpicklable(f"its value does not survive pickling ({reason})")
+            raise Unpicklable(lost(reason))
     return frames
+
+
+def lost(why: str | BaseException) -> str:
+    """The refusal of a value that does not come back from pickling as it was."""
+    if isinstance(why, BaseException):
+        why = f"{type(why).__name__}: {why}"
+    return f"its value does not survive pickling ({why})"
 
 
 def _round_trip(frames: Sequence[Any], deps: Mapping[str, Any]) -> Any:
     try:
         return load(frames, deps.__getitem__)
     except Exception as exc:
-        raise Unpicklable(
-            f"its value does not survive pickling ({type(exc).__name__}: {exc})"
-        ) from None
+        raise Unpicklable(lost(exc)) from None
 
 
 def _fragile_instances(
@@ -261,9 +266,7 @@ def _fragile_instances(
     try:
         _pickle(value, names, deps, set(), watch)
     except Exception as exc:
-        raise Unpicklable(
-            f"its value does not survive pickling ({type(exc).__name__}: {exc})"
-        ) from None
+        raise Unpicklable(lost(exc)) from None
     return found
 
 

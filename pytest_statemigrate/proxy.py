@@ -374,7 +374,7 @@ class StateProxy:
         except Exception as exc:
             # Signed and intact, yet it does not load: the value does not survive pickling
             # (a __getattr__ or __reduce__ that misbehaves). Refuse it from now on.
-            why = f"its value does not survive pickling ({type(exc).__name__}: {exc})"
+            why = codec.lost(exc)
             self._mark_build(key, name, why, prints, refused=True)
             return Miss(store=False)
         if value is None:  # stored before None values were refused

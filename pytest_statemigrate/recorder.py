@@ -22,11 +22,11 @@ written once at the end of the run. docs/esg.md gives what is recorded and what 
 from __future__ import annotations
 
 import pickle
-import warnings
 from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from .codec import quiet
 from .esg import SessionRecord
 from .fixtures import relative_path, unwrap
 
@@ -55,8 +55,7 @@ class _CappedSink:
 def pickles(value: Any, limit: int) -> bool:
     """Whether ``value`` pickles within ``limit`` bytes (the state-key rules aside)."""
     try:
-        with warnings.catch_warnings():  # the plugin's pickle, not the test's: no warning
-            warnings.simplefilter("ignore")
+        with quiet():  # the plugin's pickle, not the test's: no warning
             pickle.Pickler(_CappedSink(limit), protocol=5).dump(value)
     except Exception:
         return False

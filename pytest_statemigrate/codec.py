@@ -89,16 +89,43 @@ def load_secret(store_dir: Path) -> bytes:
     return path.read_bytes()
 
 
+class Paths(Protocol):
+    """Paths into the directories managed builds made (``trees.PathMap``): pickled relative to
+    their directory, loaded pointing into this session's copy."""
+
+    @property
+    def active(self) -> bool:
+        """Whether any such directory exists in this session."""
+
+    def mentioned(self, body: Any) -> bool:
+        """Whether a pickle body may hold such a path (then it is pickled again, through
+        :meth:`persistent_id`)."""
+
+    def persistent_id(self, obj: Any) -> Any:
+        """A tuple for such a path or str, None for any other object; raises for a path that
+        cannot be placed."""
+
+    def persistent_load(self, pid: tuple[Any, ...]) -> Any:
+        """The object :meth:`persistent_id` gave ``pid`` for, in this session."""
+
+
 class _Unpickler(pickle.Unpickler):
     def __init__(
-        self, file: io.BytesIO, resolve: Callable[[str], Any], buffers: Sequence[Any]
+        self,
+        file: io.BytesIO,
+        resolve: Callable[[str], Any],
+        buffers: Sequence[Any],
+        paths: Paths | None = None,
     ) -> None:
         super().__init__(file, buffers=buffers)
         self._resolve = resolve
+        self._paths = paths
 
     def persistent_load(self, pid: Any) -> Any:
         if isinstance(pid, str):
             return self._resolve(pid)
+        if isinstance(pid, tuple) and self._paths is not None:
+            return self._paths.persistent_load(pid)
         raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
 
 
@@ -154,24 +181,39 @@ class _Pickler(pickle.Pickler):
         return NotImplemented
 
 
+class _PathPickler(_Pickler):
+    """A :class:`_Pickler` that pickles paths into the session's build directories as
+    persistent ids (a Python call per object: only for values that may hold one)."""
+
+    def __init__(self, paths: Paths, *args: Any) -> None:
+        super().__init__(*args)
+        self._paths = paths
+
+    def persistent_id(self, obj: Any) -> Any:
+        return self._paths.persistent_id(obj)
+
+
 def _pickle(
     value: Any,
     names: Sequence[str],
     deps: Mapping[str, Any],
     classes: set[type] | None = None,
     watch: Callable[[Any], None] | None = None,
+    paths: Paths | None = None,
 ) -> list[Any]:
     """The body and out-of-band buffers of ``value``; with ``classes``, also note there the
     classes pickled (a Python callback per object: only the store needs it), and show those
-    objects to ``watch``."""
+    objects to ``watch``; with ``paths``, pickle paths through it."""
     buffers: list[Any] = []
     stream = io.BytesIO()
     stream.write(_prologue(names))
-    pickler = (
-        _Pickler(stream, buffers, classes, watch)
-        if classes is not None
-        else pickle.Pickler(stream, protocol=5, buffer_callback=buffers.append)
-    )
+    pickler: pickle.Pickler
+    if paths is not None:
+        pickler = _PathPickler(paths, stream, buffers, set() if classes is None else classes, watch)
+    elif classes is not None:
+        pickler = _Pickler(stream, buffers, classes, watch)
+    else:
+        pickler = pickle.Pickler(stream, protocol=5, buffer_callback=buffers.append)
     _seed_memo(pickler, names, deps)
     with quiet():
         pickler.dump(value)
@@ -197,10 +239,28 @@ def state_digest(value: Any, deps: Mapping[str, Any]) -> tuple[str, int] | None:
     return payload_digest(frames), sum(memoryview(f).nbytes for f in frames)
 
 
+def placed_digest(value: Any, paths: Paths) -> str:
+    """The digest of ``value``'s pickle with its paths into the session's build directories
+    placed: equal for equal values in any session, whichever copy of the files they point to.
+
+    :raises Unpicklable: when it does not pickle, or holds a path that cannot be placed.
+    """
+    try:
+        frames = _pickle(value, [], {})
+        if paths.active and paths.mentioned(frames[0]):
+            frames = _pickle(value, [], {}, set(), None, paths)
+    except Unpicklable:
+        raise
+    except Exception as exc:
+        raise Unpicklable(f"{type(value).__name__} value cannot be pickled ({exc})") from None
+    return payload_digest(frames)
+
+
 def dump(
     value: Any,
     deps: Mapping[str, Any],
     shares: SharingCheck | None = None,
+    paths: Paths | None = None,
 ) -> list[Buffer]:
     """Pickle ``value`` into a body and its out-of-band buffers.
 
@@ -208,14 +268,25 @@ def dump(
         kept as references (resolved on load by :func:`load`'s ``resolve``).
     :param shares: what the value shares with its dependencies' values beyond those
         references (``depstate.SharingCheck``).
-    :raises Unpicklable: when it does not pickle, or (for values holding instances of a
-        :func:`fidelity.fragile` class) does not come back the same from a round trip.
+    :param paths: the session's build directories, when there are any: paths into them are
+        pickled relative to them.
+    :raises Unpicklable: when it does not pickle, holds a path it cannot place, or (for
+        values holding instances of a :func:`fidelity.fragile` class) does not come back the
+        same from a round trip.
     :raises Shared: when ``shares`` names a shared part.
     """
     names = _by_reference(deps)
     classes: set[type] = set()
+    watch = shares.watch if shares else None
     try:
-        frames = _pickle(value, names, deps, classes, shares.watch if shares else None)
+        frames = _pickle(value, names, deps, classes, watch)
+        if paths is not None and paths.active and paths.mentioned(frames[0]):
+            # Again, with its paths placed (the watcher may see objects twice: no matter).
+            frames = _pickle(value, names, deps, classes, watch, paths)
+        else:
+            paths = None
+    except Unpicklable:  # a path that cannot be placed: the message is the reason
+        raise
     except Exception as exc:
         raise Unpicklable(f"{type(value).__name__} value cannot be pickled ({exc})") from None
     if shares is not None:
@@ -228,7 +299,7 @@ def dump(
         # what loads from it, in pickling order, must hold the same state (fidelity.py).
         reason = fidelity.first_difference(
             _fragile_instances(value, names, deps, verdicts),
-            _fragile_instances(_round_trip(frames, deps), names, deps, verdicts),
+            _fragile_instances(_round_trip(frames, deps, paths), names, deps, verdicts),
             lambda cls: verdicts.get(cls) or "changed",  # (every class seen has a verdict)
         )
         if reason is not None:
@@ -243,9 +314,9 @@ def lost(why: str | BaseException) -> str:
     return f"its value does not survive pickling ({why})"
 
 
-def _round_trip(frames: Sequence[Any], deps: Mapping[str, Any]) -> Any:
+def _round_trip(frames: Sequence[Any], deps: Mapping[str, Any], paths: Paths | None) -> Any:
     try:
-        return load(frames, deps.__getitem__)
+        return load(frames, deps.__getitem__, paths)
     except Exception as exc:
         raise Unpicklable(lost(exc)) from None
 
@@ -270,7 +341,7 @@ def _fragile_instances(
     return found
 
 
-def load(frames: Sequence[Any], resolve: Callable[[str], Any]) -> Any:
+def load(frames: Sequence[Any], resolve: Callable[[str], Any], paths: Paths | None = None) -> Any:
     """Unpickle a body and its buffers. Buffers are copied, so every array comes out writable.
 
     Warnings raised while unpickling are dropped: a hit raises again the warnings its build
@@ -281,7 +352,7 @@ def load(frames: Sequence[Any], resolve: Callable[[str], Any]) -> Any:
     body, *buffers = frames
     own = [bytearray(memoryview(b)) for b in buffers]
     with quiet():
-        return _Unpickler(io.BytesIO(memoryview(body)), resolve, own).load()
+        return _Unpickler(io.BytesIO(memoryview(body)), resolve, own, paths).load()
 
 
 @contextmanager
@@ -306,9 +377,16 @@ def _sign(secret: bytes, key: str, meta: bytes) -> bytes:
     return hmac.new(secret, key.encode() + b"\0" + meta, hashlib.sha256).digest()
 
 
-def seal(secret: bytes, key: str, meta: Mapping[str, Any], payload: Sequence[Any]) -> list[Any]:
-    """Frames for an entry: meta (with format and payload digest), signature, payload."""
-    full = {**meta, "fmt": FORMAT_VERSION, "digest": payload_digest(payload)}
+def seal(
+    secret: bytes,
+    key: str,
+    meta: Mapping[str, Any],
+    payload: Sequence[Any],
+    digest: str | None = None,
+) -> list[Any]:
+    """Frames for an entry: meta (with format and payload digest, ``digest`` when the caller
+    has it already), signature, payload."""
+    full = {**meta, "fmt": FORMAT_VERSION, "digest": digest or payload_digest(payload)}
     packed = msgpack.packb(full, use_bin_type=True)
     return [packed, _sign(secret, key, packed), *payload]
 

@@ -34,26 +34,68 @@ _SKIP_DIRS: Final = ("__pycache__", ".git", ".tox", ".nox", ".venv", "node_modul
 _PKG_DIRS: Final = ("site-packages", "dist-packages")
 
 
+#: Audit events that create or change a path: event → the index of that path in its args.
+_WRITES: Final = {
+    "os.mkdir": 0,
+    "os.rename": 1,
+    "os.symlink": 1,
+    "os.link": 1,
+    "os.truncate": 0,
+    "os.chmod": 0,
+    "os.utime": 0,
+    "shutil.copyfile": 1,
+    "shutil.copytree": 1,
+    "sqlite3.connect": 0,
+}
+#: ... and that delete one.
+_REMOVES: Final = {"os.remove": 0, "os.rmdir": 0, "shutil.rmtree": 0, "os.rename": 0}
+
+
 class _Audit:
     """One audit hook for the whole process (they cannot be removed), idle unless recording."""
 
     installed = False
     sink: set[str] | None = None
     thread: int | None = None
+    writes: Any = None  # a trees.Capture while a build with files is recorded
 
     @classmethod
     def hook(cls, event: str, args: tuple[Any, ...]) -> None:
         sink = cls.sink
-        if sink is None or event != "open" or threading.get_ident() != cls.thread:
+        if sink is None or threading.get_ident() != cls.thread:
+            return
+        if event != "open":
+            if cls.writes is not None:
+                cls._changed(event, args)
             return
         path, mode, flags = args
         if not isinstance(path, str):
             return
-        if mode is not None and any(c in mode for c in "wax+"):
-            return
-        if mode is None and flags & (os.O_WRONLY | os.O_RDWR):
+        if (mode is not None and any(c in mode for c in "wax+")) or (
+            mode is None and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+        ):
+            # (A directory "opened" for writing is the name given to an ``opener``, as
+            # tempfile.NamedTemporaryFile does: the opener's own open is the write.)
+            if cls.writes is not None and not cls.writes.paused and not os.path.isdir(path):
+                cls.writes.written.add(os.path.abspath(path))
             return
         sink.add(os.path.abspath(path))
+
+    @classmethod
+    def _changed(cls, event: str, args: tuple[Any, ...]) -> None:
+        capture = cls.writes
+        if capture.paused:
+            return
+        for table, into in ((_WRITES, capture.written), (_REMOVES, capture.removed)):
+            index = table.get(event)
+            if index is None or index >= len(args):
+                continue
+            try:
+                path = os.fsdecode(os.fspath(args[index]))
+            except TypeError:  # a file descriptor
+                continue
+            if path and path != ":memory:":
+                into.add(os.path.abspath(path))
 
 
 class BuildRecorder:
@@ -61,21 +103,25 @@ class BuildRecorder:
 
     _tool: int | None = None
 
-    def __init__(self) -> None:
+    def __init__(self, writes: Any = None) -> None:
+        """:param writes: a :class:`trees.Capture` to note the paths the build writes and
+        deletes in, or None."""
         self.codes: set[CodeType] = set()
         self.opened: set[str] = set()
         self.traced = False
+        self.writes = writes
 
     def __enter__(self) -> BuildRecorder:
         if not _Audit.installed:
             sys.addaudithook(_Audit.hook)
             _Audit.installed = True
         _Audit.sink, _Audit.thread = self.opened, threading.get_ident()
+        _Audit.writes = self.writes
         self.traced = self._start_monitoring()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _Audit.sink = _Audit.thread = None
+        _Audit.sink = _Audit.thread = _Audit.writes = None
         self._stop()
 
     # -- sys.monitoring (3.12+) ---------------------------------------------------------

@@ -30,6 +30,7 @@ from typing import Any, Final
 from ._spec import StateSpec, spec_of
 from .keys import Unkeyable, code_digest, param_token
 from .keys import digest as combine
+from .trees import is_factory
 
 #: ``request`` attributes that cannot change a value beyond what the key holds already.
 _REQUEST_PURE: Final = frozenset({"param", "param_index", "fixturename", "scope"})
@@ -60,7 +61,8 @@ def is_selected(name: str, func: Any, patterns: Sequence[str]) -> bool:
     """Managed by opt-in: a name pattern matches or the function carries ``@state``.
 
     Patterns never select what pytest generates: the pseudo-fixtures of
-    ``@pytest.mark.parametrize`` argument names, and (as with shell globs and dotfiles)
+    ``@pytest.mark.parametrize`` argument names and ``tmp_path_factory`` (the fixtures that
+    use it are managed with their files), and (as with shell globs and dotfiles)
     names starting with ``_``, such as ``_xunit_setup_*`` and ``_unittest_setUpClass_*``,
     unless the pattern itself starts with ``_``.
     """
@@ -68,6 +70,8 @@ def is_selected(name: str, func: Any, patterns: Sequence[str]) -> bool:
         return True
     if getattr(func, "__name__", None) == "get_direct_param_fixture_func":
         return False
+    if is_factory(name, unwrap(func)):
+        return False  # the directories fixtures make with it are stored with their values
     private = name.startswith("_")
     return any(fnmatch.fnmatchcase(name, p) for p in patterns if not private or p.startswith("_"))
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 #: Bumped whenever the stored format or the key recipe changes: old entries then miss.
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2  # 2: entries record the states of the dependencies they were built from
 
 _PLAIN: Final = (str, int, float, bool, bytes, type(None))
 

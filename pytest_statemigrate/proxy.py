@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from . import codec, placement
+from . import codec, placement, trees
 from .inputs import Distributions, Fingerprints
 from .keys import FileDigests
 from .report import RunStats
@@ -54,6 +54,8 @@ class Hit:
     warnings: list[Any]
     nbytes: int = 0  # of the stored payload
     load_s: float = 0.0  # fetching, verifying and unpickling it
+    entry: str = ""  # the payload's digest: which stored value this is
+    owned: trees.Owned | None = None  # the directories restored with it
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,9 @@ class StateProxy:
         self._build_only: dict[str, str] = {}  # key → why; decided earlier in this run
         self._fresh: set[str] = set()  # keys stored by this process in this run
         self.refused_keys: set[str] = set()  # keys whose values are refused: not state elements
+        self.paths = trees.PathMap()  # the directories managed builds made, in this session
+        #: key → the payload digest of its entry this process loaded or stored last
+        self.entries: dict[str, str] = {}
 
     @property
     def secret(self) -> bytes:
@@ -302,10 +307,20 @@ class StateProxy:
         return [reply for reply in replies if reply is not None]
 
     # -- reading ---------------------------------------------------------------------------
-    def lookup(self, key: str, name: str, resolve: Callable[[str], Any]) -> Hit | Miss:
+    def lookup(
+        self,
+        key: str,
+        name: str,
+        resolve: Callable[[str], Any],
+        factory: Any = None,
+        deps_valid: Callable[[Mapping[str, Any]], str | None] | None = None,
+    ) -> Hit | Miss:
         """The value for ``key`` if a valid entry exists; otherwise a miss to build.
 
         On a miss this process takes the build lease, or waits for the process that holds it.
+        ``factory``: the ``TempPathFactory`` a value with files is restored with;
+        ``deps_valid``: given the dependencies' states an entry was built from, why they
+        differ now (a test changed one), or None.
         """
         if key in self._build_only:
             return Miss(store=False)
@@ -316,14 +331,21 @@ class StateProxy:
         if self.refresh and key not in self._fresh:
             # Rebuild whatever is stored; once stored in this run, it is loaded as usual.
             return Miss(store=not self._unreachable(key))
-        found = self._load(key, name, resolve)
+        found = self._load(key, name, resolve, factory, deps_valid)
         if found is not None:
             return found
         if self._unreachable(key):
             return Miss(store=False)
-        return self._claim(key, name, resolve)
+        return self._claim(key, name, resolve, factory, deps_valid)
 
-    def _load(self, key: str, name: str, resolve: Callable[[str], Any]) -> Hit | Miss | None:
+    def _load(
+        self,
+        key: str,
+        name: str,
+        resolve: Callable[[str], Any],
+        factory: Any = None,
+        deps_valid: Callable[[Mapping[str, Any]], str | None] | None = None,
+    ) -> Hit | Miss | None:
         # What loading costs: the GET, verification and unpickling. Connecting and checking
         # the inputs are paid once per process and by a build too, so they do not count.
         start = time.perf_counter()
@@ -363,14 +385,28 @@ class StateProxy:
                 self.refused_keys.add(key)
             (self.stats.refused if meta.get("refused") else self.stats.built_instead)[name] = why
             return Miss(store=False)
+        if deps_valid is not None:
+            changed = deps_valid(meta.get("deps") or {})
+            if changed is not None:
+                self.stats.stale[name] = changed
+                return None
         try:
             codec.verify(opened)
         except codec.Unverified as exc:
             self.stats.fallback(f"unreadable entry for {name}: {exc}; rebuilt")
             return None
+        payload = opened.payload
+        owned = None
+        if meta.get("tree"):
+            restored = self._restore(name, key, opened, factory)
+            if restored is None:
+                return None
+            payload, owned = restored
         unpickling = time.perf_counter()
         try:
-            value = codec.load(opened.payload, resolve)
+            value = codec.load(payload, resolve, self.paths)
+        except trees.Unplaced:
+            return None  # it points into files this session does not have: build it
         except Exception as exc:
             # Signed and intact, yet it does not load: the value does not survive pickling
             # (a __getattr__ or __reduce__ that misbehaves). Refuse it from now on.
@@ -388,15 +424,38 @@ class StateProxy:
         self.stats.load_seconds += load_s
         self.stats.saved_seconds += build_s - load_s
         if load_s > build_s * LOAD_MARGIN:
-            load_s = self._reload_seconds(opened, resolve, load_s, unpickling)
+            load_s = self._reload_seconds(payload, resolve, load_s, unpickling)
         if load_s > build_s * LOAD_MARGIN:
             why = f"loading took {load_s * 1e3:.1f} ms, building {build_s * 1e3:.1f} ms"
             self._mark_build(key, name, why, prints)
-        return Hit(value, list(meta.get("warnings", [])), nbytes, load_s)
+        digest = str(meta.get("digest"))
+        self.entries[key] = digest
+        return Hit(value, list(meta.get("warnings", [])), nbytes, load_s, digest, owned)
 
-    @staticmethod
+    def _restore(
+        self, name: str, key: str, opened: codec.Opened, factory: Any
+    ) -> tuple[list[Any], trees.Owned] | None:
+        """Write the files of an entry into fresh directories of this session: the payload
+        without them, and those directories (None when they cannot be written)."""
+        meta = opened.meta
+        count = int(meta.get("blobs", 0))
+        split = len(opened.payload) - count
+        if factory is None or split < 1:
+            return None
+        try:
+            made = trees.restore(meta["tree"], opened.payload[split:], factory)
+        except (OSError, LookupError, TypeError, ValueError) as exc:
+            self.stats.fallback(f"could not restore the files of {name} ({exc}); built it")
+            return None
+        self.paths.add(key, made, trees.basetemp(factory))
+        return opened.payload[:split], trees.Owned(made, str(meta.get("tree_digest")))
+
     def _reload_seconds(
-        opened: codec.Opened, resolve: Callable[[str], Any], load_s: float, unpickling: float
+        self,
+        payload: Sequence[Any],
+        resolve: Callable[[str], Any],
+        load_s: float,
+        unpickling: float,
     ) -> float:
         """The load time with the unpickling timed again. The first unpickling of a value may
         import the modules of its classes (astropy.table: 0.55 s, against a 0.4 s build that
@@ -405,7 +464,7 @@ class StateProxy:
         first = time.perf_counter() - unpickling
         again = time.perf_counter()
         try:
-            codec.load(opened.payload, resolve)
+            codec.load(payload, resolve, self.paths)
         except Exception:
             return load_s
         return load_s - first + min(first, time.perf_counter() - again)
@@ -439,7 +498,14 @@ class StateProxy:
                 return fetched
         return None
 
-    def _claim(self, key: str, name: str, resolve: Callable[[str], Any]) -> Hit | Miss:
+    def _claim(
+        self,
+        key: str,
+        name: str,
+        resolve: Callable[[str], Any],
+        factory: Any = None,
+        deps_valid: Callable[[Mapping[str, Any]], str | None] | None = None,
+    ) -> Hit | Miss:
         """Take the build lease, or wait for whoever holds it to store the value.
 
         The agent holds a LEASE while another process builds the key and answers as soon as
@@ -456,7 +522,7 @@ class StateProxy:
             if reply.granted:
                 return Miss(store=True, holder=self.holder)
             if reply.present:
-                found = self._load(key, name, resolve)
+                found = self._load(key, name, resolve, factory, deps_valid)
                 if found is not None:
                     self.stats.waited += waited
                     return found
@@ -478,11 +544,16 @@ class StateProxy:
         record: BuildRecord,
         miss: Miss,
         shares: codec.SharingCheck | None = None,
+        tree: trees.Tree | None = None,
+        states: Mapping[str, Any] | None = None,
     ) -> int:
         """Offer a freshly built value to the agent (or record why it is built in-process).
 
         :param shares: see :func:`codec.dump`: a value sharing parts with a dependency's
             value is refused.
+        :param tree: the files its build made, stored with it.
+        :param states: the states of the dependencies it was built from (for ``deps_valid``
+            of :meth:`lookup`).
         Returns the size of its pickle, 0 when it was not pickled."""
         self.stats.builds += 1
         self.stats.build_seconds += record.seconds
@@ -493,10 +564,14 @@ class StateProxy:
             return 0
         start = time.perf_counter()
         try:
-            payload = codec.dump(value, deps, shares)
+            payload = codec.dump(value, deps, shares, self.paths)
         except codec.Unpicklable as exc:
             self._mark_build(key, name, str(exc), record.fingerprints, refused=True)
             return 0
+        files: dict[str, Any] = {}
+        if tree is not None:
+            files = {"tree": tree.manifest, "blobs": len(tree.blobs), "tree_digest": tree.digest}
+            payload = [*payload, *tree.blobs]
         nbytes = sum(memoryview(f).nbytes for f in payload)
         if nbytes > self.max_value_bytes:
             why = (
@@ -511,12 +586,16 @@ class StateProxy:
             "build_s": record.seconds,
             "warnings": record.warnings,
             "inputs": record.fingerprints.to_wire(),
+            "deps": dict(states or {}),
+            **files,
         }
-        frames = codec.seal(self.secret, key, meta, payload)
+        entry = codec.payload_digest(payload)
+        frames = codec.seal(self.secret, key, meta, payload, entry)
         put = self.call_home(key, lambda c: c.put(key, frames, {"fixture": name, "nbytes": nbytes}))
         if put is None:
             return nbytes
         self._fresh.add(key)
+        self.entries[key] = entry
         self.stats.bytes_stored += nbytes
         self.stats.store_seconds += time.perf_counter() - start
         return nbytes

@@ -6,6 +6,7 @@ fixture setup into: key → lookup → (hit: hand the value over) | (miss: build
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import itertools
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from nodeagent.protocol import Fetched, LeaseReply
 
-from . import depstate
+from . import codec, depstate, trees
 from . import fixtures as fx
 from .codec import IMMUTABLE, Unpicklable, load_secret, state_digest
 from .esg import ESGStore, Prediction, SessionRecord
@@ -316,6 +317,13 @@ class StateMigrateSession:
         #: id(value) → (value, digest) of dependencies' values checked in this test's setup
         #: (emptied whenever code the plugin does not watch may have run: a test, a setup)
         self._dep_digests: dict[int, tuple[Any, str]] = {}
+        self._placed: dict[int, tuple[Any, str]] = {}  # ... their codec.placed_digest
+        #: fixturedefs set up since then: no code the plugin does not watch ran since
+        self._fresh: set[Any] = set()
+        #: fixturedef → the payload digest of the stored entry its current value is
+        self._entry: dict[Any, str] = {}
+        #: fixturedef → the directories its current value owns (files it built)
+        self._owned: dict[Any, trees.Owned] = {}
         #: fixturedef → how its current value came: "loaded", "stored" (built and stored in
         #: this run) or "built" (built in-process only).
         self._origin: dict[Any, str] = {}
@@ -364,11 +372,20 @@ class StateMigrateSession:
         self._analysis[fixturedef] = result
         return result
 
-    def _dep_token(self, request: Any, argname: str, seen: frozenset[str]) -> str:
+    def _dep_token(
+        self, request: Any, argname: str, seen: frozenset[str], via: str | None = None
+    ) -> str:
         """Key material for one dependency: its key if managed, else its code and param."""
         dep = request._get_active_fixturedef(argname)
         if dep in self._keys:
             return self._keys[dep]
+        if trees.is_factory(argname, fx.unwrap(dep.func)):
+            if via is not None:  # asked for by a fixture that is not managed
+                raise Unkeyable(
+                    f"depends on {via}, which makes files with {argname} and is not managed: "
+                    f"manage {via} too, and its files are stored with its value"
+                )
+            return argname  # the directories it makes are captured with the value
         managed = self.analysis(dep)
         if managed is not None and managed.refused is None:
             # Selected and manageable, yet this setup found no key for it.
@@ -395,7 +412,7 @@ class StateMigrateSession:
             parts.append(param_token(cached[1]))
         for sub in dep.argnames:
             if sub != "request":
-                parts.append(self._dep_token(request, sub, seen | {argname}))
+                parts.append(self._dep_token(request, sub, seen | {argname}, argname))
         return digest(*parts)
 
     def key_for(self, fixturedef: Any, request: Any, analysis: fx.Analysis) -> str:
@@ -478,6 +495,7 @@ class StateMigrateSession:
             return (yield from self._unmanaged_setup(fixturedef, record=False))
         self._keys[fixturedef] = key
         deps = {n: request.getfixturevalue(n) for n in fixturedef.argnames if n != "request"}
+        defs = {n: request._get_active_fixturedef(n) for n in deps}
         self._deps[fixturedef] = deps
         label = analysis.fixture_id + _param_label(request, fixturedef)
         self._origin.pop(fixturedef, None)
@@ -485,7 +503,13 @@ class StateMigrateSession:
             fresh_dep = self._fresh_dependency(fixturedef, request)
             if fresh_dep is None or (fresh_dep[1] and self.proxy.stored_now(key)):
                 # (Stored by this run: made from the dependency's current instance.)
-                found = self.proxy.lookup(key, name, deps.__getitem__)
+                found = self.proxy.lookup(
+                    key,
+                    name,
+                    deps.__getitem__,
+                    _factory(deps),
+                    functools.partial(self._deps_unchanged, defs, deps),
+                )
             else:
                 # A stored value of this fixture was made from another instance of that
                 # dependency: what it derived from it (an id, a count) may differ.
@@ -495,19 +519,36 @@ class StateMigrateSession:
                 else:
                     found = Miss(store=False)
                     self.stats.built_instead[name] = f"depends on {dep_name}, built in-process"
+            self._entry.pop(fixturedef, None)
+            self._owned.pop(fixturedef, None)
             if isinstance(found, Hit):
                 self.stats.managed.add(name)
                 _replay(found.warnings)
                 self._pending[fixturedef] = found.value
                 self._origin[fixturedef] = "loaded"
+                self._entry[fixturedef] = found.entry
+                if found.owned is not None:
+                    self._owned[fixturedef] = found.owned
                 self._element(key, label, fixturedef.scope, found.nbytes, load_s=found.load_s)
+                self._fresh.add(fixturedef)
                 return (yield)
-            value = yield from self._build(fixturedef, key, name, deps, found, analysis, label)
+            value = yield from self._build(
+                fixturedef, key, name, deps, defs, found, analysis, label
+            )
             stored = isinstance(found, Miss) and found.store and self.proxy.stored_now(key)
             self._origin[fixturedef] = "stored" if stored else "built"
+            if stored:
+                self._entry[fixturedef] = self.proxy.entries[key]
+            self._fresh.add(fixturedef)
             return value
         finally:
             self.proxy.close_link()
+
+    def _forget_states(self) -> None:
+        """Code the plugin does not watch may run (a test, a setup): any value may change."""
+        self._dep_digests.clear()
+        self._placed.clear()
+        self._fresh.clear()
 
     def _fresh_dependency(self, fixturedef: Any, request: Any) -> tuple[str, bool] | None:
         """A managed dependency whose current value was built in this setup chain rather
@@ -523,7 +564,7 @@ class StateMigrateSession:
     def _unmanaged_setup(self, fixturedef: Any, record: bool = True) -> Generator[None, Any, Any]:
         start = time.perf_counter()
         value = yield from self._fixture_code()
-        self._dep_digests.clear()  # it may have changed any value
+        self._forget_states()  # it may have changed any value
         if not record:
             return value
         with self._recording():
@@ -787,7 +828,7 @@ class StateMigrateSession:
     @_plugin_time
     def before_test(self, item: Any) -> None:
         """``item`` is about to be set up: send the migrations due now."""
-        self._dep_digests.clear()  # the last test ran since
+        self._forget_states()  # the last test ran since
         migrator = self.migrator
         if migrator is None:
             return
@@ -821,7 +862,7 @@ class StateMigrateSession:
     @_plugin_time
     def test_ready(self, item: Any) -> None:
         """``item``'s fixtures are set up: note the digests of the values it may mutate."""
-        self._dep_digests.clear()  # the test body runs next
+        self._forget_states()  # the test body runs next
         with self._recording():
             self._note_digests(item)
 
@@ -865,6 +906,9 @@ class StateMigrateSession:
         self._deps.pop(fixturedef, None)
         self._origin.pop(fixturedef, None)
         self._keys.pop(fixturedef, None)
+        self._entry.pop(fixturedef, None)
+        self._owned.pop(fixturedef, None)
+        self._fresh.discard(fixturedef)
 
     def _digest_of(self, fixturedef: Any) -> tuple[str, int] | None:
         cached = fixturedef.cached_result
@@ -879,24 +923,38 @@ class StateMigrateSession:
         key: str,
         name: str,
         deps: dict[str, Any],
+        defs: Mapping[str, Any],
         miss: Miss,
         analysis: fx.Analysis,
         label: str,
     ) -> Generator[None, Any, Any]:
+        factory = _factory(deps)
+        files = trees.Capture(factory) if factory is not None else None
         if not miss.store:  # built in-process by decision: nothing to record for a store
             start = time.perf_counter()
             try:
-                value = yield from self._fixture_code()
+                with files.watching() if files else contextlib.nullcontext():
+                    value = yield from self._fixture_code()
             except BaseException:
                 self.proxy.abandon(key, miss)
                 raise
             record = BuildRecord(seconds=time.perf_counter() - start)
-            self._dep_digests.clear()  # unchecked: it may have changed a dependency
+            self._forget_states()  # unchecked: it may have changed a dependency
+            self._made(key, files)
+            if files is not None:
+                self._owned[fixturedef] = trees.Owned(files.made, None)
             return self._built(fixturedef, key, name, label, value, deps, record, miss)
-        before, trouble = self._deps_before(deps)
-        recorder = BuildRecorder()
+        before, trouble = self._deps_before(
+            {n: v for n, v in deps.items() if not trees.is_factory_value(v)}
+        )
+        states = self._states(defs, deps, before)
+        prints = {
+            n: trees.print_of(self._owned[d].made) for n, d in defs.items() if d in self._owned
+        }
+        recorder = BuildRecorder(files)
         try:
-            with _recording_warnings() as log, recorder:
+            watching = files.watching() if files else contextlib.nullcontext()
+            with _recording_warnings() as log, recorder, watching:
                 # The build's own time: what recording it costs is not what loading must beat.
                 start = time.perf_counter()
                 value = yield from self._fixture_code()
@@ -904,6 +962,7 @@ class StateMigrateSession:
         except BaseException:
             self.proxy.abandon(key, miss)
             raise
+        self._made(key, files)
         record = BuildRecord(
             seconds=seconds,
             warnings=[warning_to_wire(w) for w in log],
@@ -928,10 +987,106 @@ class StateMigrateSession:
             self.proxy.refuse(key, name, why, record)
             return value
         changed, shares = self._deps_after(deps, before)
+        for dep, earlier in prints.items():
+            if changed is None and trees.print_of(self._owned[defs[dep]].made, earlier) != earlier:
+                changed = (
+                    f"its build changes the files of {dep}: a loaded value would leave them "
+                    "as they were"
+                )
         if changed is not None or trouble is not None:
             self.proxy.refuse(key, name, trouble or str(changed), record)
             return value
-        return self._built(fixturedef, key, name, label, value, deps, record, miss, shares)
+        tree = None
+        if files is not None:
+            try:
+                tree = trees.capture(files, self._exclude, self.settings.max_value_bytes)
+            except trees.Refused as exc:
+                self.proxy.refuse(key, name, str(exc), record)
+                return value
+            self._owned[fixturedef] = trees.Owned(files.made, tree.digest)
+        return self._built(
+            fixturedef, key, name, label, value, deps, record, miss, shares, tree, states
+        )
+
+    def _made(self, key: str, files: trees.Capture | None) -> None:
+        """Paths into the directories a build made are placed relative to them, whether or
+        not its value is stored (a dependent's stored value may hold one)."""
+        if files is not None and files.made:
+            self.proxy.paths.add(key, files.made, trees.basetemp(files.factory))
+
+    def _states(
+        self, defs: Mapping[str, Any], deps: Mapping[str, Any], digests: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """What a value is built from, for :meth:`_deps_unchanged`: each dependency's state
+        (its value's digest, with its files' digest) and, for those that are fresh stored
+        values, which stored value."""
+        states: dict[str, str] = {}
+        entries: dict[str, str] = {}
+        for name, value in deps.items():
+            dep = defs[name]
+            owned = self._owned.get(dep)
+            if name not in digests and owned is None:
+                continue  # a number, a string: it cannot change
+            try:
+                states[name] = self._state(dep, value, digests.get(name))
+            except Unpicklable:
+                continue  # (then no stored value of it serves: it is built)
+            if dep in self._fresh and dep in self._entry:
+                entries[name] = self._entry[dep]
+        return {"states": states, "entries": entries}
+
+    def _state(self, dep: Any, value: Any, value_digest: str | None = None) -> str:
+        """One dependency's state now: its value's digest, and its files' if it has some.
+
+        With files in the session, the value's paths into them are placed (a value holding
+        a path into this session's copy is the same value as one holding a path into the copy
+        it was built with).
+
+        :raises Unpicklable: when the value does not pickle or holds a path that cannot be
+            placed.
+        """
+        paths = self.proxy.paths
+        if isinstance(value, IMMUTABLE):
+            part = "immutable"
+        elif paths.active:
+            known = self._placed.get(id(value))
+            if known is None or known[0] is not value:
+                known = self._placed[id(value)] = (value, codec.placed_digest(value, paths))
+            part = known[1]
+        else:
+            part = value_digest or self._value_digest(value)
+        owned = self._owned.get(dep)
+        if owned is None:
+            return part
+        return digest(part, owned.digest_now())
+
+    def _deps_unchanged(
+        self, defs: Mapping[str, Any], deps: Mapping[str, Any], built_from: Mapping[str, Any]
+    ) -> str | None:
+        """Why a stored value cannot serve now: a dependency differs from the state it was
+        built from (a test changed it, or its files, first); None when none does.
+
+        A dependency set up in this chain from the same stored value needs no check."""
+        states = built_from.get("states") or {}
+        entries = built_from.get("entries") or {}
+        for name, value in deps.items():
+            dep = defs[name]
+            if isinstance(value, IMMUTABLE) and dep not in self._owned:
+                continue
+            if trees.is_factory_value(value):
+                continue
+            if name not in states:
+                return f"it was stored without the state of {name}"
+            entry = entries.get(name)
+            if entry is not None and dep in self._fresh and self._entry.get(dep) == entry:
+                continue
+            try:
+                now = self._state(dep, value)
+            except Unpicklable:
+                return f"{name} does not pickle: whether a test changed it cannot be checked"
+            if now != states[name]:
+                return f"a test changed {name} (or its files) before it was set up"
+        return None
 
     def _deps_before(self, deps: Mapping[str, Any]) -> tuple[dict[str, str], str | None]:
         """The digests of the mutable dependencies' values before a build (see depstate.py),
@@ -940,20 +1095,24 @@ class StateMigrateSession:
         for dep, value in deps.items():
             if isinstance(value, IMMUTABLE):
                 continue
-            known = self._dep_digests.get(id(value))
-            if known is not None and known[0] is value:
-                digests[dep] = known[1]
-                continue
             try:
-                snap = depstate.snapshot(value)
+                digests[dep] = self._value_digest(value)
             except Unpicklable:
                 return digests, (
                     f"depends on {dep}, whose value does not pickle: what building changes in "
                     f"{dep} cannot be checked"
                 )
-            digests[dep] = snap.digest
-            self._dep_digests[id(value)] = (value, snap.digest)
         return digests, None
+
+    def _value_digest(self, value: Any) -> str:
+        """The digest of a dependency's value (depstate.py), once per value while no code
+        the plugin does not watch runs."""
+        known = self._dep_digests.get(id(value))
+        if known is not None and known[0] is value:
+            return known[1]
+        snap = depstate.snapshot(value)
+        self._dep_digests[id(value)] = (value, snap.digest)
+        return snap.digest
 
     def _deps_after(
         self, deps: Mapping[str, Any], before: Mapping[str, str]
@@ -989,9 +1148,11 @@ class StateMigrateSession:
         record: BuildRecord,
         miss: Miss,
         shares: Any = None,
+        tree: trees.Tree | None = None,
+        states: Mapping[str, Any] | None = None,
     ) -> Any:
         """Store a built value (or note why not); a value not refused is a state element."""
-        nbytes = self.proxy.store(key, name, value, deps, record, miss, shares)
+        nbytes = self.proxy.store(key, name, value, deps, record, miss, shares, tree, states)
         if key not in self.proxy.refused_keys:
             self.stats.managed.add(name)
             self._element(key, label, fixturedef.scope, nbytes, build_s=record.seconds)
@@ -1069,6 +1230,14 @@ class StateMigrateSession:
         self.proxy.close_link()
         if self.embedded is not None:
             self.embedded.stop()
+
+
+def _factory(deps: Mapping[str, Any]) -> Any:
+    """The ``TempPathFactory`` among a fixture's dependencies' values, or None."""
+    for value in deps.values():
+        if trees.is_factory_value(value):
+            return trees.path_factory(value)
+    return None
 
 
 @contextmanager

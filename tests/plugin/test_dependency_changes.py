@@ -248,3 +248,39 @@ def in_tmp(tmp_path):
             "refused *tmp_path*: defined outside the rootdir, by pytest: only the project's*",
         ]
     )
+
+
+CHANGED_BEFORE = """
+import time
+import pytest
+
+@pytest.fixture(scope="session")
+def data():
+    time.sleep(0.03)
+    return [1, 2, 3]
+
+@pytest.fixture(scope="module")
+def derived(data):
+    time.sleep(0.03)
+    return len(data)
+"""
+
+
+def test_a_value_built_after_a_test_changed_its_dependency_serves_only_that_state(
+    suite: Suite,
+) -> None:
+    """``test_a`` appends to the session's ``data``; ``derived``, set up later, counts it.
+    Stored from a run where the append came first, it must not serve a run without it (it
+    did: ``-k test_d`` passed with the plugin, failed without)."""
+    suite.pytester.makeini("[pytest]\nfilterwarnings = error\n")
+    suite.pytester.makeconftest(CHANGED_BEFORE)
+    suite.pytester.makepyfile(
+        test_a="def test_mut(data):\n    data.append(4)\n",
+        test_b="def test_d(derived):\n    assert derived == 4\n",
+    )
+    opt = "--sm-fixtures=data,derived"
+    for args in ([], [], ["-k", "test_d"], [], ["-k", "test_d"], ["-n", "2", "--dist", "loadfile"]):
+        run = suite.same_as_plain(opt, *args)
+        # (under -n the two modules run on different workers: no append, as plain)
+        expected = "passed" if not args else "failed"
+        assert run.outcomes["test_b.py::test_d"] == expected, run.text

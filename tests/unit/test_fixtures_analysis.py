@@ -81,6 +81,11 @@ def test_selection() -> None:
     assert fx.is_selected("data_big", plain, ("data_*",))
     assert not fx.is_selected("model", plain, ("data_*",))
     assert fx.is_selected("model", state(lambda: 1), ())
+    # pytest's factories are never selected: the fixtures using them are managed with files
+    from _pytest.tmpdir import tmp_path_factory
+
+    assert not fx.is_selected("tmp_path_factory", tmp_path_factory, ("*",))
+    assert fx.is_selected("tmp_path_factory", plain, ("*",))  # a project's own, by that name
 
 
 def test_unmanaged_dependencies() -> None:

@@ -109,15 +109,59 @@ class Paths(Protocol):
         """The object :meth:`persistent_id` gave ``pid`` for, in this session."""
 
 
+class _Body:
+    """A read-only file over a pickle body that hands the unpickler views, not copies.
+
+    ``io.BytesIO(memoryview(body))`` copies the whole body first (a body that is not a
+    ``bytes`` object of its own: a slice of a disk tier entry, a zmq frame), and each of its
+    ``read()`` calls copies again: 36-45 ms for the example's 16 MB model, 6-18 ms this way.
+    The C unpickler accepts any buffer from ``read()``; what it builds (str, bytes, arrays)
+    copies out of it, so no loaded object refers to the body's memory.
+    """
+
+    def __init__(self, body: Any) -> None:
+        self._view = memoryview(body).cast("B")
+        self._pos = 0
+
+    def read(self, size: int = -1) -> memoryview:
+        view, start = self._view, self._pos
+        end = len(view) if size is None or size < 0 else min(len(view), start + size)
+        self._pos = end
+        return view[start:end]
+
+    def readinto(self, buffer: Any) -> int:
+        view, start = self._view, self._pos
+        out = memoryview(buffer).cast("B")
+        size = min(len(out), len(view) - start)
+        out[:size] = view[start : start + size]
+        self._pos = start + size
+        return size
+
+    def readline(self) -> memoryview:
+        """(Text opcodes only, which protocol 5 does not write; correct, not fast.)"""
+        view, start = self._view, self._pos
+        end = start
+        while end < len(view):
+            found = bytes(view[end : end + 4096]).find(b"\n")
+            if found >= 0:
+                end += found + 1
+                break
+            end += 4096
+        end = min(end, len(view))
+        self._pos = end
+        return view[start:end]
+
+
 class _Unpickler(pickle.Unpickler):
     def __init__(
         self,
-        file: io.BytesIO,
+        file: _Body,
         resolve: Callable[[str], Any],
         buffers: Sequence[Any],
         paths: Paths | None = None,
     ) -> None:
-        super().__init__(file, buffers=buffers)
+        # (The stubs want bytes from read(); the C unpickler takes any buffer.)
+        super().__init__(file, buffers=buffers)  # type: ignore[arg-type]
         self._resolve = resolve
         self._paths = paths
 
@@ -352,7 +396,7 @@ def load(frames: Sequence[Any], resolve: Callable[[str], Any], paths: Paths | No
     body, *buffers = frames
     own = [bytearray(memoryview(b)) for b in buffers]
     with quiet():
-        return _Unpickler(io.BytesIO(memoryview(body)), resolve, own, paths).load()
+        return _Unpickler(_Body(body), resolve, own, paths).load()
 
 
 @contextmanager

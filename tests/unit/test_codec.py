@@ -60,6 +60,18 @@ def test_out_of_band_buffers_come_back_writable() -> None:
     assert not view.readonly and view.tobytes() == bytes(data)
 
 
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_a_body_that_is_a_slice_of_a_larger_buffer_loads_without_copies(protocol: int) -> None:
+    # A disk tier entry's body is a view into the entry; text opcodes (protocol 0) use readline.
+    value = {"lines": "a\nb\n" * 3, "data": bytearray(b"\n" * 70_000), "n": [1.5, 2**70]}
+    blob = b"head" + pickle.dumps(value, protocol=protocol) + b"tail"
+    body = memoryview(blob)[4:-4]
+    loaded = codec.load([body], {}.__getitem__)
+    assert loaded == value
+    body.release()  # nothing loaded refers to the entry's memory
+    loaded["data"][0] = 0
+
+
 def test_unpicklable_is_named() -> None:
     import threading
 

@@ -251,7 +251,12 @@ def _reaches(root: Any, targets: Mapping[int, Any], budget: int) -> Any:
     wanted = targets.keys()
     # id() raises an audit event, and the build recorder's audit hook makes each one a Python
     # call (82 ms for the corpus's 150,000 strings): a few targets are compared by identity.
+    # An object the collector tracks is identical only to a tracked referent: those targets
+    # are compared with the tracked referents alone (none of the corpus's strings; 17 ms of
+    # its 21 ms for three targets), the others (a dict of atoms, a bytearray) with all.
     few = list(targets.values()) if len(targets) <= FEW_TARGETS else None
+    tracked_few = [t for t in few if gc.is_tracked(t)] if few is not None else []
+    untracked_few = [t for t in few if not gc.is_tracked(t)] if few is not None else []
     seen = {id(root)}
     queue = deque([root])
     looked = 0
@@ -261,13 +266,17 @@ def _reaches(root: Any, targets: Mapping[int, Any], budget: int) -> Any:
             continue
         refs = gc.get_referents(obj)
         looked += len(refs)
+        tracked = list(filter(gc.is_tracked, refs))
         if few is not None:
-            for target in few:
+            for target in untracked_few:
                 if any(map(operator.is_, refs, repeat(target))):
+                    return target
+            for target in tracked_few:
+                if any(map(operator.is_, tracked, repeat(target))):
                     return target
         elif not wanted.isdisjoint(map(id, refs)):
             return next(targets[id(r)] for r in refs if id(r) in wanted)
-        for ref in filter(gc.is_tracked, refs):
+        for ref in tracked:
             ident = id(ref)
             if ident not in seen and not isinstance(ref, _OPAQUE):
                 seen.add(ident)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -88,6 +89,18 @@ def test_shared_containers_are_named() -> None:
     point = Point()
     # an instance shares through its __dict__
     assert _shared({"point": point}, dep={"point": point}) == "a dict with dep"
+
+
+def test_shared_containers_are_found_among_many_atoms() -> None:
+    # Tracked targets (a list) are compared with the tracked referents only, untracked ones
+    # (a dict of atoms) with all of them.
+    atoms = {"a": 1}
+    rows = [1, 2]
+    assert not gc.is_tracked(atoms) and gc.is_tracked(rows)
+    dep = [*(f"s{i}" for i in range(1000)), atoms, *range(1000), rows]
+    assert _shared({"atoms": atoms, "x": [3]}, dep=dep) == "a dict with dep"
+    assert _shared({"rows": rows, "x": [3]}, dep=dep) == "a list with dep"
+    assert _shared({"rows": list(rows), "atoms": dict(atoms)}, dep=dep) is None
 
 
 def test_copies_and_class_attributes_are_not_shared() -> None:

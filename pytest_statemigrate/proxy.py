@@ -110,6 +110,10 @@ class AgentLink:
         self.cold_start: Callable[[], bool] = lambda: False
         #: A reader of this machine's disk tier to use instead of the agent, or None.
         self.local_get: Callable[[str], Any] = lambda key: None
+        #: Asked when ``local_get`` found nothing: True when that is a miss without asking an
+        #: agent (none has started yet, and one would serve that same disk tier); it then
+        #: starts one, which boots while the value builds.
+        self.local_miss: Callable[[], bool] = lambda: False
         #: An in-process stand-in for the agent (same methods), or None to connect to one.
         self.local_client: Callable[[], Any] = lambda: None
 
@@ -359,6 +363,8 @@ class StateProxy:
             if fetched is None:
                 return None
         elif fetched is None:
+            if key not in self._fresh and self.link.local_miss():
+                return Miss(store=True)  # (the agent that stores it serves this process alone)
             if self.link.client() is None:
                 return None
             start = time.perf_counter()

@@ -113,7 +113,8 @@ class _DiskFull(Exception):
 
 class EmbeddedAgent:
     """An agent for this run: spawned early (it boots while pytest collects), waited for on
-    first use, stopped at the end."""
+    first use, stopped at the end; in a single-process run on a stored disk tier, spawned at
+    the first miss (:attr:`deferred`)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -126,6 +127,10 @@ class EmbeddedAgent:
         #: it writes the disk tier itself (:class:`DiskClient`) and no agent is started.
         self.single = True
         self.direct: DiskClient | None = None
+        #: A single-process run on a stored disk tier and no tier 3: the agent starts only when
+        #: a key misses (:meth:`local_miss`); until then this process reads the disk tier
+        #: itself. A run whose values are all stored starts none.
+        self.deferred = False
 
     def started_empty(self) -> bool:
         """This run's agent started on an empty store, and this process is its only client
@@ -164,7 +169,9 @@ class EmbeddedAgent:
         something must be written or leased). Returns a Fetched, or None to ask the agent.
         """
         process = self.process
-        if self.empty or self._no_local or process is None or process.ready:
+        if self.empty or self._no_local or (process is not None and process.ready):
+            return None
+        if process is None and not self.deferred:
             return None
         self.open_disk()
         if self._disk is None:
@@ -174,6 +181,18 @@ class EmbeddedAgent:
             return None
         frames = [memoryview(f) for f in entry.frames]
         return Fetched(frames, dict(entry.meta), entry.version, "disk")
+
+    def local_miss(self) -> bool:
+        """A key :meth:`local_get` did not find is a miss when no agent has started yet: one
+        would serve the same disk tier, with nothing in RAM but what this process stores. The
+        agent starts now, so that it boots while the value builds; the PUT waits for it."""
+        if not self.deferred or self.process is not None or self._disk is None:
+            return False
+        try:
+            self.spawn()
+        except Exception:  # the link finds out, and the run builds in-process
+            return False
+        return True
 
     def open_disk(self) -> None:
         """Open the disk tier in this process (for warm runs, before the first lookup, so that
@@ -202,6 +221,9 @@ class EmbeddedAgent:
                 if disk is not None:  # else the agent writes it
                     self.direct = DiskClient(disk)
                     return
+            if direct and self.single and s.store is None and not s.refresh and not self.deferred:
+                self.deferred = True  # started by local_miss, or when a link connects
+                return
             from nodeagent.launcher import spawn_agent
 
             self.process = spawn_agent(
@@ -309,6 +331,7 @@ class StateMigrateSession:
             self.proxy.link.cold_start = self.embedded.started_empty
             self.proxy.link.local_get = self.embedded.local_get
             self.proxy.link.local_client = self.embedded.local_client
+            self.proxy.link.local_miss = self.embedded.local_miss
         self._analysis: dict[Any, fx.Analysis | None] = {}
         self._keys: dict[Any, str] = {}  # fixturedef → key of its current value
         self._unmanaged: dict[Any, tuple[str | None, str]] = {}  # fixturedef → (refusal, code)

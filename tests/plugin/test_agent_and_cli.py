@@ -154,7 +154,8 @@ def test_agent_command_refuses_non_loopback() -> None:
 
 
 def test_cold_single_process_run_writes_the_disk_tier_itself(suite: Suite) -> None:
-    """On an empty store an agent could serve nothing: none is started; the next run's is."""
+    """On an empty store an agent could serve nothing: none is started. Nor in a warm run
+    until a key misses: this process reads the disk tier itself."""
     _project(suite)
     store = suite.pytester.path / ".statemigrate"
     first = suite.same_as_plain()
@@ -163,5 +164,15 @@ def test_cold_single_process_run_writes_the_disk_tier_itself(suite: Suite) -> No
     second = suite.same_as_plain()
     assert second.stats is not None and second.stats["builds"] == 0
     assert second.stats["hits"] == {"disk": 1}
-    assert (store / "agent.log").exists()  # warm: the embedded agent serves the values
+    # Warm, every value stored: this process reads the disk tier, and no agent is started.
+    assert not (store / "agent.log").exists()
     assert suite.builds() == ["dataset"] * 3  # two plain runs and the cold one
+    # A key the disk tier lacks (the fixture's code changed) starts the agent, which stores
+    # the new value; the next run loads it.
+    suite.pytester.makeconftest(CONFTEST.replace("time.sleep(0.05)", "time.sleep(0.06)"))
+    third = suite.same_as_plain()
+    assert third.stats is not None and third.stats["builds"] == 1
+    assert (store / "agent.log").exists()
+    fourth = suite.run()
+    assert fourth.stats is not None and fourth.stats["builds"] == 0
+    assert fourth.stats["hits"] == {"disk": 1}

@@ -168,13 +168,20 @@ def still_open(dirs: Sequence[str]) -> str | None:
     """A file under ``dirs`` this process still has open, or None."""
     if not dirs:
         return None
-    psutil: Any = importlib.import_module("psutil")  # (no stubs here)
-    try:
-        files = psutil.Process().open_files()
-    except (psutil.Error, OSError):
-        return None
-    for f in files:
-        path = str(f.path)
+    if os.path.isdir("/proc/self/fd"):  # Linux: 50 readlinks, not psutil's 30 ms
+        paths = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:  # closed meanwhile (the listing's own descriptor)
+                continue
+    else:
+        psutil: Any = importlib.import_module("psutil")  # (no stubs here)
+        try:
+            paths = [str(f.path) for f in psutil.Process().open_files()]
+        except (psutil.Error, OSError):
+            return None
+    for path in paths:
         if _under(os.path.abspath(path), dirs):
             return path
     return None

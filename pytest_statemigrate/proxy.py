@@ -648,6 +648,12 @@ class StateProxy:
             reply = self.call(lambda c: c.stats(), link)
             if reply is not None and int(reply.get("write_errors") or 0) > before:
                 failed = int(reply["write_errors"]) - before
+                if reply.get("writer"):  # this process wrote the disk tier itself
+                    self.stats.fallback(
+                        f"{reply['writer']}: cannot write {failed} value(s) "
+                        f"({reply.get('last_write_error')}); they are built again next run"
+                    )
+                    continue
                 agent = f"agent {link.name}" if self.ring is not None else "the agent"
                 self.stats.fallback(
                     f"{agent} could not write {failed} value(s) to disk "

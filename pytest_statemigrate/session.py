@@ -12,8 +12,10 @@ import gc
 import itertools
 import json
 import os
+import queue
 import select
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
@@ -67,20 +69,40 @@ STORED_QUERY_S = 0.5
 class DiskClient:
     """The disk tier of this machine, written and read in-process with the agent's entry
     format: the subset of ``AgentClient`` the proxy uses, for a run with no agent (see
-    :meth:`EmbeddedAgent.local_client`). Leases are always granted: nobody else builds."""
+    :meth:`EmbeddedAgent.local_client`). Leases are always granted: nobody else builds.
+
+    Writes go behind, as the agent's do: an entry whose frames nothing can change (bytes, the
+    pickle body) is written by one thread while the tests run (writing the page cache is most
+    of a cold run's own cost), and read from memory until then; one holding an array's live
+    memory is written at once. A write that fails is counted, and the run's summary says so
+    (:meth:`stats` waits for the writes first).
+    """
 
     def __init__(self, disk: Any) -> None:
         self.disk = disk
         self.write_errors = 0
+        self._last_error: str | None = None
+        self._pending: dict[str, Any] = {}  # key → Entry not yet on disk
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Any] | None = None
+        self._writer: threading.Thread | None = None
 
     def ping(self, timeout: float | None = None) -> dict[str, Any]:
         return {"write_errors": 0}
 
     def stats(self) -> dict[str, Any]:
-        return {"write_errors": self.write_errors}
+        self.flush()
+        reply: dict[str, Any] = {"write_errors": self.write_errors}
+        if self._last_error is not None:
+            reply["last_write_error"] = self._last_error
+            reply["writer"] = f"disk tier {self.disk.directory}"
+        return reply
 
     def get(self, key: str) -> Fetched | None:
-        entry = self.disk.get(key)
+        with self._lock:
+            entry = self._pending.get(key)
+        if entry is None:
+            entry = self.disk.get(key)
         if entry is None:
             return None
         frames = [memoryview(f) for f in entry.frames]
@@ -89,13 +111,53 @@ class DiskClient:
     def put(self, key: str, frames: Any, meta: Any, expect_version: int | None = None) -> int:
         from nodeagent.tiers import Entry
 
-        old = self.disk.peek(key)  # (version, size) from the header alone
+        with self._lock:
+            pending = self._pending.get(key)
+        old = (pending.version, 0) if pending is not None else self.disk.peek(key)
         version = 1 if old is None else old[0] + 1
-        try:
-            self.disk.put(key, Entry(tuple(frames), dict(meta), version))
-        except OSError as exc:  # a full disk: this run builds; it never fails a test
-            raise _DiskFull(f"disk tier {self.disk.directory}: cannot write ({exc})") from None
+        entry = Entry(tuple(frames), dict(meta), version)
+        if not _settled(frames):
+            self.flush()  # (in order with what is queued)
+            try:
+                self.disk.put(key, entry)
+            except OSError as exc:  # a full disk: this run builds; it never fails a test
+                raise _DiskFull(f"disk tier {self.disk.directory}: cannot write ({exc})") from None
+            return version
+        with self._lock:
+            self._pending[key] = entry
+        if self._queue is None:
+            self._queue = queue.SimpleQueue()
+            self._writer = threading.Thread(
+                target=self._write, args=(self._queue,), name="statemigrate-disk", daemon=True
+            )
+            self._writer.start()
+        self._queue.put((key, entry))
         return version
+
+    def _write(self, jobs: queue.SimpleQueue[Any]) -> None:
+        try:
+            while (job := jobs.get()) is not None:
+                key, entry = job
+                try:
+                    self.disk.put(key, entry)
+                except Exception as exc:  # (OSError: a full disk) counted, reported at the end
+                    self.write_errors += 1
+                    self._last_error = str(exc)
+                finally:
+                    with self._lock:
+                        if self._pending.get(key) is entry:
+                            del self._pending[key]
+        finally:
+            self.disk.close()  # this thread's connection (diskcache keeps one per thread)
+
+    def flush(self) -> None:
+        """Wait for the queued writes."""
+        jobs, writer = self._queue, self._writer
+        if jobs is None or writer is None:
+            return
+        self._queue = self._writer = None
+        jobs.put(None)
+        writer.join()
 
     def lease(self, key: str, holder: str, ttl: float, **_: Any) -> LeaseReply:
         return LeaseReply(granted=True, present=False, holder=holder, expires_in=ttl)
@@ -105,6 +167,16 @@ class DiskClient:
 
     def close(self) -> None:
         pass  # the disk tier stays open for the run; EmbeddedAgent closes it
+
+
+def _settled(frames: Sequence[Any]) -> bool:
+    """Whether no code can change these frames before a later write: meta, signature and
+    pickle body are the plugin's own; the rest must be ``bytes`` (an out-of-band buffer is a
+    view of a live array a test may write)."""
+    return all(
+        isinstance(f, bytes) or (isinstance(f, memoryview) and isinstance(f.obj, bytes))
+        for f in frames[3:]
+    )
 
 
 class _DiskFull(Exception):
@@ -208,6 +280,7 @@ class EmbeddedAgent:
             disk.close()
         direct, self.direct = self.direct, None
         if direct is not None:
+            direct.flush()
             direct.disk.close()
 
     def spawn(self, direct: bool = False) -> None:

@@ -1181,7 +1181,10 @@ class StateMigrateSession:
             except Unpicklable:
                 return f"{name} does not pickle: whether a test changed it cannot be checked"
             if now != states[name]:
-                return f"a test changed {name} (or its files) before it was set up"
+                return (
+                    f"{name} is not in the state it was built from (a test changed it or its "
+                    "files, or it was built anew)"
+                )
         return None
 
     def _deps_before(self, deps: Mapping[str, Any]) -> tuple[dict[str, str], str | None]:

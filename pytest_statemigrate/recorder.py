@@ -14,9 +14,9 @@ written once at the end of the run. docs/esg.md gives what is recorded and what 
   test that used it. Function-scoped values are the test's own and are not checked; values
   asked for during the test body have no "before" and are not checked.
 * **Unmanaged setups.** Each setup of a plain-return fixture that is not managed is timed, so
-  ``statemigrate suggest`` can name the ones worth managing; whether such a value pickles is
-  checked once per fixture per run, only when one setup took at least 50 ms, and only up to
-  the size limit of stored values.
+  ``statemigrate suggest`` can name the ones worth managing; whether such a value pickles (and
+  comes back as it was, as a store would check) is checked once per fixture per run, only when
+  one setup took at least 50 ms, and only up to the size limit of stored values.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from .codec import quiet
+from .codec import dump, quiet
 from .esg import SessionRecord
 from .fixtures import relative_path, unwrap
 
@@ -53,10 +53,12 @@ class _CappedSink:
 
 
 def pickles(value: Any, limit: int) -> bool:
-    """Whether ``value`` pickles within ``limit`` bytes (the state-key rules aside)."""
+    """Whether ``value`` pickles within ``limit`` bytes and comes back as it was: the verdict
+    a managed store would give (codec.dump's fidelity check; the state-key rules aside)."""
     try:
         with quiet():  # the plugin's pickle, not the test's: no warning
             pickle.Pickler(_CappedSink(limit), protocol=5).dump(value)
+        dump(value, {})
     except Exception:
         return False
     return True

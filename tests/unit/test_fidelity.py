@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,16 @@ def test_the_check_compares_each_instance_in_order() -> None:
     assert fidelity.first_difference([a, b], [a, Namespace(y=1)], fidelity.fragile)
     shorter = fidelity.first_difference([a, b], [a], fidelity.fragile)
     assert shorter is not None and shorter.startswith("Namespace: ")
+
+
+def test_suggest_calls_a_value_that_loses_state_not_picklable() -> None:
+    """``statemigrate suggest`` said "pickles: yes" for sunpy's maps, which a store refuses
+    (a MetaDict that restores its items through its own __setitem__)."""
+    from pytest_statemigrate.recorder import pickles
+
+    lossy = Shouting()
+    dict.__setitem__(lossy, "a", "x")  # as built; loading it runs __setitem__: "x!"
+    assert pickle.loads(pickle.dumps(lossy)) != lossy  # it does pickle, and changes
+    assert not pickles([lossy], 2**20)
+    assert pickles([{"a": "x"}], 2**20)
+    assert not pickles(list(range(1000)), 100)  # over the size limit

@@ -265,7 +265,8 @@ def test_fails(row_0):
     return conftest, uses
 
 
-CONFTEST, USES = tables_project(values=4, rows=2000, build_s=0.02)
+# (builds well above a load's cost, even on a loaded machine: no value is built by decision)
+CONFTEST, USES = tables_project(values=4, rows=2000, build_s=0.08)
 
 KILL = """
 import os, signal

@@ -33,7 +33,7 @@ import pytest
 def _make(name):
     @pytest.fixture(scope="module", name=name)
     def fixture():
-        time.sleep(0.02)
+        time.sleep(0.08)  # well above a load's cost, even on a loaded machine
         return {"name": name, "rows": list(range(5000))}
     return fixture
 
@@ -43,7 +43,7 @@ table_c = _make("table_c")
 
 @pytest.fixture(scope="session")
 def shared():
-    time.sleep(0.02)
+    time.sleep(0.08)  # well above a load's cost, even on a loaded machine
     return bytes(30000)
 """
 

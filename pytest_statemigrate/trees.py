@@ -401,7 +401,9 @@ class PathMap:
         (``pytest-12``) is in the bytes (a ``str`` holds it whole, a path has it as a part)."""
         if self.base is None:
             return False
-        return os.path.basename(self.base).encode() in memoryview(body).tobytes()
+        # (re searches the buffer itself: no copy of a large body)
+        name = re.compile(re.escape(os.path.basename(self.base).encode()))
+        return name.search(memoryview(body).cast("B")) is not None
 
     def _split(self) -> re.Pattern[str]:
         if self._pattern is None:

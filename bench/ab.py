@@ -28,21 +28,6 @@ from typing import Any
 OFF = ["-p", "no:statemigrate", "-W", "ignore::pytest.PytestConfigWarning"]
 
 
-def _env(tree: Path, scratch: Path) -> dict[str, str]:
-    venv = tree / ".bench" / "venv"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PYTEST_", "PYTHON", "COV_", "VIRTUAL_ENV"))
-    }
-    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    env["VIRTUAL_ENV"] = str(venv)
-    env["PY_COLORS"] = "0"
-    (scratch / "tmp").mkdir(parents=True, exist_ok=True)
-    env["TMPDIR"] = str(scratch / "tmp")  # another session's pytest runs share /tmp
-    return env
-
-
 def _once(config: str, cwd: Path, cmd: list[str], env: dict[str, str]) -> float:
     if config == "cold":
         shutil.rmtree(cwd / ".statemigrate", ignore_errors=True)
@@ -87,7 +72,7 @@ def main() -> int:
             args += OFF if config in ("plain", "idle-off") else []
             args += ["-p", "statemigrate"] if config == "idle-on" else []
             python = str(tree / ".bench" / "venv" / "bin" / "python")
-            env = _env(tree, ns.scratch.resolve())
+            env = bench.bench_env(tree / ".bench" / "venv", ns.scratch.resolve())
             configs.append((name, config, cwd, [python, "-m", "pytest", *args], env))
     times: dict[tuple[str, str], list[float]] = {(n, c): [] for n, c, *_ in configs}
     for _, config, cwd, cmd, env in configs:

@@ -183,19 +183,21 @@ def probe_fixture_cache() -> dict[str, Any]:
     }
 
 
-def bench_env() -> dict[str, str]:
+def bench_env(venv: Path = VENV, work: Path = WORK) -> dict[str, str]:
+    """The environment of a measured run: ``venv``'s python first, no PYTEST_/PYTHON
+    variables of this shell, a private temp root under ``work``."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("PYTEST_", "PYTHON", "COV_", "VIRTUAL_ENV"))
     }
-    env["PATH"] = f"{VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    env["VIRTUAL_ENV"] = str(VENV)
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env["VIRTUAL_ENV"] = str(venv)
     env["PY_COLORS"] = "0"
     # A private temp root: pytest's numbered-dir cleanup in the shared /tmp/pytest-of-USER
     # otherwise trips over other sessions' directories on a shared machine.
-    (WORK / "tmp").mkdir(parents=True, exist_ok=True)
-    env["TMPDIR"] = str(WORK / "tmp")
+    (work / "tmp").mkdir(parents=True, exist_ok=True)
+    env["TMPDIR"] = str(work / "tmp")
     return env
 
 

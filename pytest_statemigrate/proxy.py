@@ -59,6 +59,17 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class _Wanted:
+    """What a lookup needs besides the key to serve a value: how the value's references to its
+    dependencies resolve, the ``TempPathFactory`` its files are restored with, and why the
+    dependencies differ now from the states an entry was built from (None: they do not)."""
+
+    resolve: Callable[[str], Any]
+    factory: Any = None
+    deps_valid: Callable[[Mapping[str, Any]], str | None] | None = None
+
+
+@dataclass(frozen=True)
 class Miss:
     """Build the value. ``store`` says whether the result should then be offered to the agent."""
 
@@ -335,21 +346,15 @@ class StateProxy:
         if self.refresh and key not in self._fresh:
             # Rebuild whatever is stored; once stored in this run, it is loaded as usual.
             return Miss(store=not self._unreachable(key))
-        found = self._load(key, name, resolve, factory, deps_valid)
+        wanted = _Wanted(resolve, factory, deps_valid)
+        found = self._load(key, name, wanted)
         if found is not None:
             return found
         if self._unreachable(key):
             return Miss(store=False)
-        return self._claim(key, name, resolve, factory, deps_valid)
+        return self._claim(key, name, wanted)
 
-    def _load(
-        self,
-        key: str,
-        name: str,
-        resolve: Callable[[str], Any],
-        factory: Any = None,
-        deps_valid: Callable[[Mapping[str, Any]], str | None] | None = None,
-    ) -> Hit | Miss | None:
+    def _load(self, key: str, name: str, wanted: _Wanted) -> Hit | Miss | None:
         # What loading costs: the GET, verification and unpickling. Connecting and checking
         # the inputs are paid once per process and by a build too, so they do not count.
         start = time.perf_counter()
@@ -391,8 +396,8 @@ class StateProxy:
                 self.refused_keys.add(key)
             (self.stats.refused if meta.get("refused") else self.stats.built_instead)[name] = why
             return Miss(store=False)
-        if deps_valid is not None:
-            changed = deps_valid(meta.get("deps") or {})
+        if wanted.deps_valid is not None:
+            changed = wanted.deps_valid(meta.get("deps") or {})
             if changed is not None:
                 self.stats.stale[name] = changed
                 return None
@@ -404,13 +409,13 @@ class StateProxy:
         payload = opened.payload
         owned = None
         if meta.get("tree"):
-            restored = self._restore(name, key, opened, factory)
+            restored = self._restore(name, key, opened, wanted.factory)
             if restored is None:
                 return None
             payload, owned = restored
         unpickling = time.perf_counter()
         try:
-            value = codec.load(payload, resolve, self.paths)
+            value = codec.load(payload, wanted.resolve, self.paths)
         except trees.Unplaced:
             return None  # it points into files this session does not have: build it
         except Exception as exc:
@@ -430,7 +435,7 @@ class StateProxy:
         self.stats.load_seconds += load_s
         self.stats.saved_seconds += build_s - load_s
         if load_s > build_s * LOAD_MARGIN:
-            load_s = self._reload_seconds(payload, resolve, load_s, unpickling)
+            load_s = self._reload_seconds(payload, wanted.resolve, load_s, unpickling)
         if load_s > build_s * LOAD_MARGIN:
             why = f"loading took {load_s * 1e3:.1f} ms, building {build_s * 1e3:.1f} ms"
             self._mark_build(key, name, why, prints)
@@ -504,14 +509,7 @@ class StateProxy:
                 return fetched
         return None
 
-    def _claim(
-        self,
-        key: str,
-        name: str,
-        resolve: Callable[[str], Any],
-        factory: Any = None,
-        deps_valid: Callable[[Mapping[str, Any]], str | None] | None = None,
-    ) -> Hit | Miss:
+    def _claim(self, key: str, name: str, wanted: _Wanted) -> Hit | Miss:
         """Take the build lease, or wait for whoever holds it to store the value.
 
         The agent holds a LEASE while another process builds the key and answers as soon as
@@ -528,7 +526,7 @@ class StateProxy:
             if reply.granted:
                 return Miss(store=True, holder=self.holder)
             if reply.present:
-                found = self._load(key, name, resolve, factory, deps_valid)
+                found = self._load(key, name, wanted)
                 if found is not None:
                     self.stats.waited += waited
                     return found

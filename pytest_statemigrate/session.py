@@ -238,10 +238,13 @@ class EmbeddedAgent:
 
         The disk tier is a diskcache directory on this machine, safe to read from several
         processes: a warm run's hits need not wait for the agent (it is waited for only when
-        something must be written or leased). Returns a Fetched, or None to ask the agent.
+        something must be written or leased). An agent started at a miss (:attr:`deferred`)
+        holds in RAM only what this process stored since, so hits go on reading the disk tier
+        here. Returns a Fetched, or None to ask the agent.
         """
         process = self.process
-        if self.empty or self._no_local or (process is not None and process.ready):
+        booted = process is not None and process.ready and not self.deferred
+        if self.empty or self._no_local or booted:
             return None
         if process is None and not self.deferred:
             return None

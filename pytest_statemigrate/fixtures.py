@@ -70,10 +70,11 @@ def is_selected(name: str, func: Any, patterns: Sequence[str]) -> bool:
         return True
     if getattr(func, "__name__", None) == "get_direct_param_fixture_func":
         return False
-    if is_factory(name, unwrap(func)):
-        return False  # the directories fixtures make with it are stored with their values
     private = name.startswith("_")
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns if not private or p.startswith("_"))
+    if not any(fnmatch.fnmatchcase(name, p) for p in patterns if not private or p.startswith("_")):
+        return False
+    # The directories fixtures make with it are stored with their values.
+    return not is_factory(name, unwrap(func))
 
 
 def _request_use(func: Any) -> tuple[set[str], bool]:

@@ -130,10 +130,6 @@ class Tree:
     blobs: list[bytes]
     digest: str  # of the contents: the manifest and each distinct file's SHA-256
 
-    @property
-    def nbytes(self) -> int:
-        return sum(len(b) for b in self.blobs)
-
 
 def _under(path: str, dirs: Iterable[str]) -> bool:
     return any(path == d or path.startswith(d + os.sep) for d in dirs)

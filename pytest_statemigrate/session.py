@@ -415,11 +415,11 @@ class StateMigrateSession:
         self._deps: dict[Any, dict[str, Any]] = {}  # fixturedef → its dependencies' values
         #: id(value) → (value, digest) of dependencies' values checked in this test's setup
         #: (emptied whenever code the plugin does not watch may have run: a test, a setup)
-        self._dep_digests: dict[int, tuple[Any, str]] = {}
+        self._dep_digests: dict[int, tuple[Any, depstate.Snapshot]] = {}
         self._placed: dict[int, tuple[Any, str]] = {}  # ... their codec.placed_digest
         #: fixturedefs set up since then: no code the plugin does not watch ran since
         self._fresh: set[Any] = set()
-        #: fixturedef → the payload digest of the stored entry its current value is
+        #: fixturedef → the identity of the stored entry its current value is
         self._entry: dict[Any, str] = {}
         #: fixturedef → the directories its current value owns (files it built)
         self._owned: dict[Any, trees.Owned] = {}
@@ -1046,7 +1046,7 @@ class StateMigrateSession:
         before, trouble = self._deps_before(
             {n: v for n, v in deps.items() if not trees.is_factory_value(v)}
         )
-        states = self._states(defs, deps, before)
+        entries = self._fresh_entries(defs, deps)
         prints = {
             n: trees.print_of(self._owned[d].made) for n, d in defs.items() if d in self._owned
         }
@@ -1095,6 +1095,7 @@ class StateMigrateSession:
         if changed is not None or trouble is not None:
             self.proxy.refuse(key, name, trouble or str(changed), record)
             return value
+        states = self._states(defs, deps, before, entries)
         tree = None
         if files is not None:
             try:
@@ -1113,26 +1114,38 @@ class StateMigrateSession:
         if files is not None and files.made:
             self.proxy.paths.add(key, files.made, trees.basetemp(files.factory))
 
+    def _fresh_entries(self, defs: Mapping[str, Any], deps: Mapping[str, Any]) -> dict[str, str]:
+        """Which stored value each fresh stored dependency is, before a build (for
+        :meth:`_deps_unchanged`)."""
+        return {
+            name: self._entry[defs[name]]
+            for name in deps
+            if defs[name] in self._fresh and defs[name] in self._entry
+        }
+
     def _states(
-        self, defs: Mapping[str, Any], deps: Mapping[str, Any], digests: Mapping[str, str]
+        self,
+        defs: Mapping[str, Any],
+        deps: Mapping[str, Any],
+        before: Mapping[str, depstate.Snapshot],
+        entries: Mapping[str, str],
     ) -> dict[str, Any]:
-        """What a value is built from, for :meth:`_deps_unchanged`: each dependency's state
-        (its value's digest, with its files' digest) and, for those that are fresh stored
-        values, which stored value."""
+        """What a value was built from, for :meth:`_deps_unchanged`: each dependency's state
+        (its value's digest, with its files' digest), taken after a build that changed none
+        of them, and ``entries`` (:meth:`_fresh_entries`)."""
         states: dict[str, str] = {}
-        entries: dict[str, str] = {}
         for name, value in deps.items():
             dep = defs[name]
             owned = self._owned.get(dep)
-            if name not in digests and owned is None:
+            snap = before.get(name)
+            if snap is None and owned is None:
                 continue  # a number, a string: it cannot change
             try:
-                states[name] = self._state(dep, value, digests.get(name))
+                states[name] = self._state(dep, value, snap.digest if snap else None)
             except Unpicklable:
+                entries = {n: e for n, e in entries.items() if n != name}
                 continue  # (then no stored value of it serves: it is built)
-            if dep in self._fresh and dep in self._entry:
-                entries[name] = self._entry[dep]
-        return {"states": states, "entries": entries}
+        return {"states": states, "entries": dict(entries)}
 
     def _state(self, dep: Any, value: Any, value_digest: str | None = None) -> str:
         """One dependency's state now: its value's digest, and its files' if it has some.
@@ -1190,34 +1203,38 @@ class StateMigrateSession:
                 )
         return None
 
-    def _deps_before(self, deps: Mapping[str, Any]) -> tuple[dict[str, str], str | None]:
-        """The digests of the mutable dependencies' values before a build (see depstate.py),
+    def _deps_before(
+        self, deps: Mapping[str, Any]
+    ) -> tuple[dict[str, depstate.Snapshot], str | None]:
+        """Snapshots of the mutable dependencies' values before a build (see depstate.py),
         and why the build cannot be checked, if it cannot."""
-        digests: dict[str, str] = {}
+        snaps: dict[str, depstate.Snapshot] = {}
         for dep, value in deps.items():
             if isinstance(value, IMMUTABLE):
                 continue
+            known = self._dep_digests.get(id(value))
+            if known is not None and known[0] is value:
+                snaps[dep] = known[1]
+                continue
             try:
-                digests[dep] = self._value_digest(value)
+                snaps[dep] = depstate.snapshot(value, retain=True)
             except Unpicklable:
-                return digests, (
+                return snaps, (
                     f"depends on {dep}, whose value does not pickle: what building changes in "
                     f"{dep} cannot be checked"
                 )
-        return digests, None
+        return snaps, None
 
     def _value_digest(self, value: Any) -> str:
         """The digest of a dependency's value (depstate.py), once per value while no code
         the plugin does not watch runs."""
         known = self._dep_digests.get(id(value))
-        if known is not None and known[0] is value:
-            return known[1]
-        snap = depstate.snapshot(value)
-        self._dep_digests[id(value)] = (value, snap.digest)
-        return snap.digest
+        if known is None or known[0] is not value:
+            known = self._dep_digests[id(value)] = (value, depstate.snapshot(value))
+        return known[1].digest
 
     def _deps_after(
-        self, deps: Mapping[str, Any], before: Mapping[str, str]
+        self, deps: Mapping[str, Any], before: Mapping[str, depstate.Snapshot]
     ) -> tuple[str | None, Any]:
         """After a build: why its value must not be stored (it changed a dependency in place),
         or None and the check of what the value shares with the dependencies' values (for
@@ -1226,14 +1243,17 @@ class StateMigrateSession:
         for dep, earlier in before.items():
             value = deps[dep]
             try:
-                snap = depstate.snapshot(value, keep=True)
+                snap = depstate.unchanged(earlier, value)
             except Unpicklable:
                 return f"its build leaves {dep} unpicklable", None
-            self._dep_digests[id(value)] = (value, snap.digest)
-            if snap.digest != earlier:
+            finally:
+                earlier.release()
+            if snap is None:
+                self._dep_digests.pop(id(value), None)
                 return (
                     f"its build changes {dep} in place: a loaded value would leave {dep} as it was"
                 ), None
+            self._dep_digests[id(value)] = (value, earlier)
             snaps[dep] = snap
         if not snaps:
             return None, None

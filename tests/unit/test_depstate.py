@@ -57,6 +57,82 @@ def test_any_change_in_place_changes_the_digest(change: Any) -> None:
     assert depstate.snapshot(value).digest != before
 
 
+@given(plain)
+def test_a_kept_pickle_hashes_to_the_streamed_digest(value: Any) -> None:
+    kept = depstate.snapshot(value, retain=True)
+    assert kept.kept is not None
+    assert kept.digest == depstate.snapshot(value).digest
+    assert depstate.unchanged(kept, value) is not None
+
+
+CHANGES = [
+    lambda d: d["rows"].append(4),
+    lambda d: d.__setitem__("type", "plot"),
+    lambda d: d["nested"]["deep"].pop(),
+    lambda d: d["array"].__setitem__(0, 99),
+    lambda d: d["obj"].__setattr__("seen", True),
+    lambda d: d["big"].__setitem__(150_000, "changed"),  # deep inside one of many frames
+    lambda d: d["big"].pop(),  # the pickle ends early
+    lambda d: d["rows"].append(d),  # a cycle now: the fast pickle gives up
+]
+CHANGE_IDS = [
+    "list-item",
+    "new-key",
+    "nested",
+    "array-buffer",
+    "attribute",
+    "mid-stream",
+    "shorter",
+    "cycle",
+]
+
+
+def _dependency() -> dict[str, Any]:
+    return {
+        "rows": [1, 2, 3],
+        "nested": {"deep": [1]},
+        "array": np.arange(4),
+        "obj": Box(),
+        "big": [f"sentence {i}" for i in range(300_000)],
+    }
+
+
+@pytest.mark.parametrize("change", CHANGES, ids=CHANGE_IDS)
+def test_a_kept_pickle_tells_any_change_in_place(change: Any) -> None:
+    value = _dependency()
+    before = depstate.snapshot(value, retain=True)
+    digest = depstate.snapshot(value).digest
+    assert depstate.unchanged(before, value) is not None
+    change(value)
+    assert depstate.unchanged(before, value) is None
+    assert before.digest == digest  # hashed on its thread from what was kept, not from now
+
+
+@pytest.mark.parametrize("change", CHANGES[:3], ids=CHANGE_IDS[:3])
+def test_too_large_to_keep_is_compared_by_digest(
+    change: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(depstate, "RETAIN_LIMIT", 1000)
+    value = _dependency()
+    before = depstate.snapshot(value, retain=True)
+    assert before.kept is None
+    assert before.digest == depstate.snapshot(value).digest
+    after = depstate.unchanged(before, value)
+    assert after is not None and after.value is value
+    change(value)
+    assert depstate.unchanged(before, value) is None
+
+
+def test_unchanged_notes_what_the_sharing_check_needs() -> None:
+    array = np.arange(10)
+    dep = {"rows": [1, 2], "array": array}
+    after = depstate.unchanged(depstate.snapshot(dep, retain=True), dep)
+    assert after is not None and after.value is dep and len(after.arrays) == 1
+    check = depstate.SharingCheck([dep], {"dep": after})
+    with pytest.raises(codec.Shared, match="shares a list with dep"):
+        codec.dump({"rows": dep["rows"]}, {"dep": dep}, check)
+
+
 class Box:
     def __init__(self) -> None:
         self.items = [1, 2]

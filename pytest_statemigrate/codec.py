@@ -26,6 +26,7 @@ import io
 import os
 import pickle
 import secrets
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -433,6 +434,28 @@ def seal(
     full = {**meta, "fmt": FORMAT_VERSION, "digest": digest or payload_digest(payload)}
     packed = msgpack.packb(full, use_bin_type=True)
     return [packed, _sign(secret, key, packed), *payload]
+
+
+class Unsealed:
+    """An entry to be sealed (:func:`seal`) when it is written. Its payload digest hashes
+    every byte of the value: a client that writes behind (``seals_later``) pays for it on its
+    writing thread, while the tests run (hashlib lets them); the others seal it at once."""
+
+    def __init__(
+        self, secret: bytes, key: str, meta: Mapping[str, Any], payload: Sequence[Any]
+    ) -> None:
+        self.payload = payload
+        self._args = (secret, key, meta)
+        self._frames: list[Any] | None = None
+        self._lock = threading.Lock()
+
+    def frames(self) -> list[Any]:
+        """The sealed frames (computed once, by whichever thread asks first)."""
+        with self._lock:
+            if self._frames is None:
+                secret, key, meta = self._args
+                self._frames = seal(secret, key, meta, self.payload)
+            return self._frames
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ class Hit:
     warnings: list[Any]
     nbytes: int = 0  # of the stored payload
     load_s: float = 0.0  # fetching, verifying and unpickling it
-    entry: str = ""  # the payload's digest: which stored value this is
+    entry: str = ""  # which stored value this is (its meta's "entry")
     owned: trees.Owned | None = None  # the directories restored with it
 
 
@@ -218,7 +218,7 @@ class StateProxy:
         self._fresh: set[str] = set()  # keys stored by this process in this run
         self.refused_keys: set[str] = set()  # keys whose values are refused: not state elements
         self.paths = trees.PathMap()  # the directories managed builds made, in this session
-        #: key → the payload digest of its entry this process loaded or stored last
+        #: key → the identity of its entry this process loaded or stored last
         self.entries: dict[str, str] = {}
 
     @property
@@ -439,7 +439,7 @@ class StateProxy:
         if load_s > build_s * LOAD_MARGIN:
             why = f"loading took {load_s * 1e3:.1f} ms, building {build_s * 1e3:.1f} ms"
             self._mark_build(key, name, why, prints)
-        digest = str(meta.get("digest"))
+        digest = str(meta.get("entry") or meta.get("digest"))  # (entries stored before "entry")
         self.entries[key] = digest
         return Hit(value, list(meta.get("warnings", [])), nbytes, load_s, digest, owned)
 
@@ -593,9 +593,16 @@ class StateProxy:
             "deps": dict(states or {}),
             **files,
         }
-        entry = codec.payload_digest(payload)
-        frames = codec.seal(self.secret, key, meta, payload, entry)
-        put = self.call_home(key, lambda c: c.put(key, frames, {"fixture": name, "nbytes": nbytes}))
+        # The entry's identity (what a dependent was built from: ``deps_valid``), known now;
+        # its payload digest may be computed by a client that writes behind.
+        entry = meta["entry"] = uuid.uuid4().hex
+        unsealed = codec.Unsealed(self.secret, key, meta, payload)
+
+        def put_to(client: Any) -> Any:
+            frames = unsealed if getattr(client, "seals_later", False) else unsealed.frames()
+            return client.put(key, frames, {"fixture": name, "nbytes": nbytes})
+
+        put = self.call_home(key, put_to)
         if put is None:
             return nbytes
         self._fresh.add(key)

@@ -6,8 +6,10 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from nodeagent.tiers import DiskTier
+from pytest_statemigrate import codec
 from pytest_statemigrate.session import DiskClient
 
 
@@ -27,7 +29,7 @@ class SlowDisk(DiskTier):
 
 def test_settled_entries_are_written_behind_and_read_from_memory(tmp_path: Path) -> None:
     disk = SlowDisk(str(tmp_path / "disk"))
-    client = DiskClient(disk)
+    client = DiskClient(lambda: disk, disk.directory)
     frames = [b"meta", b"sig", memoryview(b"body"), b"blob"]
     assert client.put("k", frames, {"fixture": "f"}) == 1
     assert client.put("k", frames, {"fixture": "f"}) == 2  # the pending version counts
@@ -46,7 +48,7 @@ def test_an_array_buffer_is_written_at_once(tmp_path: Path) -> None:
     deferred write, and the entry would no longer match its digest."""
     disk = SlowDisk(str(tmp_path / "disk"))
     disk.go.set()
-    client = DiskClient(disk)
+    client = DiskClient(lambda: disk, disk.directory)
     array = np.arange(10)
     client.put("k", [b"meta", b"sig", b"body", memoryview(array)], {})
     assert disk.writers == {threading.current_thread().name}
@@ -60,10 +62,72 @@ def test_a_failed_write_is_counted_and_named(tmp_path: Path) -> None:
         def put(self, key: str, entry: object) -> None:
             raise OSError(28, "No space left on device")
 
-    client = DiskClient(Full(str(tmp_path / "disk"), 2**30))
+    full = Full(str(tmp_path / "disk"), 2**30)
+    client = DiskClient(lambda: full, full.directory)
     client.put("k", [b"meta", b"sig", b"body"], {})
     reply = client.stats()
     assert reply["write_errors"] == 1
     assert reply["writer"] == f"disk tier {tmp_path / 'disk'}"
     assert "No space left" in reply["last_write_error"]
     assert client.get("k") is None  # nothing pending is kept after a failure
+
+
+def test_the_disk_tier_is_opened_and_entries_sealed_on_the_writer_thread(tmp_path: Path) -> None:
+    """Creating the disk tier and hashing a value's payload are the cold run's own costs:
+    both happen on the writer thread while the tests run."""
+    opened_by: list[str] = []
+    directory = str(tmp_path / "disk")
+
+    def opener() -> DiskTier:
+        opened_by.append(threading.current_thread().name)
+        return DiskTier(directory, 2**30)
+
+    sealed_by: list[str] = []
+
+    class Watched(codec.Unsealed):
+        def frames(self) -> list[object]:
+            sealed_by.append(threading.current_thread().name)
+            return super().frames()
+
+    client = DiskClient(opener, directory)
+    entry = Watched(b"s" * 32, "k", {"fixture": "f"}, [b"body", b"blob"])
+    assert client.put("k", entry, {"fixture": "f"}) == 1
+    assert client.stats() == {"write_errors": 0}
+    assert opened_by == ["statemigrate-disk"]
+    assert sealed_by[0] == "statemigrate-disk"
+    stored = DiskTier(directory, 2**30).get("k")
+    assert stored is not None
+    opened = codec.open_sealed(b"s" * 32, "k", stored.frames)
+    codec.verify(opened)  # the digest the writer computed is the payload's
+    assert [bytes(f) for f in opened.payload] == [b"body", b"blob"]
+    got = client.get("k")  # from the disk now, read on this thread
+    assert got is not None and bytes(got.frames[2]) == b"body"
+
+
+def test_a_pending_unsealed_entry_is_sealed_when_read(tmp_path: Path) -> None:
+    disk = SlowDisk(str(tmp_path / "disk"))
+    client = DiskClient(lambda: disk, disk.directory)
+    client.put("k", codec.Unsealed(b"s" * 32, "k", {}, [b"body"]), {})
+    got = client.get("k")  # still pending: sealed here, once
+    assert got is not None
+    codec.verify(codec.open_sealed(b"s" * 32, "k", [bytes(f) for f in got.frames]))
+    disk.go.set()
+    assert client.stats() == {"write_errors": 0}
+
+
+def test_a_disk_tier_that_cannot_be_opened_fails_each_write_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    def opener() -> DiskTier:
+        raise OSError("disk I/O error")
+
+    client = DiskClient(opener, str(tmp_path / "disk"))
+    with pytest.raises(Exception, match=r"disk tier .*disk: cannot write .*disk I/O error") as exc:
+        client.put("k", codec.Unsealed(b"s" * 32, "k", {}, [b"body"]), {})
+    assert getattr(exc.value, "error", None) == "disk-full"  # this operation fails, not the run
+    assert client.get("k") is None
+    assert client.stats() == {
+        "write_errors": 0,
+        "last_write_error": "cannot open it (disk I/O error)",
+        "writer": f"disk tier {tmp_path / 'disk'}",
+    }

@@ -7,6 +7,14 @@ turns those into the entry's fingerprints: project files by content digest, inst
 by distribution version. A stored value is valid only while :meth:`Fingerprints.changed` finds
 nothing.
 
+The recorder also notes the environment variables the build reads through ``os.environ`` (and
+``os.getenv``), the current directory when it opens a relative path, and the global random
+generators it draws from (``random``, numpy's legacy global state, Faker's and factory_boy's:
+what pytest-randomly reseeds). A stored value is valid only while those variables and the
+directory are what they were, and while each generator it drew from starts in the state it
+started from then; a hit leaves each generator in the state the build left it in, as plain
+pytest would. docs/keys.md lists what is recorded and what is left to the user.
+
 Before Python 3.12 there is no cheap way to see which code runs: ``sys.settrace`` turns off the
 specialising interpreter and made a build 3.5x slower (bench/, docs/benchmarks.md). There the
 recorder takes a superset instead: every project module loaded when the build ends (test
@@ -17,6 +25,7 @@ and the packages it names. Over-invalidation costs a rebuild; it never serves a 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import os
 import sys
@@ -71,6 +80,8 @@ class _Audit:
         path, mode, flags = args
         if not isinstance(path, str):
             return
+        if not os.path.isabs(path):
+            _Reads.relative = True
         if (mode is not None and any(c in mode for c in "wax+")) or (
             mode is None and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
         ):
@@ -110,6 +121,14 @@ class BuildRecorder:
         self.opened: set[str] = set()
         self.traced = False
         self.writes = writes
+        #: Environment variables read (name → value, None when unset; "*" → a digest of
+        #: the whole environment when the build read all of it)
+        self.env: dict[str, str | None] = {}
+        self.cwd: str | None = None  # the current directory, when it opened a relative path
+        #: Global generators the build drew from: name → (digest of the state it started
+        #: from, the state it left)
+        self.random: dict[str, tuple[str, Any]] = {}
+        self._states: dict[str, Any] = {}
 
     def __enter__(self) -> BuildRecorder:
         if not _Audit.installed:
@@ -117,12 +136,21 @@ class BuildRecorder:
             _Audit.installed = True
         _Audit.sink, _Audit.thread = self.opened, threading.get_ident()
         _Audit.writes = self.writes
+        _Reads.start(self.env)
+        self._states = random_states()
         self.traced = self._start_monitoring()
         return self
 
     def __exit__(self, *exc: object) -> None:
         _Audit.sink = _Audit.thread = _Audit.writes = None
         self._stop()
+        if _Reads.stop():
+            self.cwd = os.getcwd()
+        for name, state in random_states().items():
+            before = self._states.get(name, state)
+            if not _same_state(before, state):
+                self.random[name] = (state_digest(before), _to_wire(state))
+        self._states = {}
 
     # -- sys.monitoring (3.12+) ---------------------------------------------------------
     def _start_monitoring(self) -> bool:
@@ -159,17 +187,36 @@ class BuildRecorder:
 
 @dataclass
 class Fingerprints:
-    """Files (rootdir-relative path → digest) and distributions (name → version)."""
+    """Files (rootdir-relative path → digest), distributions (name → version), environment
+    variables (name → digest of the value, None when unset; ``"*"``: the whole environment),
+    the current directory's digest (when the build opened a relative path) and the global
+    random generators it drew from (name → digest of the state it started from)."""
 
     files: dict[str, str] = field(default_factory=dict)
     dists: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str | None] = field(default_factory=dict)
+    cwd: str | None = None
+    random: dict[str, str] = field(default_factory=dict)
 
-    def to_wire(self) -> dict[str, dict[str, str]]:
-        return {"files": self.files, "dists": self.dists}
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"files": self.files, "dists": self.dists}
+        if self.env:
+            wire["env"] = self.env
+        if self.cwd is not None:
+            wire["cwd"] = self.cwd
+        if self.random:
+            wire["random"] = self.random
+        return wire
 
     @classmethod
     def from_wire(cls, data: Any) -> Fingerprints:
-        return cls(files=dict(data.get("files", {})), dists=dict(data.get("dists", {})))
+        return cls(
+            files=dict(data.get("files", {})),
+            dists=dict(data.get("dists", {})),
+            env=dict(data.get("env", {})),
+            cwd=data.get("cwd"),
+            random=dict(data.get("random", {})),
+        )
 
     def changed(self, rootdir: Path, files: FileDigests, dists: Distributions) -> str | None:
         """The first input that differs now, as a short phrase, or None when all are unchanged."""
@@ -179,7 +226,190 @@ class Fingerprints:
         for name, version in self.dists.items():
             if dists.version(name) != version:
                 return f"package {name} is now {dists.version(name)}"
+        for name, recorded in self.env.items():
+            now = environment_digest() if name == "*" else value_digest(os.environ.get(name))
+            if now != recorded:
+                if name == "*":
+                    return (
+                        "the environment changed (its build read all of os.environ: "
+                        "@state(env=[...]) names what counts)"
+                    )
+                return f"environment variable {name} changed"
+        if self.cwd is not None and value_digest(os.getcwd()) != self.cwd:
+            return "the current directory changed (its build opened a relative path)"
+        states = random_states() if self.random else {}
+        for name, start in self.random.items():
+            if name not in states or state_digest(states[name]) != start:
+                return f"the global random state of {name!r} is not the one it was built from"
         return None
+
+
+# -- environment variables, the current directory ------------------------------------------
+#: Set by pytest and xdist for each run or test: a build reading the whole environment is not
+#: taken to depend on them (one that reads one of them by name is).
+_PER_RUN_VARIABLES: Final = frozenset(
+    {"PYTEST_CURRENT_TEST", "PYTEST_XDIST_TESTRUNUID", "PYTEST_XDIST_WORKER", "COV_CORE_CONTEXT"}
+)
+
+
+def value_digest(value: str | None) -> str | None:
+    """An environment variable's value as an entry records it (its values may be secrets)."""
+    if value is None:
+        return None
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def environment_digest() -> str:
+    """The whole environment, but the variables pytest sets per run or per test."""
+    items = sorted((k, v) for k, v in os.environ.items() if k not in _PER_RUN_VARIABLES)
+    return hashlib.sha256(repr(items).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+class _Reads:
+    """Environment reads of the recorded build's thread: ``os.environ`` gets a subclass of
+    its own class while a build is recorded (so ``from os import environ`` and ``os.getenv``
+    are seen too), and its own class back after."""
+
+    sink: dict[str, str | None] | None = None
+    thread: int | None = None
+    relative = False  # the build opened a relative path (audit hook)
+    _previous: list[tuple[dict[str, str | None] | None, int | None, bool]] = []
+
+    @classmethod
+    def start(cls, sink: dict[str, str | None]) -> None:
+        cls._previous.append((cls.sink, cls.thread, cls.relative))
+        cls.sink, cls.thread, cls.relative = sink, threading.get_ident(), False
+        environ = os.environ
+        if type(environ) is os._Environ:
+            environ.__class__ = _ReadEnviron
+
+    @classmethod
+    def stop(cls) -> bool:
+        """Stop recording (resuming an outer build's); whether a relative path was opened."""
+        relative = cls.relative
+        cls.sink, cls.thread, outer_relative = cls._previous.pop()
+        cls.relative = outer_relative or relative
+        if cls.sink is None and type(os.environ) is _ReadEnviron:
+            os.environ.__class__ = os._Environ  # type: ignore[assignment]
+        return relative
+
+    busy = False  # noting (reading os.environ itself): not the build's reads
+
+    @classmethod
+    def note(cls, name: Any) -> None:
+        sink = cls.sink
+        if (
+            sink is None
+            or cls.busy
+            or threading.get_ident() != cls.thread
+            or not isinstance(name, str)
+            or name in sink
+            or "*" in sink  # (iterating reads each value too: the whole is noted already)
+        ):
+            return
+        cls.busy = True
+        try:
+            if name == "*":
+                sink["*"] = environment_digest()
+            else:
+                try:
+                    value: str | None = os._Environ.__getitem__(os.environ, name)
+                except KeyError:
+                    value = None
+                sink[name] = value_digest(value)
+        finally:
+            cls.busy = False
+
+
+class _ReadEnviron(os._Environ[str]):
+    """``os.environ`` while a build is recorded: notes the names read."""
+
+    def __getitem__(self, key: str) -> str:
+        _Reads.note(key)
+        value: str = super().__getitem__(key)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        _Reads.note("*")
+        return super().__iter__()
+
+
+# -- the global random generators -----------------------------------------------------------
+def _generators() -> dict[str, Any]:
+    """The global generators imported now: name → an object with getstate/setstate."""
+    found: dict[str, Any] = {"random": sys.modules["random"]}
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        legacy = getattr(getattr(numpy_random, "mtrand", None), "_rand", None)
+        if legacy is not None:
+            found["numpy.random"] = _NumpyLegacy(legacy)
+    faker = sys.modules.get("faker.generator")
+    if faker is not None and hasattr(getattr(faker, "random", None), "getstate"):
+        found["faker"] = faker.random
+    factory = sys.modules.get("factory.random")
+    if factory is not None and hasattr(getattr(factory, "randgen", None), "getstate"):
+        found["factory_boy"] = factory.randgen
+    return found
+
+
+class _NumpyLegacy:
+    """numpy's legacy global ``RandomState`` with random's getstate/setstate names."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    def getstate(self) -> Any:
+        return self.state.get_state(legacy=True)
+
+    def setstate(self, state: Any) -> None:
+        self.state.set_state(state)
+
+
+def random_states() -> dict[str, Any]:
+    """Each imported global generator's state now."""
+    return {name: gen.getstate() for name, gen in _generators().items()}
+
+
+def _same_state(a: Any, b: Any) -> bool:
+    return bool(state_digest(a) == state_digest(b)) if _has_arrays(a) else bool(a == b)
+
+
+def _has_arrays(state: Any) -> bool:
+    return isinstance(state, tuple) and any(hasattr(part, "tobytes") for part in state)
+
+
+def _to_wire(state: Any) -> Any:
+    """A generator's state in the types msgpack keeps (lists for tuples and arrays)."""
+    if hasattr(state, "tolist"):
+        return ["__array__", str(state.dtype), state.tolist()]
+    if isinstance(state, tuple | list):
+        return [_to_wire(part) for part in state]
+    return state
+
+
+def _from_wire(wire: Any) -> Any:
+    if isinstance(wire, list):
+        if len(wire) == 3 and wire[0] == "__array__":
+            import numpy
+
+            return numpy.array(wire[2], dtype=wire[1])
+        return tuple(_from_wire(part) for part in wire)
+    return wire
+
+
+def state_digest(state: Any) -> str:
+    """A generator's state as an entry records it (numpy arrays by their bytes)."""
+    return hashlib.sha256(repr(_to_wire(state)).encode()).hexdigest()[:32]
+
+
+def restore_random(after: dict[str, Any]) -> None:
+    """On a hit: leave each global generator the build drew from in the state the build left
+    it in (an unknown generator, not imported in this process, is skipped)."""
+    generators = _generators()
+    for name, wire in after.items():
+        gen = generators.get(name)
+        if gen is not None:
+            gen.setstate(_from_wire(wire))
 
 
 class Distributions:

@@ -56,6 +56,7 @@ class Hit:
     load_s: float = 0.0  # fetching, verifying and unpickling it
     entry: str = ""  # which stored value this is (its meta's "entry")
     owned: trees.Owned | None = None  # the directories restored with it
+    random_after: dict[str, Any] = field(default_factory=dict)  # see BuildRecord
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,9 @@ class BuildRecord:
     seconds: float
     warnings: list[Any] = field(default_factory=list)
     fingerprints: Fingerprints = field(default_factory=Fingerprints)
+    #: The states the build left the global random generators it drew from in (a hit leaves
+    #: them so: inputs.restore_random)
+    random_after: dict[str, Any] = field(default_factory=dict)
 
 
 class AgentLink:
@@ -441,7 +445,15 @@ class StateProxy:
             self._mark_build(key, name, why, prints)
         digest = str(meta.get("entry") or meta.get("digest"))  # (entries stored before "entry")
         self.entries[key] = digest
-        return Hit(value, list(meta.get("warnings", [])), nbytes, load_s, digest, owned)
+        return Hit(
+            value,
+            list(meta.get("warnings", [])),
+            nbytes,
+            load_s,
+            digest,
+            owned,
+            dict(meta.get("random_after") or {}),
+        )
 
     def _restore(
         self, name: str, key: str, opened: codec.Opened, factory: Any
@@ -593,6 +605,8 @@ class StateProxy:
             "deps": dict(states or {}),
             **files,
         }
+        if record.random_after:
+            meta["random_after"] = record.random_after
         # The entry's identity (what a dependent was built from: ``deps_valid``), known now;
         # its payload digest may be computed by a client that writes behind.
         entry = meta["entry"] = uuid.uuid4().hex

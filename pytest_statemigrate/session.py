@@ -30,7 +30,7 @@ from . import codec, depstate, trees
 from . import fixtures as fx
 from .codec import IMMUTABLE, Unpicklable, load_secret, state_digest
 from .esg import ESGStore, Prediction, SessionRecord
-from .inputs import BuildRecorder, fingerprint, static_paths
+from .inputs import BuildRecorder, fingerprint, restore_random, static_paths, value_digest
 from .keys import (
     KeyParts,
     Unkeyable,
@@ -699,6 +699,7 @@ class StateMigrateSession:
             if isinstance(found, Hit):
                 self.stats.managed.add(name)
                 _replay(found.warnings)
+                restore_random(found.random_after)
                 self._pending[fixturedef] = found.value
                 self._origin[fixturedef] = "loaded"
                 self._entry[fixturedef] = found.entry
@@ -1138,20 +1139,28 @@ class StateMigrateSession:
             self.proxy.abandon(key, miss)
             raise
         self._made(key, files)
+        seen = fingerprint(
+            codes=recorder.codes,
+            opened=recorder.opened
+            if recorder.traced
+            else recorder.opened | static_paths(fx.unwrap(fixturedef.func), self.rootdir),
+            rootdir=self.rootdir,
+            exclude=self._exclude,
+            own_code=analysis.own_code,
+            files=self.proxy.files,
+            dists=self.proxy.dists,
+        )
+        seen.env = dict(recorder.env)
+        declared = analysis.spec.env if analysis.spec is not None else ()
+        if declared:  # in the key already; and they say what of the whole environment counts
+            seen.env = {n: v for n, v in seen.env.items() if n != "*" and n not in declared}
+        seen.cwd = value_digest(recorder.cwd)
+        seen.random = {name: start for name, (start, _) in recorder.random.items()}
         record = BuildRecord(
             seconds=seconds,
             warnings=[warning_to_wire(w) for w in log],
-            fingerprints=fingerprint(
-                codes=recorder.codes,
-                opened=recorder.opened
-                if recorder.traced
-                else recorder.opened | static_paths(fx.unwrap(fixturedef.func), self.rootdir),
-                rootdir=self.rootdir,
-                exclude=self._exclude,
-                own_code=analysis.own_code,
-                files=self.proxy.files,
-                dists=self.proxy.dists,
-            ),
+            fingerprints=seen,
+            random_after={name: left for name, (_, left) in recorder.random.items()},
         )
         alias = fx.global_alias(fixturedef.func, value)
         if alias is not None:

@@ -577,6 +577,33 @@ def not_sharding(
     return None
 
 
+@dataclass(frozen=True)
+class Tally:
+    """How a set of shards' selections covers the full collection."""
+
+    missing: tuple[str, ...]  # in the full collection, in no shard
+    duplicated: tuple[tuple[str, tuple[int, ...]], ...]  # in two or more shards (1-based)
+    unknown: tuple[str, ...]  # in a shard, not in the full collection
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.duplicated or self.unknown)
+
+
+def tally(full: Sequence[str], shards: Sequence[Sequence[str]]) -> Tally:
+    """Check that every test of ``full`` is in exactly one of ``shards`` (node ids each)."""
+    where: defaultdict[str, list[int]] = defaultdict(list)
+    for i, tests in enumerate(shards, 1):
+        for test in dict.fromkeys(tests):
+            where[test].append(i)
+    known = set(full)
+    return Tally(
+        tuple(t for t in dict.fromkeys(full) if t not in where),
+        tuple((t, tuple(s)) for t, s in where.items() if len(s) > 1),
+        tuple(t for t in where if t not in known),
+    )
+
+
 def workload_of(
     footprints: Mapping[str, Sequence[str]],
     durations: Mapping[str, float],

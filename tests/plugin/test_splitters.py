@@ -8,7 +8,11 @@ and the header says why; every shard's header says how many of how many tests it
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -317,3 +321,64 @@ def test_a_shard_under_xdist_says_how_many_tests_it_runs(project: Suite) -> None
     assert f"shard 2/2 (--sm-shard): {len(alone.outcomes)} of 11 tests" in line, spread.text
     assert _shard_line(alone).split(" plan ")[1] == line.split(" plan ")[1]  # the same plan
     assert not list((project.pytester.path / "spread").glob("shard-*"))  # the workers' notes
+
+
+# ------------------------------------------------------------- statemigrate shard --check
+
+
+def _cli(suite: Suite, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_statemigrate.cli", "shard", *args],
+        cwd=suite.pytester.path,
+        # not this run's xdist worker (plugins such as pytest-benchmark look for it)
+        env={k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+QUIET = ("-p", "no:randomly", "-p", "no:cacheprovider", "-p", "no:benchmark")
+
+
+def test_check_says_the_shards_add_up(project: Suite) -> None:
+    project.run()  # the ESG the shards plan with
+    runs = [project.run(f"--sm-shard={i}/3", _store(project, f"s{i}")) for i in (1, 2, 3)]
+    cli = _cli(project, "3", "--check", "--", *QUIET)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    lines = cli.stdout.splitlines()
+    for i, run in enumerate(runs, 1):
+        digest = _shard_line(run).split(" plan ")[1]
+        shown = f"shard {i}/3: {len(run.outcomes)} of 11 tests (plan {digest})"
+        assert shown in lines, cli.stdout
+    assert "the 3 shards add up: each of the 11 tests is in exactly one shard" in lines
+
+
+UNSTABLE = """
+import uuid
+import pytest
+
+@pytest.mark.parametrize("token", [uuid.uuid4().hex[:8]])
+def test_named_at_random(token):
+    pass
+"""
+
+
+def test_check_names_the_tests_that_do_not_add_up(project: Suite) -> None:
+    """A test id that differs in every process (a random param) is in no shard's plan the
+    way the full collection names it: --check lists it and exits 1."""
+    project.pytester.makepyfile(test_unstable=UNSTABLE)
+    cli = _cli(project, "2", "--check", "--", *QUIET)
+    assert cli.returncode == 1, cli.stdout + cli.stderr
+    missing = re.findall(r"^missing: (\S+)$", cli.stdout, re.M)
+    assert len(missing) == 1 and missing[0].startswith("test_unstable.py::test_named_at_random[")
+    # Each shard named it its own way, and kept that id when its hash fell on that shard.
+    extra = re.findall(r"^not in the full collection: (\S+)$", cli.stdout, re.M)
+    assert len(extra) <= 2 and missing[0] not in extra, cli.stdout
+    digests = re.findall(r"^shard \d/2: \d+ of 12 tests \(plan ([0-9a-f]{12})\)$", cli.stdout, re.M)
+    assert len(set(digests)) == 2, cli.stdout  # the shards planned over other collections
+    assert "statemigrate shard --check: the 2 shards do not add up" in cli.stderr
+    # A splitter among the arguments stops every shard's collection: said in one line.
+    clash = _cli(project, "2", "--check", "--", *QUIET, "--splits=2", "--group=1")
+    assert clash.returncode == 1
+    assert "--sm-shard=1/2 and pytest-split's --splits/--group both split" in clash.stdout

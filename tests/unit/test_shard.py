@@ -418,3 +418,23 @@ def test_circleci_splitting_is_file_arguments_under_circleci() -> None:
     assert _why(paths=("tests",), env=circle) is None  # the same directory on every node
     assert _why(paths=(), env=circle) is None  # testpaths from the ini file
     assert _why(paths=("tests/test_a.py",)) is None  # file arguments elsewhere: the same
+
+
+def test_tally_names_what_is_missing_duplicated_or_unknown() -> None:
+    full = ["a", "b", "c", "d"]
+    assert shard.tally(full, [["a", "c"], ["d", "b"]]).ok
+    result = shard.tally(full, [["a", "b"], ["b", "x"], []])
+    assert not result.ok
+    assert result.missing == ("c", "d")
+    assert result.duplicated == (("b", (1, 2)),)
+    assert result.unknown == ("x",)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 40), st.integers(1, 6), st.integers(0, 2**16))
+def test_every_plan_tallies(size: int, n: int, seed: int) -> None:
+    rng = random.Random(seed)
+    tests = [f"t.py::test_{i}" for i in range(size)]
+    needs = {t: [f"k{rng.randrange(5)}"] for t in tests if rng.random() < 0.7}
+    plan = shard.split(tests, Workload(needs, {}, {f"k{i}": 1.0 for i in range(5)}), n)
+    assert shard.tally(tests, [p.tests for p in plan.parts]).ok

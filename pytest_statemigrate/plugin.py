@@ -114,7 +114,8 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
         default=None,
         metavar="I/N",
         help="run shard I of N (1-based), chosen by state affinity and duration; auto (the "
-        "default: from the CI system's variables when something is managed) or off",
+        "default: from the CI system's variables when something is managed and no other "
+        "splitter is active) or off",
     )
     for name, (text, kind) in st.INI.items():
         parser.addini(name, text, type=kind)  # type: ignore[arg-type]

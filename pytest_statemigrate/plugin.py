@@ -322,12 +322,13 @@ class _Sharding:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
-        note = Path(node.workerinput.get(SHARD_LINE_KEY, ""))
+        note = node.workerinput.get(SHARD_LINE_KEY)
         try:
-            line = note.read_text()
-        except OSError:
+            line = Path(note).read_text() if note else ""
+            if note:
+                Path(note).unlink()
+        except OSError:  # a worker that could not write it: the line is lost, nothing else
             return
-        note.unlink(missing_ok=True)
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if line and not self.line and reporter is not None:
             self.line = line
@@ -335,8 +336,9 @@ class _Sharding:
             reporter.write_line(line)
 
     def pytest_unconfigure(self) -> None:
-        for note in self.notes:
-            note.unlink(missing_ok=True)
+        for note in self.notes:  # those of workers that never reported a collection
+            with contextlib.suppress(OSError):
+                note.unlink(missing_ok=True)
 
 
 class _FixtureHooks:

@@ -266,13 +266,110 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 class _Collected:
-    """A pytest plugin that keeps the node ids of the collected tests."""
+    """A pytest plugin that keeps the node ids of the collected tests (after deselection and
+    sharding), and the line the shard printed, if the run shards."""
 
     def __init__(self) -> None:
         self.nodeids: list[str] = []
+        self.line = ""
 
     def pytest_collection_finish(self, session: Any) -> None:
         self.nodeids = [item.nodeid for item in session.items]
+        sharding = session.config.pluginmanager.get_plugin("statemigrate-shard")
+        self.line = getattr(sharding, "line", "")
+
+
+def collect_main(argv: Sequence[str]) -> int:
+    """``python -c ... OUT PYTEST_ARGS``: collect as a shard would and write the selected node
+    ids and the shard's line to OUT as JSON (``statemigrate shard --check``, one fresh process
+    per shard: a test id made at import time differs between them as between CI machines)."""
+    import json
+
+    import pytest
+
+    out, *pytest_args = argv
+    collected = _Collected()
+    # --assert=plain: collecting only (rewriting would also warn about modules imported already)
+    code = pytest.main(["--co", "-q", "--assert=plain", *pytest_args], [collected])
+    Path(out).write_text(json.dumps({"tests": collected.nodeids, "line": collected.line}))
+    return int(code)
+
+
+_COLLECT: Final = (
+    "import sys; from pytest_statemigrate.cli import collect_main; "
+    "sys.exit(collect_main(sys.argv[1:]))"
+)
+
+
+def _collect_apart(pytest_args: Sequence[str], what: str) -> tuple[list[str], str] | None:
+    """The selection and shard line of a collection in a fresh process; None (its output
+    shown, and one line saying which collection failed) when it failed."""
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="statemigrate-check-") as tmp:
+        out = Path(tmp) / "collected.json"
+        run = subprocess.run(
+            [sys.executable, "-c", _COLLECT, str(out), *pytest_args],
+            capture_output=True,
+            text=True,
+        )
+        ok = run.returncode in (0, 5) and out.exists()  # 5: no tests (more shards than tests)
+        if ok:
+            data = json.loads(out.read_text())
+            return list(data["tests"]), str(data["line"])
+    print(run.stdout + run.stderr, end="")
+    print(
+        f"statemigrate shard --check: collecting {what} failed (exit status {run.returncode})",
+        file=sys.stderr,
+    )
+    return None
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Collect the tests once whole and once per shard, each in its own process, and check
+    that every test is in exactly one shard."""
+    import os
+    import re
+
+    base = [f"--sm-dir={os.path.abspath(args.dir)}", *args.pytest_args]
+    full = _collect_apart(["--sm-shard=off", *base], "the tests without sharding")
+    if full is None:
+        return 1
+    shards: list[list[str]] = []
+    for i in range(1, args.total + 1):
+        got = _collect_apart([f"--sm-shard={i}/{args.total}", *base], f"shard {i}/{args.total}")
+        if got is None:
+            return 1
+        tests, line = got
+        shards.append(tests)
+        digest = re.search(r" plan ([0-9a-f]{12})", line)
+        plan = f"plan {digest.group(1)}" if digest else "no plan line"
+        print(f"shard {i}/{args.total}: {len(tests)} of {len(full[0])} tests ({plan})")
+    from .shard import tally
+
+    result = tally(full[0], shards)
+    if result.ok:
+        print(
+            f"the {args.total} shards add up: each of the {len(full[0])} tests is in exactly "
+            "one shard"
+        )
+        return 0
+    for test in result.missing:
+        print(f"missing: {test}")
+    for test, where in result.duplicated:
+        print(f"duplicated (shards {', '.join(map(str, where))}): {test}")
+    for test in result.unknown:
+        print(f"not in the full collection: {test}")
+    print(
+        f"statemigrate shard --check: the {args.total} shards do not add up: "
+        f"{len(result.missing)} tests in no shard, {len(result.duplicated)} in two or more, "
+        f"{len(result.unknown)} not in the full collection (test ids that differ between "
+        "processes? see docs/sharding.md)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _shard(args: argparse.Namespace) -> int:
@@ -286,6 +383,8 @@ def _shard(args: argparse.Namespace) -> int:
     if args.total < 1:
         print("statemigrate shard: N must be >= 1", file=sys.stderr)
         return 2
+    if args.check:
+        return _check(args)
     collected = _Collected()
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -446,6 +545,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     shard.add_argument("total", type=int, metavar="N", help="number of shards")
     shard.add_argument("--tests", action="store_true", help="list each shard's tests")
+    shard.add_argument(
+        "--check",
+        action="store_true",
+        help="collect the tests whole and as each of the N shards would, each in a fresh "
+        "process, and check that every test is in exactly one shard (exit status 1 and the "
+        "tests that are not, otherwise)",
+    )
     pytest_args: list[str] = []
     if argv[:1] == ["shard"] and "--" in argv:
         cut = argv.index("--")

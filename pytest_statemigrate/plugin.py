@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import threading
 from collections.abc import Generator
 from pathlib import Path
@@ -18,10 +19,14 @@ SESSION = "statemigrate-session"
 FIXTURE_HOOKS = "statemigrate-fixtures"
 WORKER_KEY = "statemigrate_agent"
 CLOSURES_KEY = "statemigrate_closures"  # where workers leave closures for --dist statemigrate
+SHARD = "statemigrate-shard"  # the _Sharding object of a run that shards
+SHARD_LINE_KEY = "statemigrate_shard_line"  # where an xdist worker leaves its shard's line
+COMMAND_LINE = "statemigrate-command-line"  # the parser, to read the command line alone
 
 
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.register(_DistChoice(parser), "statemigrate-dist-choice")
+    pluginmanager.register(_CommandLine(parser), COMMAND_LINE)
     group = parser.getgroup("statemigrate", "pytest-statemigrate: managed fixture state")
     group.addoption(
         "--sm-fixtures",
@@ -109,7 +114,8 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
         default=None,
         metavar="I/N",
         help="run shard I of N (1-based), chosen by state affinity and duration; auto (the "
-        "default: from the CI system's variables when something is managed) or off",
+        "default: from the CI system's variables when something is managed and no other "
+        "splitter is active) or off",
     )
     for name, (text, kind) in st.INI.items():
         parser.addini(name, text, type=kind)  # type: ignore[arg-type]
@@ -161,9 +167,11 @@ def pytest_configure(config: pytest.Config) -> None:
     controller = workerinput is None and _distributing(config)
     if config.pluginmanager.hasplugin("xdist") and workerinput is None:
         config.pluginmanager.register(_XdistController(hooks), "statemigrate-xdist")
-    shard = _shard_spec(settings, hooks.active or settings.record)
+    shard, notice = _shard_spec(config, settings, hooks.active or settings.record)
     if shard is not None:
-        config.pluginmanager.register(_Sharding(config, settings, shard), "statemigrate-shard")
+        config.pluginmanager.register(_Sharding(config, settings, shard), SHARD)
+    elif notice:
+        config.pluginmanager.register(_ShardNotice(notice), "statemigrate-shard-notice")
     if controller:
         # xdist's controller runs no test: it only starts the agent its workers share.
         if hooks.active:
@@ -179,19 +187,69 @@ def pytest_configure(config: pytest.Config) -> None:
         _spec.on_first_use = hooks.activate
 
 
-def _shard_spec(settings: st.Settings, in_use: bool) -> Any:
+def _shard_spec(config: pytest.Config, settings: st.Settings, in_use: bool) -> tuple[Any, str]:
     """The shard this run is (``--sm-shard``, or a CI system's variables when the plugin is in
-    use: an installed plugin that manages nothing never splits a suite)."""
-    if settings.shard == "off" or (settings.shard == "auto" and not in_use):
-        return None
-    if settings.shard != "auto":
-        return settings.shard
-    from .shard import detect
+    use: an installed plugin that manages nothing never splits a suite), and the header line
+    that says why ``auto`` does not run the shard the variables name (another splitter).
 
+    :raises pytest.UsageError: bad variables, or ``--sm-shard=I/N`` beside a splitter plugin.
+    """
+    if settings.shard == "off" or (settings.shard == "auto" and not in_use):
+        return None, ""
+    from . import shard as sh
+
+    options = vars(config.option)
+    if isinstance(settings.shard, sh.ShardSpec):
+        error = sh.clash(settings.shard, options)
+        if error is not None:
+            raise pytest.UsageError(error)
+        return settings.shard, ""
     try:
-        return detect(os.environ)
+        spec = sh.detect(os.environ)
     except ValueError as exc:
         raise pytest.UsageError(f"statemigrate: {exc}") from None
+    if spec is None:
+        return None, ""
+    command_line, paths = _command_line(config)
+    here = config.invocation_params.dir
+
+    def is_file(path: str) -> bool:
+        return (here / path.split("::", 1)[0]).is_file()
+
+    why = sh.not_sharding(spec, options, command_line, paths, os.environ, is_file)
+    return (None, why) if why is not None else (spec, "")
+
+
+class _CommandLine:
+    """Keeps the parser, to read what the command line (and ``PYTEST_ADDOPTS``) alone say:
+    ``config.option`` also holds the ini file's ``addopts``, the same on every shard."""
+
+    def __init__(self, parser: pytest.Parser) -> None:
+        self.parser = parser
+
+
+def _command_line(config: pytest.Config) -> tuple[dict[str, Any], list[str]]:
+    """The options and the test paths of this run's command line and ``PYTEST_ADDOPTS``
+    (which an xdist worker gets as its controller had them)."""
+    holder = config.pluginmanager.get_plugin(COMMAND_LINE)
+    if holder is None:  # cannot tell the ini file's addopts apart: count them too
+        return vars(config.option), [str(a) for a in config.args]
+    args = [
+        *shlex.split(os.environ.get("PYTEST_ADDOPTS", "")),
+        *map(str, config.invocation_params.args),
+    ]
+    namespace = holder.parser.parse_known_args(args)
+    return vars(namespace), [str(p) for p in getattr(namespace, "file_or_dir", None) or ()]
+
+
+class _ShardNotice:
+    """``auto`` found a shard in the CI variables and does not run it: the header says why."""
+
+    def __init__(self, line: str) -> None:
+        self.line = line
+
+    def pytest_report_header(self) -> list[str]:
+        return [self.line]
 
 
 def _affinity_by_default(config: pytest.Config, settings: st.Settings, hooks: _Hooks) -> bool:
@@ -220,13 +278,16 @@ def _distributing(config: pytest.Config) -> bool:
 
 
 class _Sharding:
-    """``--sm-shard``: keep this shard's tests of the plan every shard computes alike."""
+    """``--sm-shard``: keep this shard's tests of the plan every shard computes alike, and say
+    how many of how many tests it runs (under pytest-xdist: the first worker's line, which each
+    worker leaves in a file before it reports its collection)."""
 
     def __init__(self, config: pytest.Config, settings: st.Settings, spec: Any) -> None:
         self.config = config
         self.settings = settings
         self.spec = spec
         self.line = ""
+        self.notes: list[Path] = []  # the controller's: where the workers leave their line
         if spec.status_file:  # Bazel: this runner shards
             Path(spec.status_file).touch()
 
@@ -244,9 +305,40 @@ class _Sharding:
         if dropped:
             self.config.hook.pytest_deselected(items=dropped)
             items[:] = [item for item in items if item.nodeid in keep]
+        note = (getattr(self.config, "workerinput", None) or {}).get(SHARD_LINE_KEY)
+        if note:  # the controller shows it (an unwritable store only loses the line)
+            with contextlib.suppress(OSError):
+                Path(note).parent.mkdir(parents=True, exist_ok=True)
+                Path(note).write_text(self.line)
 
     def pytest_report_collectionfinish(self) -> str:
         return self.line
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        note = self.settings.store_dir / f"shard-{os.getpid()}-{node.gateway.id}.txt"
+        self.notes.append(note)
+        node.workerinput[SHARD_LINE_KEY] = str(note)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        note = node.workerinput.get(SHARD_LINE_KEY)
+        try:
+            line = Path(note).read_text() if note else ""
+            if note:
+                Path(note).unlink()
+        except OSError:  # a worker that could not write it: the line is lost, nothing else
+            return
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if line and not self.line and reporter is not None:
+            self.line = line
+            reporter.ensure_newline()
+            reporter.write_line(line)
+
+    def pytest_unconfigure(self) -> None:
+        for note in self.notes:  # those of workers that never reported a collection
+            with contextlib.suppress(OSError):
+                note.unlink(missing_ok=True)
 
 
 class _FixtureHooks:

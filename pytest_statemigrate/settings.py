@@ -334,7 +334,7 @@ INI: Final[Mapping[str, tuple[str, str]]] = {
     ),
     "statemigrate_shard": (
         "run one CI shard: I/N, auto (default: from Bazel's, GitLab's or CircleCI's variables "
-        "when something is managed) or off",
+        "when something is managed and no other splitter is active) or off",
         "string",
     ),
     "statemigrate_affinity": (

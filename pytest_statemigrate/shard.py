@@ -449,6 +449,161 @@ def detect(env: Mapping[str, str]) -> ShardSpec | None:
     return None
 
 
+# --------------------------------------------------------------------------- other splitters
+#
+# A shard plan splits the tests this process collected. Where something else has split or
+# selected them already, differently on each shard, shard i's plan is made over other tests
+# than shard j's, and a test one shard leaves to another may not be in that other's
+# collection at all: it runs nowhere, and every shard is green (issue 13: pytest-split's
+# --splits 2 --group N beside GitLab's CI_NODE_INDEX ran 1 + 5 of 11 tests). So ``auto`` does
+# not shard beside another splitter, and an explicit ``--sm-shard`` beside a splitter plugin
+# is a usage error (the plugins below say for sure that they split; the selections may be the
+# same on every shard, which the user can promise with ``--sm-shard=I/N``).
+
+
+@dataclass(frozen=True)
+class Splitter:
+    """A plugin that splits a suite itself, known by the options it adds (their ``dest`` in
+    ``config.option``, the part of a plugin that stays put between its versions)."""
+
+    plugin: str
+    flags: str  # its options, as the user writes them
+    total: str  # the dest of its number of parts, or of its on/off flag
+    part: str | None = None  # the dest naming this process's part, where it needs one
+
+    def active(self, options: Mapping[str, Any]) -> bool:
+        """It splits this run: its flag is on, or it is given more than one part (and, where
+        it needs one, this run's part)."""
+        total = options.get(self.total)
+        if isinstance(total, bool):
+            return total
+        if not isinstance(total, int) or total < 2:
+            return False
+        return self.part is None or options.get(self.part) is not None
+
+    @property
+    def owner(self) -> str:
+        """``"pytest-split's"``, ``"pytest-test-groups'"``."""
+        return f"{self.plugin}'" if self.plugin.endswith("s") else f"{self.plugin}'s"
+
+    @property
+    def named(self) -> str:
+        """``"pytest-split's --splits/--group"``."""
+        return f"{self.owner} {self.flags}"
+
+
+#: The splitter plugins (options not registered, as when a plugin is not installed, read None).
+SPLITTERS: Final = (
+    Splitter("pytest-split", "--splits/--group", "splits", "group"),
+    Splitter("pytest-shard", "--shard-id/--num-shards", "num_shards"),  # --shard-id: 0 default
+    Splitter(
+        "pytest-test-groups", "--test-group-count/--test-group", "test-group-count", "test-group"
+    ),
+    # runs `circleci tests split` itself and deselects the rest
+    Splitter("pytest-circleci-parallelized", "--circleci-parallelize", "circleci_parallelize"),
+)
+
+#: Options that choose tests, as (dest, flag). Outside the ini file (the same on every shard:
+#: one checkout) a splitter may set them differently on each shard; --lf and --sw read each
+#: machine's own cache.
+SELECTING: Final = (
+    ("keyword", "-k"),
+    ("markexpr", "-m"),
+    ("deselect", "--deselect"),
+    ("lf", "--lf"),
+    ("stepwise", "--sw"),
+    ("stepwise_skip", "--sw-skip"),
+)
+
+
+def splitter_of(options: Mapping[str, Any]) -> Splitter | None:
+    """The splitter plugin that splits this run (``vars(config.option)``), if any."""
+    return next((s for s in SPLITTERS if s.active(options)), None)
+
+
+def clash(spec: ShardSpec, options: Mapping[str, Any]) -> str | None:
+    """The one-line usage error for an explicit ``--sm-shard`` beside a splitter plugin."""
+    other = splitter_of(options)
+    if other is None:
+        return None
+    return (
+        f"statemigrate: --sm-shard={spec.shown} and {other.named} both split the tests, so a "
+        f"test one keeps the other may drop: use one of them (--sm-shard=off keeps "
+        f"{other.owner} split)"
+    )
+
+
+def not_sharding(
+    spec: ShardSpec,
+    options: Mapping[str, Any],
+    command_line: Mapping[str, Any],
+    paths: Sequence[str],
+    env: Mapping[str, str],
+    is_file: Callable[[str], bool],
+) -> str | None:
+    """Why ``auto`` does not run the shard ``spec`` the CI variables name, as one header line;
+    None when nothing else splits or selects this run's tests.
+
+    :param options: every option of the run (``vars(config.option)``): a splitter plugin.
+    :param command_line: the options of the command line and ``PYTEST_ADDOPTS`` alone,
+        without the ini file's ``addopts``: a selection that may differ between shards.
+    :param paths: the test paths of the command line and ``PYTEST_ADDOPTS``.
+    :param is_file: whether a path (a node id's file part) names a file.
+    """
+    head = f"statemigrate: not sharding ({spec.source} name shard {spec.shown})"
+    other = splitter_of(options)
+    if other is not None:
+        return (
+            f"{head}: {other.named} splits the tests already; to shard by state affinity "
+            f"instead, drop {other.flags}"
+        )
+    promise = "with the same selection on every shard, pass --sm-shard=I/N to shard it"
+    for dest, flag in SELECTING:
+        if command_line.get(dest):
+            return (
+                f"{head}: {flag} outside the ini file may select other tests on each shard; "
+                f"{promise}"
+            )
+    ids = [p for p in paths if "::" in p]
+    if ids:
+        more = ", ..." if len(ids) > 1 else ""
+        return f"{head}: the command line names test ids ({ids[0]}{more}); {promise}"
+    if env.get("CIRCLECI") and any(is_file(p) for p in paths):
+        return (
+            f"{head}: CircleCI's test splitting gives each node its own test files (CIRCLECI "
+            "is set and the command line names test files); to shard by state affinity "
+            "instead, give every node the same paths"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class Tally:
+    """How a set of shards' selections covers the full collection."""
+
+    missing: tuple[str, ...]  # in the full collection, in no shard
+    duplicated: tuple[tuple[str, tuple[int, ...]], ...]  # in two or more shards (1-based)
+    unknown: tuple[str, ...]  # in a shard, not in the full collection
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.duplicated or self.unknown)
+
+
+def tally(full: Sequence[str], shards: Sequence[Sequence[str]]) -> Tally:
+    """Check that every test of ``full`` is in exactly one of ``shards`` (node ids each)."""
+    where: defaultdict[str, list[int]] = defaultdict(list)
+    for i, tests in enumerate(shards, 1):
+        for test in dict.fromkeys(tests):
+            where[test].append(i)
+    known = set(full)
+    return Tally(
+        tuple(t for t in dict.fromkeys(full) if t not in where),
+        tuple((t, tuple(s)) for t, s in where.items() if len(s) > 1),
+        tuple(t for t in where if t not in known),
+    )
+
+
 def workload_of(
     footprints: Mapping[str, Sequence[str]],
     durations: Mapping[str, float],

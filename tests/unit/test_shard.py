@@ -313,3 +313,128 @@ def test_a_short_run_gets_two_units_per_worker() -> None:
     assert len(shard.units(tests, warm, workers=2).parts) == 4
     cold = Workload(needs, dict.fromkeys(tests, 0.005), {f"k{m}": 3.0 for m in range(4)})
     assert len(shard.units(tests, cold, workers=2).parts) == 8
+
+
+# --------------------------------------------------------------------------- other splitters
+
+GITLAB = shard.ShardSpec(0, 2, "CI_NODE_INDEX/CI_NODE_TOTAL")
+
+#: config.option of a run with every splitter plugin installed and none of them splitting.
+IDLE = {
+    "splits": None,
+    "group": None,
+    "shard_id": 0,
+    "num_shards": 1,
+    "test-group-count": None,
+    "test-group": None,
+    "circleci_parallelize": False,
+    "keyword": "",
+    "markexpr": "",
+    "deselect": None,
+}
+
+
+def _why(
+    options: dict[str, object] | None = None,
+    command_line: dict[str, object] | None = None,
+    paths: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> str | None:
+    return shard.not_sharding(
+        GITLAB,
+        {**IDLE, **(options or {})},
+        {**IDLE, **(command_line or {})},
+        paths,
+        env or {},
+        lambda path: path.endswith(".py"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"splits": 2, "group": 1}, "pytest-split's --splits/--group"),
+        ({"num_shards": 3}, "pytest-shard's --shard-id/--num-shards"),
+        ({"num_shards": 2, "shard_id": 1}, "pytest-shard's --shard-id/--num-shards"),
+        (
+            {"test-group-count": 2, "test-group": 2},
+            "pytest-test-groups' --test-group-count/--test-group",
+        ),
+        ({"circleci_parallelize": True}, "pytest-circleci-parallelized's --circleci-parallelize"),
+    ],
+)
+def test_each_splitter_plugin_is_named_by_its_options(
+    options: dict[str, object], named: str
+) -> None:
+    why = _why(options)
+    assert why == (
+        f"statemigrate: not sharding (CI_NODE_INDEX/CI_NODE_TOTAL name shard 1/2): {named} "
+        f"splits the tests already; to shard by state affinity instead, drop {named.split()[1]}"
+    )
+    error = shard.clash(GITLAB, {**IDLE, **options})
+    assert error is not None and error.startswith(f"statemigrate: --sm-shard=1/2 and {named} ")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},  # installed, not splitting
+        {"splits": 1, "group": 1},  # one group: everything
+        {"splits": 2},  # no group: pytest-split stops the run itself
+        {"test-group-count": 2},  # no group: pytest-test-groups does nothing
+        {"num_shards": 1, "shard_id": 0},
+    ],
+)
+def test_a_splitter_that_does_not_split_is_no_splitter(options: dict[str, object]) -> None:
+    assert _why(options) is None
+    assert shard.clash(GITLAB, {**IDLE, **options}) is None
+    assert shard.splitter_of({}) is None  # none installed: no options at all
+
+
+@pytest.mark.parametrize(
+    ("command_line", "paths", "shown"),
+    [
+        ({"keyword": "slow"}, (), "-k outside the ini file"),
+        ({"markexpr": "not gpu"}, (), "-m outside the ini file"),
+        ({"deselect": ["t.py::test_a"]}, (), "--deselect outside the ini file"),
+        ({"lf": True}, (), "--lf outside the ini file"),
+        ({"stepwise": True}, (), "--sw outside the ini file"),
+        ({}, ("tests", "t.py::test_a", "t.py::test_b"), "test ids (t.py::test_a, ...)"),
+    ],
+)
+def test_a_selection_on_the_command_line_is_not_sharded(
+    command_line: dict[str, object], paths: tuple[str, ...], shown: str
+) -> None:
+    why = _why(command_line=command_line, paths=paths)
+    assert why is not None and shown in why and "pass --sm-shard=I/N" in why
+    # The same options from the ini file's addopts (in options only) are the same everywhere.
+    assert _why(options=command_line) is None
+
+
+def test_circleci_splitting_is_file_arguments_under_circleci() -> None:
+    circle = {"CIRCLECI": "true"}
+    why = _why(paths=("tests/test_a.py", "tests/test_b.py"), env=circle)
+    assert why is not None and "CircleCI's test splitting" in why
+    assert _why(paths=("tests",), env=circle) is None  # the same directory on every node
+    assert _why(paths=(), env=circle) is None  # testpaths from the ini file
+    assert _why(paths=("tests/test_a.py",)) is None  # file arguments elsewhere: the same
+
+
+def test_tally_names_what_is_missing_duplicated_or_unknown() -> None:
+    full = ["a", "b", "c", "d"]
+    assert shard.tally(full, [["a", "c"], ["d", "b"]]).ok
+    result = shard.tally(full, [["a", "b"], ["b", "x"], []])
+    assert not result.ok
+    assert result.missing == ("c", "d")
+    assert result.duplicated == (("b", (1, 2)),)
+    assert result.unknown == ("x",)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 40), st.integers(1, 6), st.integers(0, 2**16))
+def test_every_plan_tallies(size: int, n: int, seed: int) -> None:
+    rng = random.Random(seed)
+    tests = [f"t.py::test_{i}" for i in range(size)]
+    needs = {t: [f"k{rng.randrange(5)}"] for t in tests if rng.random() < 0.7}
+    plan = shard.split(tests, Workload(needs, {}, {f"k{i}": 1.0 for i in range(5)}), n)
+    assert shard.tally(tests, [p.tests for p in plan.parts]).ok

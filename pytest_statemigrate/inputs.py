@@ -305,6 +305,7 @@ class _Reads:
             or not isinstance(name, str)
             or name in sink
             or "*" in sink  # (iterating reads each value too: the whole is noted already)
+            or _importing()
         ):
             return
         cls.busy = True
@@ -319,6 +320,18 @@ class _Reads:
                 sink[name] = value_digest(value)
         finally:
             cls.busy = False
+
+
+def _importing() -> bool:
+    """A module is being imported on this thread (its import-time reads configure the library,
+    which a hit's unpickling imports again, with this run's environment: networkx scans every
+    ``NETWORKX_*`` variable so)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
 
 
 class _ReadEnviron(os._Environ[str]):

@@ -311,3 +311,35 @@ def test_environ_class_outside_builds(value):
     )
     run = suite.same_as_plain()
     assert set(run.outcomes.values()) == {"passed"}
+
+
+def test_a_library_scanning_the_environment_as_it_is_imported_is_not_an_input(
+    suite: Suite,
+) -> None:
+    """networkx reads every NETWORKX_* variable when imported: a fixture that imports it first
+    would otherwise depend on the whole environment (and never be served in CI)."""
+    suite.pytester.makeini("[pytest]\nstatemigrate_fixtures = scanned\n")
+    suite.pytester.makepyfile(
+        envscan="import os\nCONFIG = {k: v for k, v in os.environ.items() if k.startswith('X_')}\n"
+    )
+    suite.pytester.makeconftest(
+        VALUES
+        + """
+import time
+import pytest
+
+@pytest.fixture(scope="session")
+def scanned():
+    time.sleep(0.05)
+    import envscan
+    return sorted(envscan.CONFIG)
+
+@pytest.fixture(autouse=True)
+def _record(request, scanned):
+    request.config._seen = {"scanned": scanned}
+"""
+    )
+    suite.pytester.makepyfile("def test_s(scanned): pass\n")
+    _same_values(suite)
+    run = _same_values(suite)  # (SM_VALUES, SM_OUTCOMES differ from run to run)
+    assert run.stats["hits_total"] == 1, run.text

@@ -119,6 +119,28 @@ def test_corrupt_entries_are_rebuilt(suite: Suite, damage: str) -> None:
     assert suite.builds() == [], again.text
 
 
+@pytest.mark.parametrize("xdist", [False, True], ids=["in-process", "agent"])
+def test_a_corrupt_disk_database_is_moved_aside(suite: Suite, xdist: bool) -> None:
+    """A disk tier whose cache.db is not a database: moved aside, by the plugin's own reader
+    (one process) or by the agent (-n 2), and the values are stored again in that run."""
+    _project(suite)
+    args = ("-n", "2") if xdist else ()
+    suite.run(*args)  # cold: stores the values
+    store = suite.pytester.path / ".statemigrate"
+    garbage = b"this is not a database" * 100
+    (store / "agent-disk" / "cache.db").write_bytes(garbage)
+    (suite.pytester.path / "builds.log").unlink()
+    run = suite.same_as_plain(*args)
+    assert "Traceback" not in run.text, run.text
+    assert (store / "agent-disk" / "cache.bad" / "cache.db").read_bytes() == garbage
+    if xdist:  # the agent says so on its stderr, in one line
+        log = (store / "agent.log").read_text()
+        assert log.count("cache.db is not a readable database") == 1, log
+    (suite.pytester.path / "builds.log").unlink()
+    again = suite.run(*args)
+    assert suite.builds() == [], again.text
+
+
 def test_unknown_secret_is_not_trusted(suite: Suite) -> None:
     _project(suite)
     suite.run()

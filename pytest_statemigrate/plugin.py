@@ -328,11 +328,24 @@ class _Hooks:
         self._session: Any = None
         self.header = ""  # a line for pytest's header, when the plugin chose xdist's mode
         self._recorded: bool | None = None  # the ESG records managed values (see expected)
+        #: Why this run is unmanaged though something is selected (its store directory
+        #: cannot be made), for the summary; checked when something is first selected.
+        self.trouble: str | None = None
+        self._checked = False
 
     @property
     def active(self) -> bool:
-        """Anything selected (``@state`` may be applied while pytest collects)."""
-        return bool(self.settings.patterns) or _spec.decorated_count > 0
+        """Anything selected (``@state`` may be applied while pytest collects), and a store
+        directory to keep it in."""
+        selected = bool(self.settings.patterns) or _spec.decorated_count > 0
+        return selected and self.usable()
+
+    def usable(self) -> bool:
+        """The store directory exists or was made now (once per run; see :attr:`trouble`)."""
+        if not self._checked:
+            self._checked = True
+            self.trouble = st.store_dir_trouble(self.settings)
+        return self.trouble is None
 
     @property
     def expected(self) -> bool:
@@ -358,8 +371,10 @@ class _Hooks:
         return self._session
 
     def activate(self) -> None:
-        """Register the per-fixture hooks (once)."""
+        """Register the per-fixture hooks (once), unless the store directory cannot be made."""
         _spec.on_first_use = None
+        if not self.usable():
+            return
         manager = self.config.pluginmanager
         if manager.get_plugin(FIXTURE_HOOKS) is None:
             manager.register(_FixtureHooks(self), FIXTURE_HOOKS)
@@ -382,9 +397,17 @@ class _Hooks:
         from .report import RunStats
 
         stats = self._session.stats if self._session is not None else RunStats()
+        if self.trouble is not None:
+            stats.fallback(self.trouble)
         path = self.settings.stats_json
         if path is not None and getattr(self.config, "workerinput", None) is None:
-            stats.write_json(path)
+            try:
+                stats.write_json(path)
+            except OSError as exc:
+                stats.fallback(
+                    f"--sm-stats-json={path}: cannot write it ({exc.strerror or exc}); name a "
+                    "file in a directory that can be made"
+                )
         if stats.is_empty():
             return
         terminalreporter.write_sep("-", "statemigrate")

@@ -155,7 +155,11 @@ class RunStats:
         return not (self.managed or self.refused or self.fallbacks)
 
     def lines(self) -> list[str]:
-        """The terminal summary, one fact a line; refusals grouped by reason."""
+        """The terminal summary, one fact a line; refusals grouped by reason. A run that
+        managed, refused and built nothing (its store could not be used) has only the lines
+        saying why: no counters of zeros."""
+        if not (self.managed or self.refused or self.builds or self.hits or self.stale):
+            return self._fallback_lines()
         hits = sum(self.hits.values())
         by_tier = ", ".join(f"{tier} {n}" for tier, n in sorted(self.hits.items()))
         managed = self._labels(self.managed)
@@ -186,9 +190,13 @@ class RunStats:
             f"built {names} in-process: {why}"
             for why, names, _ in self._grouped(self.built_instead)
         ]
-        for message, count in self.fallbacks.items():
-            out.append(f"fallback: {message}" + (f" (x{count})" if count > 1 else ""))
-        return out
+        return out + self._fallback_lines()
+
+    def _fallback_lines(self) -> list[str]:
+        return [
+            f"fallback: {message}" + (f" (x{count})" if count > 1 else "")
+            for message, count in self.fallbacks.items()
+        ]
 
     def _grouped(self, reasons: Mapping[str, str]) -> list[tuple[str, str, int]]:
         """(reason, "a, b, c and 4 more", count) for each distinct reason, by reason."""

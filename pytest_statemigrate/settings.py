@@ -135,6 +135,8 @@ class Settings:
     curve: ClientKeys | None = None
     #: ``-n N`` without ``--dist`` means ``--dist statemigrate`` while something is managed
     affinity: bool = True
+    #: where ``store_dir`` was set, as the user wrote it (for messages about it)
+    store_dir_source: str = ""
 
     @property
     def agents(self) -> tuple[str, ...]:
@@ -184,6 +186,12 @@ def build(
     store_dir = Path(option("sm_dir") or ini_or_default("dir", str))
     if not store_dir.is_absolute():
         store_dir = rootdir / store_dir
+    if option("sm_dir"):
+        store_dir_source = f"--sm-dir={option('sm_dir')}"
+    elif (ini("statemigrate_dir") or "").strip():
+        store_dir_source = f"statemigrate_dir = {ini('statemigrate_dir').strip()}"
+    else:
+        store_dir_source = f"the store directory {store_dir} (--sm-dir, statemigrate_dir)"
     store = (ini("statemigrate_store") or "").strip() or None
     if store is not None:
         from nodeagent.storeurl import check_location
@@ -218,7 +226,24 @@ def build(
         shard=option("sm_shard") or ini_or_default("shard", parse_shard),
         curve=curve,
         affinity=ini_or_default("affinity", _choice(SWITCHES)) == "on",
+        store_dir_source=store_dir_source,
     )
+
+
+def store_dir_trouble(settings: Settings) -> str | None:
+    """Make the store directory (it holds the secret, the disk tier and the ESG); when it
+    cannot be made, one line naming where it was set and the fix, for the summary: the run
+    is then unmanaged, as plain pytest would run it (rejected: a usage error, which would
+    stop a suite over a cache). None when it exists or was made now."""
+    try:
+        settings.store_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        source = settings.store_dir_source or str(settings.store_dir)
+        return (
+            f"{source}: cannot create it ({exc.strerror or exc}); name a directory that can "
+            "be made: fixtures run unmanaged"
+        )
+    return None
 
 
 def _agents_and_keys(

@@ -23,6 +23,14 @@ def test_empty_run_says_nothing() -> None:
     assert RunStats().is_empty()
 
 
+def test_a_run_that_managed_nothing_says_only_its_trouble() -> None:
+    stats = RunStats()
+    stats.fallback("--sm-dir=/x: cannot create it (Permission denied); fixtures run unmanaged")
+    assert stats.lines() == [
+        "fallback: --sm-dir=/x: cannot create it (Permission denied); fixtures run unmanaged"
+    ]
+
+
 def test_labels_tell_fixtures_of_one_name_apart() -> None:
     stats = RunStats()
     for ident in (

@@ -100,6 +100,28 @@ def test_a_store_directory_or_known_url_is_kept() -> None:
     assert build({"statemigrate_store": "memory://shared"}).store == "memory://shared"
 
 
+@pytest.mark.parametrize(
+    ("options", "ini", "named"),
+    [
+        ({"sm_dir": "taken"}, {}, "--sm-dir=taken"),
+        ({}, {"statemigrate_dir": " taken "}, "statemigrate_dir = taken"),
+        ({}, {}, "the store directory {root}/.statemigrate (--sm-dir, statemigrate_dir)"),
+    ],
+)
+def test_a_store_directory_that_cannot_be_made_is_one_line_naming_where_it_was_set(
+    tmp_path: Path, options: dict[str, str], ini: dict[str, str], named: str
+) -> None:
+    (tmp_path / "taken").write_text("a file, not a directory")
+    (tmp_path / ".statemigrate").write_text("a file, not a directory")
+    s = build_at(tmp_path, ini, **options)
+    line = st.store_dir_trouble(s)
+    assert line is not None and "\n" not in line
+    assert line.startswith(named.format(root=tmp_path) + ": cannot create it (File exists); ")
+    assert line.endswith("name a directory that can be made: fixtures run unmanaged")
+    assert st.store_dir_trouble(build_at(tmp_path, {}, sm_dir="fine/below")) is None
+    assert (tmp_path / "fine" / "below").is_dir()
+
+
 def test_prefetch_settings() -> None:
     s = build({})
     assert (s.prefetch, s.eviction, s.lookahead_tests, s.lookahead_bytes, s.plan_json) == (

@@ -332,6 +332,12 @@ class _Hooks:
         #: cannot be made), for the summary; checked when something is first selected.
         self.trouble: str | None = None
         self._checked = False
+        #: Lines about the configuration for the summary (``--sm-fixtures`` selecting
+        #: nothing); an xdist controller gets them from its workers, which collect.
+        self.notes: list[str] = []
+        note = st.patterns_note(settings)  # an empty --sm-fixtures needs no collection
+        if note is not None:
+            self.notes.append(note)
 
     @property
     def active(self) -> bool:
@@ -382,11 +388,20 @@ class _Hooks:
     def pytest_report_header(self) -> list[str]:
         return [self.header] if self.header else []
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if self.settings.option_patterns:  # --sm-fixtures: did each pattern match?
+            used = {n for item in session.items for n in getattr(item, "fixturenames", ())}
+            note = st.patterns_note(self.settings, used)
+            if note is not None and note not in self.notes:
+                self.notes.append(note)
+
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        workeroutput = getattr(self.config, "workeroutput", None)
+        if workeroutput is not None:
+            workeroutput["statemigrate_notes"] = list(self.notes)
         if self._session is None:
             return
         self._session.finish()
-        workeroutput = getattr(self.config, "workeroutput", None)
         if workeroutput is not None:
             workeroutput["statemigrate"] = self._session.stats.to_json()
             workeroutput["statemigrate_esg"] = self._session.esg.to_json()
@@ -399,6 +414,8 @@ class _Hooks:
         stats = self._session.stats if self._session is not None else RunStats()
         if self.trouble is not None:
             stats.fallback(self.trouble)
+        for line in self.notes:
+            stats.note(line)
         path = self.settings.stats_json
         if path is not None and getattr(self.config, "workerinput", None) is None:
             try:
@@ -495,6 +512,9 @@ class _XdistController:
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         output = getattr(node, "workeroutput", {})
+        for line in output.get("statemigrate_notes", ()):
+            if line not in self.hooks.notes:
+                self.hooks.notes.append(line)
         if output.get("statemigrate") is not None:
             self.hooks.session.merge_worker(output["statemigrate"], output.get("statemigrate_esg"))
 

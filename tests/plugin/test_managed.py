@@ -447,6 +447,45 @@ def test_a_stats_file_that_cannot_be_written_is_one_line(suite: Suite) -> None:
     assert run.result.ret == pytest.ExitCode.OK, run.text
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            ("--sm-fixtures=nomatch",),
+            "--sm-fixtures=nomatch matched no fixture the selected tests use; it replaces "
+            "statemigrate_fixtures (dataset, rows), whose fixtures run unmanaged",
+        ),
+        (
+            ("--sm-fixtures=nomatch", "-n", "2"),
+            "--sm-fixtures=nomatch matched no fixture the selected tests use; it replaces "
+            "statemigrate_fixtures (dataset, rows), whose fixtures run unmanaged",
+        ),
+        (
+            ("--sm-fixtures=",),
+            "--sm-fixtures is empty: it replaces statemigrate_fixtures (dataset, rows), whose "
+            "fixtures run unmanaged",
+        ),
+        (
+            ("--sm-fixtures=dataset,rowz",),
+            "--sm-fixtures=dataset,rowz: rowz matched no fixture the selected tests use",
+        ),
+    ],
+    ids=["nomatch", "nomatch-n2", "empty", "one-of-two"],
+)
+def test_a_fixtures_option_that_selects_nothing_says_so(
+    suite: Suite, args: tuple[str, ...], says: str
+) -> None:
+    _project(suite)
+    run = suite.same_as_plain(*args)
+    run.result.stdout.fnmatch_lines([says])
+    assert run.text.count("matched no fixture") + run.text.count("is empty") == 1, run.text
+    assert run.stats is not None and says in run.stats["notes"]
+    # Patterns that all match say nothing, nor does the ini list alone.
+    for quiet in (("--sm-fixtures=dataset,r*",), ()):
+        run = suite.run(*quiet, *args[1:])
+        assert "matched no fixture" not in run.text and "is empty" not in run.text, run.text
+
+
 def test_unreachable_agent_falls_back(suite: Suite) -> None:
     _project(suite, ini="statemigrate_fixtures = dataset\nstatemigrate_timeout = 1\n")
     missing = suite.pytester.path / "nowhere.sock"

@@ -31,6 +31,16 @@ def test_a_run_that_managed_nothing_says_only_its_trouble() -> None:
     ]
 
 
+def test_notes_are_said_once_across_workers() -> None:
+    line = "--sm-fixtures=nomatch matched no fixture the selected tests use"
+    a, b = RunStats(), RunStats()
+    a.note(line)
+    b.note(line)
+    a.note(line)
+    a.merge(RunStats.from_json(b.to_json()))
+    assert not a.is_empty() and a.lines() == [line] and a.to_json()["notes"] == [line]
+
+
 def test_labels_tell_fixtures_of_one_name_apart() -> None:
     stats = RunStats()
     for ident in (

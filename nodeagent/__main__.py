@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"nodeagent: error: {exc}", file=sys.stderr, flush=True)
             return 2
     disk = None if args.no_disk else DiskTier(args.disk_dir, args.disk_bytes)
+    if disk is not None and disk.notice:  # its database was not one: moved aside, one line
+        logging.getLogger("nodeagent").warning("%s", disk.notice)
     tiers = TieredStore(RamTier(args.ram_bytes), disk, store)
     server = AgentServer(
         args.bind,

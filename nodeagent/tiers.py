@@ -21,16 +21,21 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import hashlib
 import io
 import os
+import re
 import secrets
+import shutil
+import sqlite3
 import struct
 import tempfile
 import threading
 import time
+import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Final, Protocol
@@ -41,6 +46,7 @@ import msgpack
 from nodeagent.storeurl import is_url, open_fs
 
 __all__ = [
+    "DISK_ASIDE",
     "DiskTier",
     "Entry",
     "RamTier",
@@ -343,6 +349,91 @@ def _open_cache(directory: str, **settings: Any) -> diskcache.Cache:
     return diskcache.Cache(directory, disk=_BytesOnlyDisk, **settings)
 
 
+#: Where a disk tier whose database is not one goes: a folder in the tier's directory, with
+#: the database and the files of its entries (``esg.py`` moves a bad ESG file aside the same
+#: way). Deleting it loses nothing the new database knows.
+DISK_ASIDE: Final = "cache.bad"
+_DB: Final = "cache.db"  # diskcache's database file; its journal adds -wal and -shm
+#: diskcache's entry files live in two levels of two-hex-digit folders (``ab/cd/....val``).
+_ENTRY_DIR: Final = re.compile(r"[0-9a-f]{2}")
+
+
+def _try_open(directory: str, settings: Mapping[str, Any]) -> diskcache.Cache | str:
+    """The cache, or why its database is not one (SQLite's "file is not a database",
+    "database disk image is malformed"). Locked, unreadable or full is not the file's
+    fault: those errors go to the caller, and nothing is moved.
+
+    diskcache connects before it fails; the connection of the half-built cache is dropped
+    here, with its ResourceWarning silenced (Python 3.13 warns on unclosed connections, and a
+    warning left for later surfaces inside a test of a suite that runs with warnings as
+    errors)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        try:
+            return _open_cache(directory, **settings)
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            reason = str(exc)
+        gc.collect()  # (the connection sits in a thread-local: a cycle)
+    return reason
+
+
+@contextlib.contextmanager
+def _repair_lock(directory: str) -> Iterator[None]:
+    """Held while a process checks a damaged database again and moves it aside: another
+    process that found it damaged too then opens the new one instead of moving it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock, the race is left open
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)  # the directory itself: no lock file left in it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
+
+
+def _move_cache_aside(directory: str) -> str:
+    """Move the database, its journal and its entries' folders to :data:`DISK_ASIDE` (an
+    older one is replaced, as a second bad ESG file replaces the first); its path."""
+    aside = os.path.join(directory, DISK_ASIDE)
+    shutil.rmtree(aside, ignore_errors=True)
+    os.mkdir(aside)
+    for name in sorted(os.listdir(directory)):
+        source = os.path.join(directory, name)
+        if name in (_DB, f"{_DB}-wal", f"{_DB}-shm") or (
+            _ENTRY_DIR.fullmatch(name) and os.path.isdir(source)
+        ):
+            os.replace(source, os.path.join(aside, name))
+    return aside
+
+
+def _open_or_move_aside(directory: str, **settings: Any) -> tuple[diskcache.Cache, str | None]:
+    """Open the diskcache in ``directory``; when its database is not one, move it aside with
+    its entries and start an empty one. Returns the cache and a one-line notice of the move
+    (None when there was none)."""
+    cache = _try_open(directory, settings)
+    if not isinstance(cache, str):
+        return cache, None
+    with _repair_lock(directory):
+        cache = _try_open(directory, settings)  # another process may have moved it meanwhile
+        if not isinstance(cache, str):
+            return cache, None
+        reason = cache
+        aside = _move_cache_aside(directory)
+        cache = _try_open(directory, settings)
+    if isinstance(cache, str):  # a new, empty file that is not a database: not ours to fix
+        raise sqlite3.DatabaseError(f"{directory}: {cache}")
+    notice = (
+        f"disk tier {directory}: {_DB} is not a readable database ({reason}); moved it with "
+        f"its entries' files to {aside} and started a new one"
+    )
+    return cache, notice
+
+
 def write_raw_disk_value(directory: str, key: str, raw: bytes) -> None:
     """Store ``raw`` as the disk tier value of ``key`` in ``directory``, bypassing the framing.
 
@@ -356,7 +447,13 @@ def write_raw_disk_value(directory: str, key: str, raw: bytes) -> None:
 
 
 class DiskTier:
-    """T2: a diskcache directory with an explicit size limit and LRU eviction."""
+    """T2: a diskcache directory with an explicit size limit and LRU eviction.
+
+    A directory whose database is not one (overwritten, truncated to garbage) is not an
+    error: its database and entries are moved to :data:`DISK_ASIDE` in the directory, an
+    empty tier starts, and :attr:`notice` says so in one line (the agent logs it; STATS
+    shows it). A locked or unreadable database still raises ``sqlite3.OperationalError``.
+    """
 
     name: Final = "disk"
 
@@ -365,7 +462,7 @@ class DiskTier:
         self.directory = directory
         self.size_limit_bytes = size_limit_bytes
         # size_limit is always explicit: diskcache's default silently evicts beyond 1 GiB.
-        self._cache = _open_cache(
+        self._cache, self.notice = _open_or_move_aside(
             directory, size_limit=size_limit_bytes, eviction_policy="least-recently-used"
         )
         self.counters = _Counters()
@@ -437,6 +534,7 @@ class DiskTier:
             "bytes": int(self._cache.volume()),
             "limit": self.size_limit_bytes,
             "directory": self.directory,
+            **({"notice": self.notice} if self.notice else {}),
             **self.counters.as_dict(),
         }
 

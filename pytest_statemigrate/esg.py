@@ -26,7 +26,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Iterator, Mapping
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from itertools import chain, combinations
 from pathlib import Path
@@ -433,6 +433,25 @@ def _prepare(db: sqlite3.Connection) -> None:
         raise _Unusable(f"lacks the tables {', '.join(sorted(missing))}", "bad")
 
 
+@contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    """An exclusive lock on ``directory`` (flock on the directory itself, no lock file), held
+    while a process checks a bad store again and moves it aside: two processes that find it
+    bad at the same moment then move it once, and the second opens the first's new store. No
+    lock where flock is missing (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
+
+
 def _connect(path: str, uri: bool = False) -> sqlite3.Connection:
     # isolation_level=None: no implicit transactions; every one is an explicit _transaction.
     return sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, uri=uri)
@@ -492,8 +511,13 @@ class ESGStore:
     :data:`BUSY_TIMEOUT_S`); each session lands in one transaction and every query reads one
     snapshot, so no reader sees half a session. A file of an older schema is migrated; one this
     code cannot read (newer, damaged, not a database) is moved aside and a new store is started,
-    and :attr:`notice` says so in one line. Methods other than the constructor let
-    ``sqlite3.Error`` through (e.g. still locked after the busy timeout).
+    and :attr:`notice` says so in one line. The line outlives this object: it is left in a
+    file beside the store (``esg.sqlite.notice``), every later store of that path has it in
+    :attr:`notice` too, and the first :meth:`add_session` or :meth:`merge_from` drops it. (A
+    run's first open is a reader's, planning its prefetches or its xdist schedule, often in
+    another process than the controller that records the session and writes the summary;
+    rejected: keeping it in memory, which lost it there.) Methods other than the constructor
+    let ``sqlite3.Error`` through (e.g. still locked after the busy timeout).
 
     :param path: the file, e.g. ``.statemigrate/esg.sqlite``; its directory is created.
     :param history: how many sessions to keep (the newest by start time).
@@ -505,20 +529,55 @@ class ESGStore:
             raise ValueError(f"history must be at least 1, not {history}")
         self.path = path
         self.history = history
-        self.notice: str | None = None  # one line for the summary when the file was rebuilt
+        #: One line for the summary when the file was moved aside and rebuilt, by this
+        #: object or by an earlier one whose line no session has recorded since.
+        self.notice: str | None = None
+        self._notice_path = path.with_name(f"{path.name}.notice")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 self._db = self._open()
-            except _Unusable as exc:
-                aside = self._move_aside(exc.suffix)
-                self.notice = (
-                    f"the ESG store {path} {exc.reason}; "
-                    f"moved it to {aside.name} and started a new one"
-                )
-                self._db = self._open()
+            except _Unusable:
+                with _directory_lock(path.parent):
+                    self._db = self._open_or_move_aside()
         except (OSError, sqlite3.Error, _Unusable) as exc:
             raise ESGError(f"cannot open the ESG store {path}: {exc}") from None
+        self.notice = self.notice or self._left_notice()
+
+    def _open_or_move_aside(self) -> sqlite3.Connection:
+        """Under the directory's lock: open the file again (another process may have moved
+        it aside and started a new one since), and when it is still unusable, move it aside."""
+        try:
+            return self._open()
+        except _Unusable as exc:
+            aside = self._move_aside(exc.suffix)
+            self.notice = (
+                f"the ESG store {self.path} {exc.reason}; "
+                f"moved it to {aside.name} and started a new one"
+            )
+            self._leave_notice(self.notice)
+            return self._open()
+
+    def _leave_notice(self, notice: str) -> None:
+        """Keep the line for the run's later stores (best effort: this object has it)."""
+        tmp = self._notice_path.with_name(f"{self._notice_path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(notice + "\n")
+            os.replace(tmp, self._notice_path)
+        except OSError:
+            pass
+
+    def _left_notice(self) -> str | None:
+        try:
+            return self._notice_path.read_text().strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def _notice_said(self) -> None:
+        """A session was recorded: the run that recorded it has had the line to report."""
+        if self.notice is not None:
+            with suppress(OSError):
+                self._notice_path.unlink(missing_ok=True)
 
     def _open(self) -> sqlite3.Connection:
         db = _connect(str(self.path))
@@ -572,6 +631,11 @@ class ESGStore:
             generation: an element, or a set of two or more elements that one test used,
             appeared or disappeared.
         """
+        changed = self._add_session(record)
+        self._notice_said()
+        return changed
+
+    def _add_session(self, record: SessionRecord) -> bool:
         with _transaction(self._db, "IMMEDIATE") as db:
             if db.execute("SELECT 1 FROM sessions WHERE uid = ?", (record.id,)).fetchone():
                 return False
@@ -613,6 +677,7 @@ class ESGStore:
             for record in new:
                 self._insert(record)
             self._settle(before)
+        self._notice_said()
         return len(new)
 
     def _upsert_elements(self, rows: Iterable[tuple[Any, ...]]) -> None:

@@ -16,7 +16,6 @@ into plain data for :mod:`keys`. The rules (DESIGN.md, invariant 3, and docs/key
 from __future__ import annotations
 
 import ast
-import fnmatch
 import functools
 import inspect
 import os
@@ -30,6 +29,7 @@ from typing import Any, Final
 from ._spec import StateSpec, spec_of
 from .keys import Unkeyable, code_digest, param_token
 from .keys import digest as combine
+from .settings import name_matches
 from .trees import is_factory
 
 #: ``request`` attributes that cannot change a value beyond what the key holds already.
@@ -70,8 +70,7 @@ def is_selected(name: str, func: Any, patterns: Sequence[str]) -> bool:
         return True
     if getattr(func, "__name__", None) == "get_direct_param_fixture_func":
         return False
-    private = name.startswith("_")
-    if not any(fnmatch.fnmatchcase(name, p) for p in patterns if not private or p.startswith("_")):
+    if not name_matches(name, patterns):
         return False
     # The directories fixtures make with it are stored with their values.
     return not is_factory(name, unwrap(func))

@@ -420,11 +420,30 @@ class _Hooks:
         self._session: Any = None
         self.header = ""  # a line for pytest's header, when the plugin chose xdist's mode
         self._recorded: bool | None = None  # the ESG records managed values (see expected)
+        #: Why this run is unmanaged though something is selected (its store directory
+        #: cannot be made), for the summary; checked when something is first selected.
+        self.trouble: str | None = None
+        self._checked = False
+        #: Lines about the configuration for the summary (``--sm-fixtures`` selecting
+        #: nothing); an xdist controller gets them from its workers, which collect.
+        self.notes: list[str] = []
+        note = st.patterns_note(settings)  # an empty --sm-fixtures needs no collection
+        if note is not None:
+            self.notes.append(note)
 
     @property
     def active(self) -> bool:
-        """Anything selected (``@state`` may be applied while pytest collects)."""
-        return bool(self.settings.patterns) or _spec.decorated_count > 0
+        """Anything selected (``@state`` may be applied while pytest collects), and a store
+        directory to keep it in."""
+        selected = bool(self.settings.patterns) or _spec.decorated_count > 0
+        return selected and self.usable()
+
+    def usable(self) -> bool:
+        """The store directory exists or was made now (once per run; see :attr:`trouble`)."""
+        if not self._checked:
+            self._checked = True
+            self.trouble = st.store_dir_trouble(self.settings)
+        return self.trouble is None
 
     @property
     def expected(self) -> bool:
@@ -450,8 +469,10 @@ class _Hooks:
         return self._session
 
     def activate(self) -> None:
-        """Register the per-fixture hooks (once)."""
+        """Register the per-fixture hooks (once), unless the store directory cannot be made."""
         _spec.on_first_use = None
+        if not self.usable():
+            return
         manager = self.config.pluginmanager
         if manager.get_plugin(FIXTURE_HOOKS) is None:
             manager.register(_FixtureHooks(self), FIXTURE_HOOKS)
@@ -459,11 +480,20 @@ class _Hooks:
     def pytest_report_header(self) -> list[str]:
         return [self.header] if self.header else []
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if self.settings.option_patterns:  # --sm-fixtures: did each pattern match?
+            used = {n for item in session.items for n in getattr(item, "fixturenames", ())}
+            note = st.patterns_note(self.settings, used)
+            if note is not None and note not in self.notes:
+                self.notes.append(note)
+
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        workeroutput = getattr(self.config, "workeroutput", None)
+        if workeroutput is not None:
+            workeroutput["statemigrate_notes"] = list(self.notes)
         if self._session is None:
             return
         self._session.finish()
-        workeroutput = getattr(self.config, "workeroutput", None)
         if workeroutput is not None:
             workeroutput["statemigrate"] = self._session.stats.to_json()
             workeroutput["statemigrate_esg"] = self._session.esg.to_json()
@@ -474,9 +504,19 @@ class _Hooks:
         from .report import RunStats
 
         stats = self._session.stats if self._session is not None else RunStats()
+        if self.trouble is not None:
+            stats.fallback(self.trouble)
+        for line in self.notes:
+            stats.note(line)
         path = self.settings.stats_json
         if path is not None and getattr(self.config, "workerinput", None) is None:
-            stats.write_json(path)
+            try:
+                stats.write_json(path)
+            except OSError as exc:
+                stats.fallback(
+                    f"--sm-stats-json={path}: cannot write it ({exc.strerror or exc}); name a "
+                    "file in a directory that can be made"
+                )
         if stats.is_empty():
             return
         terminalreporter.write_sep("-", "statemigrate")
@@ -564,6 +604,9 @@ class _XdistController:
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         output = getattr(node, "workeroutput", {})
+        for line in output.get("statemigrate_notes", ()):
+            if line not in self.hooks.notes:
+                self.hooks.notes.append(line)
         if output.get("statemigrate") is not None:
             self.hooks.session.merge_worker(output["statemigrate"], output.get("statemigrate_esg"))
 

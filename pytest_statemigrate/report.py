@@ -45,6 +45,8 @@ class RunStats:
     prefetch_bytes: int = 0  # bytes the agent loaded for them (single process only)
     prefetch_used_bytes: int = 0  # of those, bytes a GET then served
     planned: dict[str, Any] = field(default_factory=dict)  # the plan's own measures
+    #: lines about the run's configuration (an option that selects nothing), each said once
+    notes: list[str] = field(default_factory=list)
 
     def fixture(self, ident: str, name: str) -> str:
         """Note a fixture's name; returns ``ident`` for chaining."""
@@ -53,6 +55,11 @@ class RunStats:
 
     def fallback(self, message: str) -> None:
         self.fallbacks[message] = self.fallbacks.get(message, 0) + 1
+
+    def note(self, line: str) -> None:
+        """A line about the run's configuration; said once however often it is noted."""
+        if line not in self.notes:
+            self.notes.append(line)
 
     def label(self, ident: str) -> str:
         """The fixture's name, with where it is defined when another fixture shares the name:
@@ -97,6 +104,7 @@ class RunStats:
             "prefetch_bytes": self.prefetch_bytes,
             "prefetch_used_bytes": self.prefetch_used_bytes,
             "planned": dict(self.planned),
+            "notes": list(self.notes),
         }
 
     @classmethod
@@ -122,6 +130,7 @@ class RunStats:
             prefetch_bytes=int(data.get("prefetch_bytes", 0)),
             prefetch_used_bytes=int(data.get("prefetch_used_bytes", 0)),
             planned=dict(data.get("planned", {})),
+            notes=list(data.get("notes", [])),
         )
 
     def merge(self, other: RunStats) -> None:
@@ -145,6 +154,8 @@ class RunStats:
         self.prefetched += other.prefetched
         self.prefetch_bytes += other.prefetch_bytes
         self.prefetch_used_bytes += other.prefetch_used_bytes
+        for line in other.notes:
+            self.note(line)
 
     def net_saved(self) -> float:
         """Seconds of building the hits saved, less what the plugin's work in managed setups
@@ -152,10 +163,14 @@ class RunStats:
         return self.saved_seconds - max(0.0, self.plugin_seconds - self.load_seconds)
 
     def is_empty(self) -> bool:
-        return not (self.managed or self.refused or self.fallbacks)
+        return not (self.managed or self.refused or self.fallbacks or self.notes)
 
     def lines(self) -> list[str]:
-        """The terminal summary, one fact a line; refusals grouped by reason."""
+        """The terminal summary, one fact a line; refusals grouped by reason. A run that
+        managed, refused and built nothing (its store could not be used) has only the lines
+        saying why: no counters of zeros."""
+        if not (self.managed or self.refused or self.builds or self.hits or self.stale):
+            return self.notes + self._fallback_lines()
         hits = sum(self.hits.values())
         by_tier = ", ".join(f"{tier} {n}" for tier, n in sorted(self.hits.items()))
         managed = self._labels(self.managed)
@@ -186,9 +201,13 @@ class RunStats:
             f"built {names} in-process: {why}"
             for why, names, _ in self._grouped(self.built_instead)
         ]
-        for message, count in self.fallbacks.items():
-            out.append(f"fallback: {message}" + (f" (x{count})" if count > 1 else ""))
-        return out
+        return out + self.notes + self._fallback_lines()
+
+    def _fallback_lines(self) -> list[str]:
+        return [
+            f"fallback: {message}" + (f" (x{count})" if count > 1 else "")
+            for message, count in self.fallbacks.items()
+        ]
 
     def _grouped(self, reasons: Mapping[str, str]) -> list[tuple[str, str, int]]:
         """(reason, "a, b, c and 4 more", count) for each distinct reason, by reason."""

@@ -7,7 +7,8 @@ list the same table. Bad values fail with one line naming the option and the fix
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping, Sequence
+import fnmatch
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -54,6 +55,43 @@ class SettingsError(ValueError):
 def parse_patterns(text: str) -> tuple[str, ...]:
     """``"data*, model"`` → ``("data*", "model")``."""
     return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def name_matches(name: str, patterns: Iterable[str]) -> bool:
+    """A pattern selects the fixture name ``name``; as with shell globs and dotfiles, a name
+    starting with ``_`` only by a pattern that does too (``fixtures.is_selected``)."""
+    private = name.startswith("_")
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns if not private or p.startswith("_"))
+
+
+def patterns_note(settings: Settings, names: Iterable[str] | None = None) -> str | None:
+    """One line for the summary when ``--sm-fixtures`` selects nothing it was meant to: it is
+    empty, or (given ``names``, the fixtures the selected tests use) a pattern of it matches
+    none of them. The option replaces the ini list, whose fixtures then run unmanaged: the
+    line says so. None when there is nothing to say (no option, or every pattern matched)."""
+    given = settings.option_patterns
+    if given is None:
+        return None
+    replaced = ""
+    if settings.ini_patterns:
+        replaced = (
+            f"it replaces statemigrate_fixtures ({', '.join(settings.ini_patterns)}), whose "
+            "fixtures run unmanaged"
+        )
+    if not given:
+        return f"--sm-fixtures is empty: {replaced}" if replaced else None
+    if names is None:
+        return None
+    used = set(names)
+    unmatched = [p for p in given if not any(name_matches(n, (p,)) for n in used)]
+    option = f"--sm-fixtures={','.join(given)}"
+    if not unmatched:
+        return None
+    if len(unmatched) < len(given):
+        return f"{option}: {', '.join(unmatched)} matched no fixture the selected tests use"
+    return f"{option} matched no fixture the selected tests use" + (
+        f"; {replaced}" if replaced else ""
+    )
 
 
 def parse_endpoints(text: str) -> tuple[str, ...]:
@@ -135,6 +173,11 @@ class Settings:
     curve: ClientKeys | None = None
     #: ``-n N`` without ``--dist`` means ``--dist statemigrate`` while something is managed
     affinity: bool = True
+    #: where ``store_dir`` was set, as the user wrote it (for messages about it)
+    store_dir_source: str = ""
+    #: ``--sm-fixtures`` as given (None: not given; then ``patterns`` are the ini list's)
+    option_patterns: tuple[str, ...] | None = None
+    ini_patterns: tuple[str, ...] = ()  # statemigrate_fixtures
 
     @property
     def agents(self) -> tuple[str, ...]:
@@ -165,11 +208,8 @@ def build(
     :param ini: ``config.getini``; :param option: ``config.getoption``.
     """
     cli_patterns = option("sm_fixtures")
-    patterns: Sequence[str] = (
-        cli_patterns
-        if cli_patterns is not None
-        else [p.strip() for p in ini("statemigrate_fixtures")]
-    )
+    ini_patterns = tuple(p.strip() for p in ini("statemigrate_fixtures") if p.strip())
+    patterns: Sequence[str] = cli_patterns if cli_patterns is not None else ini_patterns
     agent, curve = _agents_and_keys(
         option("sm_agent") or ini("statemigrate_agent") or "",
         rootdir,
@@ -184,6 +224,12 @@ def build(
     store_dir = Path(option("sm_dir") or ini_or_default("dir", str))
     if not store_dir.is_absolute():
         store_dir = rootdir / store_dir
+    if option("sm_dir"):
+        store_dir_source = f"--sm-dir={option('sm_dir')}"
+    elif (ini("statemigrate_dir") or "").strip():
+        store_dir_source = f"statemigrate_dir = {ini('statemigrate_dir').strip()}"
+    else:
+        store_dir_source = f"the store directory {store_dir} (--sm-dir, statemigrate_dir)"
     store = (ini("statemigrate_store") or "").strip() or None
     if store is not None:
         from nodeagent.storeurl import check_location
@@ -218,7 +264,26 @@ def build(
         shard=option("sm_shard") or ini_or_default("shard", parse_shard),
         curve=curve,
         affinity=ini_or_default("affinity", _choice(SWITCHES)) == "on",
+        store_dir_source=store_dir_source,
+        option_patterns=None if cli_patterns is None else tuple(cli_patterns),
+        ini_patterns=ini_patterns,
     )
+
+
+def store_dir_trouble(settings: Settings) -> str | None:
+    """Make the store directory (it holds the secret, the disk tier and the ESG); when it
+    cannot be made, one line naming where it was set and the fix, for the summary: the run
+    is then unmanaged, as plain pytest would run it (rejected: a usage error, which would
+    stop a suite over a cache). None when it exists or was made now."""
+    try:
+        settings.store_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        source = settings.store_dir_source or str(settings.store_dir)
+        return (
+            f"{source}: cannot create it ({exc.strerror or exc}); name a directory that can "
+            "be made: fixtures run unmanaged"
+        )
+    return None
 
 
 def _agents_and_keys(

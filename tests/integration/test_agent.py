@@ -192,6 +192,26 @@ def test_corrupt_disk_entry_is_a_miss(start: StartAgent, tmp_path: Path) -> None
         assert client.ping()["ok"]
 
 
+def test_a_disk_database_that_is_not_one_is_moved_aside(start: StartAgent, tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    (disk / "cache.db").write_bytes(b"this is not a database" * 100)
+    log = tmp_path / "agent.log"
+    agent = start(log_file=str(log))
+    with AgentClient(agent.endpoint, timeout=10) as client:
+        client.put("k", [b"x" * 100], {})
+        stats = client.stats()  # STATS waits for the write-behind
+        assert stats["tiers"]["disk"]["entries"] == 1
+        assert "moved it" in stats["tiers"]["disk"]["notice"]
+    agent.stop()
+    lines = log.read_text().splitlines()
+    assert [line for line in lines if "cache.db" in line] == [
+        line for line in lines if "moved it" in line
+    ]
+    assert len(lines) == 1 and "WARNING disk tier" in lines[0], lines
+    assert (disk / "cache.bad" / "cache.db").exists()
+
+
 def test_store_tier(start: StartAgent, tmp_path: Path) -> None:
     agent = start(ram_bytes=16, store=str(tmp_path / "store"))
     with AgentClient(agent.endpoint, timeout=10) as client:

@@ -40,7 +40,7 @@ def rows(dataset):
 """
 
 TESTS = """
-import os, signal
+import os, select, signal
 
 def test_a(dataset, rows):
     assert rows == list(range(10))
@@ -48,7 +48,15 @@ def test_a(dataset, rows):
 def test_kill_agent():
     pid = os.environ.get("SM_KILL_PID")
     if pid:
-        os.kill(int(pid), signal.SIGKILL)
+        # The agent dies, and its socket closes, after kill() returns: the next test must
+        # meet a dead agent, not one a loaded machine has not got round to ending. The
+        # pidfd becomes readable when it has ended (its files closed).
+        fd = os.pidfd_open(int(pid))
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+            assert select.select([fd], [], [], 60)[0], "the agent outlived SIGKILL"
+        finally:
+            os.close(fd)
 
 def test_b(rows):
     assert len(rows) == 10
@@ -58,26 +66,45 @@ def test_c(dataset):
 """
 
 
-def _project(suite: Suite) -> None:
+def _project(suite: Suite, timeout: float = 2) -> None:
     suite.pytester.makeini(
-        "[pytest]\nfilterwarnings = error\nstatemigrate_timeout = 2\n"
+        f"[pytest]\nfilterwarnings = error\nstatemigrate_timeout = {timeout:g}\n"
         "statemigrate_fixtures =\n    dataset\n    rows\n"
     )
     suite.pytester.makeconftest(CONFTEST)
-    suite.pytester.makepyfile(test_one=TESTS, test_two=TESTS.replace("test_kill_agent", "test_x"))
+    # (test_two's copy kills nothing: the agent is killed once, by test_one)
+    second = TESTS.replace("test_kill_agent", "test_x").replace("SM_KILL_PID", "SM_NOTHING")
+    suite.pytester.makepyfile(test_one=TESTS, test_two=second)
 
 
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="waits on a pidfd (Linux)")
 def test_agent_killed_mid_run(suite: Suite, start: StartAgent) -> None:
-    _project(suite)
+    """The agent serves the run's first test, then dies (SIGKILL) before the second: the
+    rest is built in-process, and no outcome changes.
+
+    Deterministic on a loaded machine: the kill happens in the plugin's run only (the plain
+    run leaves the agent alone), the test that kills waits for the agent's end before the
+    next test asks it anything, and the agent is never asked for a stored value while it
+    lives (nothing is loaded: no load-or-build choice by measured time). A timeout of 10 s
+    leaves the live requests room; the dead agent is found out within the 2 s a connection
+    may take.
+    """
+    _project(suite, timeout=10)
     agent = start(disk_dir=str(suite.pytester.path / "agent-disk"))
+    plain = suite.plain("--sm-agent", agent.endpoint)
     os.environ["SM_KILL_PID"] = str(agent.pid)
     try:
-        run = suite.same_as_plain("--sm-agent", agent.endpoint)
+        run = suite.run("--sm-agent", agent.endpoint)
     finally:
         del os.environ["SM_KILL_PID"]
     assert agent.process.wait(10) is not None
-    assert set(run.outcomes.values()) == {"passed"}, run.text
+    assert run.outcomes == plain.outcomes and set(run.outcomes.values()) == {"passed"}, run.text
     run.result.stdout.fnmatch_lines(["fallback: agent unavailable*values were built in-process*"])
+    assert run.stats is not None and run.stats["bytes_stored"] > 0  # served until it died
+    assert run.stats["hits_total"] == 0, run.text
+    assert not any("loading took" in why for why in run.stats["built_instead"].values())
+    # Built as often as plain pytest builds: dataset once per module, rows once per test.
+    assert suite.builds() == 2 * (["dataset", "rows", "rows", "dataset", "rows", "rows"])
 
 
 def _entries(directory: str) -> list[str]:
@@ -116,6 +143,28 @@ def test_corrupt_entries_are_rebuilt(suite: Suite, damage: str) -> None:
     # The rebuilt values were stored again: the next run builds nothing.
     (suite.pytester.path / "builds.log").unlink()
     again = suite.run()
+    assert suite.builds() == [], again.text
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["in-process", "agent"])
+def test_a_corrupt_disk_database_is_moved_aside(suite: Suite, xdist: bool) -> None:
+    """A disk tier whose cache.db is not a database: moved aside, by the plugin's own reader
+    (one process) or by the agent (-n 2), and the values are stored again in that run."""
+    _project(suite)
+    args = ("-n", "2") if xdist else ()
+    suite.run(*args)  # cold: stores the values
+    store = suite.pytester.path / ".statemigrate"
+    garbage = b"this is not a database" * 100
+    (store / "agent-disk" / "cache.db").write_bytes(garbage)
+    (suite.pytester.path / "builds.log").unlink()
+    run = suite.same_as_plain(*args)
+    assert "Traceback" not in run.text, run.text
+    assert (store / "agent-disk" / "cache.bad" / "cache.db").read_bytes() == garbage
+    if xdist:  # the agent says so on its stderr, in one line
+        log = (store / "agent.log").read_text()
+        assert log.count("cache.db is not a readable database") == 1, log
+    (suite.pytester.path / "builds.log").unlink()
+    again = suite.run(*args)
     assert suite.builds() == [], again.text
 
 

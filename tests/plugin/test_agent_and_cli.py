@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +82,27 @@ def test_disabled_with_p_no(suite: Suite) -> None:
     run.result.assert_outcomes(passed=1)
     assert "- statemigrate -" not in run.text and run.stats is None
     assert not (suite.pytester.path / ".statemigrate").exists()
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "suite"
+
+
+def test_the_off_switch_runs_the_bundled_example(tmp_path: Path) -> None:
+    """README: `python -m pytest -p no:statemigrate examples/suite`. Its ini has the plugin's
+    keys, which pytest then does not know, and filterwarnings = error."""
+    shutil.copytree(
+        EXAMPLE, tmp_path / "examples" / "suite", ignore=shutil.ignore_patterns(".*", "__py*")
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:statemigrate", "examples/suite"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert " passed" in done.stdout and "warning" not in done.stdout
+    assert not (tmp_path / "examples" / "suite" / ".statemigrate").exists()
 
 
 def test_nothing_selected_starts_no_agent(suite: Suite) -> None:

@@ -181,3 +181,33 @@ recorder.AccessRecorder.unmanaged_setup = broken
     run.result.stdout.fnmatch_lines(
         ["*fallback*could not record a test's state accesses (RuntimeError('recorder broke'))*"]
     )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (),
+        ("-n", "2", "-p", "xdist", "--dist", "loadfile"),
+    ],  # (the write and its reader: one worker)
+    ids=["one-process", "n2"],
+)
+def test_a_corrupt_esg_file_is_moved_aside_and_the_summary_says_so_once(
+    suite: Suite, args: tuple[str, ...]
+) -> None:
+    make(suite)
+    suite.run(*args)
+    store = suite.pytester.path / ".statemigrate"
+    garbage = b"this is not a database" * 100
+    (store / "esg.sqlite").write_bytes(garbage)
+    # The run's first open moves it: planning the prefetches, in a worker under -n 2; the
+    # session is recorded, and the summary written, at the end (by xdist's controller).
+    run = suite.same_as_plain(*args)
+    notice = "fallback: the ESG store */esg.sqlite is not a readable database (*); moved it to "
+    notice += "esg.sqlite.bad and started a new one"
+    run.result.stdout.fnmatch_lines([notice])
+    assert run.text.count("esg.sqlite.bad") == 1, run.text
+    assert (store / "esg.sqlite.bad").read_bytes() == garbage
+    with ESGStore(store / "esg.sqlite") as esg:
+        assert len(esg.sessions()) == 1  # the run that found it recorded itself anew
+    again = suite.run(*args)
+    assert "esg.sqlite.bad" not in again.text, again.text

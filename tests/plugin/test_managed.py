@@ -388,6 +388,104 @@ def test_bad_configuration_is_one_clear_line(suite: Suite) -> None:
     run.result.stderr.fnmatch_lines(["*refusing*10.1.2.3*"])
 
 
+DECORATED = """
+import pytest
+from pytest_statemigrate import state
+
+@state
+@pytest.fixture(scope="session")
+def extra():
+    return [1, 2, 3]
+"""
+
+
+@pytest.mark.parametrize(
+    ("where", "name"),
+    [
+        (("--sm-dir=/proc/nope",), "--sm-dir=/proc/nope"),
+        (("--sm-dir=/proc/nope", "-n", "2"), "--sm-dir=/proc/nope"),
+        ((), "statemigrate_dir = /proc/nope"),
+    ],
+    ids=["option", "option-n2", "ini"],
+)
+def test_a_store_directory_that_cannot_be_made_runs_unmanaged(
+    suite: Suite, where: tuple[str, ...], name: str
+) -> None:
+    ini = "statemigrate_fixtures =\n    dataset\n    rows\n"
+    _project(suite, ini=ini + ("" if where else "statemigrate_dir = /proc/nope\n"))
+    suite.pytester.makepyfile(sm_extra=DECORATED, test_extra="def test_extra(extra):\n    pass\n")
+    plain = suite.plain(*where, "-p", "sm_extra")
+    plain_builds = suite.builds().count("dataset")
+    run = suite.run(*where, "-p", "sm_extra")
+    assert run.result.ret == plain.result.ret == pytest.ExitCode.OK, run.text
+    assert run.outcomes == plain.outcomes and len(run.outcomes) == 4
+    assert "INTERNALERROR" not in run.text and "Traceback" not in run.text
+    run.result.stdout.fnmatch_lines(
+        [
+            f"fallback: {name}: cannot create it (*); name a directory that can be made: "
+            "fixtures run unmanaged"
+        ]
+    )
+    assert run.text.count("cannot create it") == 1
+    assert suite.builds().count("dataset") == 2 * plain_builds  # built as plain pytest builds
+
+
+def test_a_stats_file_that_cannot_be_written_is_one_line(suite: Suite) -> None:
+    _project(suite)
+    suite.pytester.makepyfile(test_fails="def test_fails():\n    assert False\n")
+    where = "--sm-stats-json=/proc/nope/stats.json"
+    plain = suite.plain(where)
+    run = suite.run(where)
+    assert run.result.ret == plain.result.ret == pytest.ExitCode.TESTS_FAILED
+    assert run.outcomes == plain.outcomes
+    assert "Traceback" not in run.text, run.text
+    run.result.stdout.fnmatch_lines(
+        [f"fallback: {where}: cannot write it (*); name a file in a directory that can be made"]
+    )
+    (suite.pytester.path / "test_fails.py").unlink()
+    run = suite.run(where)
+    assert run.result.ret == pytest.ExitCode.OK, run.text
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            ("--sm-fixtures=nomatch",),
+            "--sm-fixtures=nomatch matched no fixture the selected tests use; it replaces "
+            "statemigrate_fixtures (dataset, rows), whose fixtures run unmanaged",
+        ),
+        (
+            ("--sm-fixtures=nomatch", "-n", "2"),
+            "--sm-fixtures=nomatch matched no fixture the selected tests use; it replaces "
+            "statemigrate_fixtures (dataset, rows), whose fixtures run unmanaged",
+        ),
+        (
+            ("--sm-fixtures=",),
+            "--sm-fixtures is empty: it replaces statemigrate_fixtures (dataset, rows), whose "
+            "fixtures run unmanaged",
+        ),
+        (
+            ("--sm-fixtures=dataset,rowz",),
+            "--sm-fixtures=dataset,rowz: rowz matched no fixture the selected tests use",
+        ),
+    ],
+    ids=["nomatch", "nomatch-n2", "empty", "one-of-two"],
+)
+def test_a_fixtures_option_that_selects_nothing_says_so(
+    suite: Suite, args: tuple[str, ...], says: str
+) -> None:
+    _project(suite)
+    run = suite.same_as_plain(*args)
+    run.result.stdout.fnmatch_lines([says])
+    assert run.text.count("matched no fixture") + run.text.count("is empty") == 1, run.text
+    assert run.stats is not None and says in run.stats["notes"]
+    # Patterns that all match say nothing, nor does the ini list alone.
+    for quiet in (("--sm-fixtures=dataset,r*",), ()):
+        run = suite.run(*quiet, *args[1:])
+        assert "matched no fixture" not in run.text and "is empty" not in run.text, run.text
+
+
 def test_unreachable_agent_falls_back(suite: Suite) -> None:
     _project(suite, ini="statemigrate_fixtures = dataset\nstatemigrate_timeout = 1\n")
     missing = suite.pytester.path / "nowhere.sock"

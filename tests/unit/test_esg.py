@@ -187,6 +187,46 @@ def test_an_unusable_file_is_moved_aside_and_rebuilt(
     assert (tmp_path / f"esg.sqlite.{suffix}").read_bytes() == spoiled
 
 
+def test_the_notice_outlives_the_store_that_moved_the_file(tmp_path: Path) -> None:
+    """A run's first open plans (and drops its store); the one that records the session
+    reports the line, once."""
+    path = tmp_path / "esg.sqlite"
+    _garbage(path)
+    with ESGStore(path) as planning:
+        line = planning.notice
+    assert line is not None and "moved it to esg.sqlite.bad" in line
+    with ESGStore(path) as recording:
+        assert recording.notice == line
+        recording.add_session(rec("s", 1.0, {"t": "ab"}))
+    with ESGStore(path) as next_run:
+        assert next_run.notice is None
+    assert not (tmp_path / "esg.sqlite.notice").exists()
+
+
+def test_a_file_another_process_replaced_meanwhile_is_not_moved_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes find the file bad at once; the first moves it and starts a new store.
+    The second, which read the old file, checks again under the directory's lock and opens
+    the new one. (The race cannot be timed for real: the first read is made to fail.)"""
+    path = tmp_path / "esg.sqlite"
+    with ESGStore(path) as store:
+        store.add_session(rec("s", 1.0, {"t": "ab"}))
+    real = ESGStore._open
+    calls: list[int] = []
+
+    def stale_first_read(self: ESGStore) -> sqlite3.Connection:
+        calls.append(1)
+        if len(calls) == 1:
+            raise esg._Unusable("is not a readable database (file is not a database)", "bad")
+        return real(self)
+
+    monkeypatch.setattr(ESGStore, "_open", stale_first_read)
+    with ESGStore(path) as store:
+        assert store.notice is None and [s.id for s in store.sessions()] == ["s"]
+    assert len(calls) == 2 and not (tmp_path / "esg.sqlite.bad").exists()
+
+
 def test_an_older_schema_is_migrated_in_place(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

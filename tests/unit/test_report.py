@@ -23,6 +23,24 @@ def test_empty_run_says_nothing() -> None:
     assert RunStats().is_empty()
 
 
+def test_a_run_that_managed_nothing_says_only_its_trouble() -> None:
+    stats = RunStats()
+    stats.fallback("--sm-dir=/x: cannot create it (Permission denied); fixtures run unmanaged")
+    assert stats.lines() == [
+        "fallback: --sm-dir=/x: cannot create it (Permission denied); fixtures run unmanaged"
+    ]
+
+
+def test_notes_are_said_once_across_workers() -> None:
+    line = "--sm-fixtures=nomatch matched no fixture the selected tests use"
+    a, b = RunStats(), RunStats()
+    a.note(line)
+    b.note(line)
+    a.note(line)
+    a.merge(RunStats.from_json(b.to_json()))
+    assert not a.is_empty() and a.lines() == [line] and a.to_json()["notes"] == [line]
+
+
 def test_labels_tell_fixtures_of_one_name_apart() -> None:
     stats = RunStats()
     for ident in (

@@ -100,6 +100,62 @@ def test_a_store_directory_or_known_url_is_kept() -> None:
     assert build({"statemigrate_store": "memory://shared"}).store == "memory://shared"
 
 
+@pytest.mark.parametrize(
+    ("options", "ini", "named"),
+    [
+        ({"sm_dir": "taken"}, {}, "--sm-dir=taken"),
+        ({}, {"statemigrate_dir": " taken "}, "statemigrate_dir = taken"),
+        ({}, {}, "the store directory {root}/.statemigrate (--sm-dir, statemigrate_dir)"),
+    ],
+)
+def test_a_store_directory_that_cannot_be_made_is_one_line_naming_where_it_was_set(
+    tmp_path: Path, options: dict[str, str], ini: dict[str, str], named: str
+) -> None:
+    (tmp_path / "taken").write_text("a file, not a directory")
+    (tmp_path / ".statemigrate").write_text("a file, not a directory")
+    s = build_at(tmp_path, ini, **options)
+    line = st.store_dir_trouble(s)
+    assert line is not None and "\n" not in line
+    assert line.startswith(named.format(root=tmp_path) + ": cannot create it (File exists); ")
+    assert line.endswith("name a directory that can be made: fixtures run unmanaged")
+    assert st.store_dir_trouble(build_at(tmp_path, {}, sm_dir="fine/below")) is None
+    assert (tmp_path / "fine" / "below").is_dir()
+
+
+def with_ini_patterns(*patterns: str, **options: Any) -> st.Settings:
+    return st.build(
+        rootdir=Path("/project"),
+        ini=lambda name: list(patterns) if name == "statemigrate_fixtures" else "",
+        option=lambda name: options.get(name),
+    )
+
+
+def test_a_fixtures_option_that_selects_nothing_is_one_line() -> None:
+    used = {"corpus", "model", "_private"}
+    assert st.patterns_note(with_ini_patterns("corpus")) is None  # no option: nothing to say
+    assert st.patterns_note(with_ini_patterns("corpus", sm_fixtures=("m*",)), used) is None
+    assert st.patterns_note(with_ini_patterns(sm_fixtures=()), used) is None  # nothing replaced
+    empty = with_ini_patterns("corpus", "model", sm_fixtures=())
+    assert st.patterns_note(empty) == (
+        "--sm-fixtures is empty: it replaces statemigrate_fixtures (corpus, model), whose "
+        "fixtures run unmanaged"
+    )
+    typo = with_ini_patterns("corpus", sm_fixtures=("corpus", "modle", "*vate"))
+    assert st.patterns_note(typo) is None  # not collected yet: cannot tell
+    assert st.patterns_note(typo, used) == (
+        "--sm-fixtures=corpus,modle,*vate: modle, *vate matched no fixture the selected tests use"
+    )
+    none = with_ini_patterns("corpus", sm_fixtures=("nomatch",))
+    assert st.patterns_note(none, used) == (
+        "--sm-fixtures=nomatch matched no fixture the selected tests use; it replaces "
+        "statemigrate_fixtures (corpus), whose fixtures run unmanaged"
+    )
+    alone = with_ini_patterns(sm_fixtures=("nomatch",))
+    assert st.patterns_note(alone, used) == (
+        "--sm-fixtures=nomatch matched no fixture the selected tests use"
+    )
+
+
 def test_prefetch_settings() -> None:
     s = build({})
     assert (s.prefetch, s.eviction, s.lookahead_tests, s.lookahead_bytes, s.plan_json) == (

@@ -24,6 +24,7 @@ from hypothesis.stateful import (
 )
 
 from nodeagent.tiers import (
+    DISK_ASIDE,
     CorruptEntry,
     DiskTier,
     Entry,
@@ -183,6 +184,38 @@ def test_disk_refuses_non_bytes_values(disk: DiskTier) -> None:
 def test_disk_size_limit_is_explicit(disk: DiskTier) -> None:
     assert disk._cache.size_limit == 1 << 24
     assert disk._cache.eviction_policy == "least-recently-used"
+
+
+def test_a_disk_database_that_is_not_one_is_moved_aside(tmp_path: Path) -> None:
+    d = tmp_path / "disk"
+    tier = DiskTier(str(d), 1 << 24)
+    tier.put("small", entry(b"a"))
+    tier.put("large", entry(b"b" * 200_000))  # in a file of its own, beside the database
+    tier.close()
+    garbage = b"this is not a database" * 100
+    (d / "cache.db").write_bytes(garbage)
+    tier = DiskTier(str(d), 1 << 24)
+    try:
+        assert tier.notice is not None
+        assert "\n" not in tier.notice
+        assert f"disk tier {d}: cache.db is not a readable database" in tier.notice
+        assert f"moved it with its entries' files to {d / DISK_ASIDE}" in tier.notice
+        assert tier.get("small") is None and len(tier._cache) == 0
+        tier.put("k", entry(b"c"))
+        got = tier.get("k")
+        assert got is not None and payload(got) == [b"c"]
+    finally:
+        tier.close()
+    aside = d / DISK_ASIDE
+    assert (aside / "cache.db").read_bytes() == garbage
+    # The old entries' files went with it: the new database does not know them.
+    assert len(list(aside.rglob("*.val"))) == 1
+    assert [p for p in d.rglob("*.val") if aside not in p.parents] == []
+    again = DiskTier(str(d), 1 << 24)
+    try:
+        assert again.notice is None and again.get("k") is not None
+    finally:
+        again.close()
 
 
 # --------------------------------------------------------------------------- store

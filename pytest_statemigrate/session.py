@@ -278,6 +278,9 @@ class EmbeddedAgent:
         #: a key misses (:meth:`local_miss`); until then this process reads the disk tier
         #: itself. A run whose values are all stored starts none.
         self.deferred = False
+        #: One line each: what opening the disk tier here had to repair (a corrupt database
+        #: moved aside), for the summary.
+        self.notices: list[str] = []
 
     def started_empty(self) -> bool:
         """This run's agent started on an empty store, and this process is its only client
@@ -351,6 +354,8 @@ class EmbeddedAgent:
             self._disk = _open_disk_tier(self.settings)
             # Reading locally is an optimisation: when it cannot open, the agent serves.
             self._no_local = self._disk is None
+            if self._disk is not None and getattr(self._disk, "notice", None):
+                self.notices.append(str(self._disk.notice))
 
     def close_disk(self) -> None:
         disk, self._disk = self._disk, None
@@ -1431,6 +1436,8 @@ class StateMigrateSession:
         self.proxy.check_writes()
         self.proxy.close_link()
         if self.embedded is not None:
+            for line in self.embedded.notices:
+                self.stats.fallback(line)
             self.embedded.close_disk()
 
     def close(self) -> None:

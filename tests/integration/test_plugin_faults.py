@@ -163,6 +163,8 @@ def test_a_corrupt_disk_database_is_moved_aside(suite: Suite, xdist: bool) -> No
     if xdist:  # the agent says so on its stderr, in one line
         log = (store / "agent.log").read_text()
         assert log.count("cache.db is not a readable database") == 1, log
+    else:  # the summary says so, in one line
+        assert run.text.count("cache.db is not a readable database") == 1, run.text
     (suite.pytester.path / "builds.log").unlink()
     again = suite.run(*args)
     assert suite.builds() == [], again.text

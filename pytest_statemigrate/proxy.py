@@ -56,6 +56,7 @@ class Hit:
     load_s: float = 0.0  # fetching, verifying and unpickling it
     entry: str = ""  # which stored value this is (its meta's "entry")
     owned: trees.Owned | None = None  # the directories restored with it
+    coverage: Any = None  # what its build ran, for coverage.py (coverage_replay.py)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class _Wanted:
     resolve: Callable[[str], Any]
     factory: Any = None
     deps_valid: Callable[[Mapping[str, Any]], str | None] | None = None
+    meta_valid: Callable[[Mapping[str, Any]], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class BuildRecord:
     seconds: float
     warnings: list[Any] = field(default_factory=list)
     fingerprints: Fingerprints = field(default_factory=Fingerprints)
+    coverage: dict[str, Any] | None = None  # what it ran, when coverage measured the build
 
 
 class AgentLink:
@@ -329,13 +332,15 @@ class StateProxy:
         resolve: Callable[[str], Any],
         factory: Any = None,
         deps_valid: Callable[[Mapping[str, Any]], str | None] | None = None,
+        meta_valid: Callable[[Mapping[str, Any]], str | None] | None = None,
     ) -> Hit | Miss:
         """The value for ``key`` if a valid entry exists; otherwise a miss to build.
 
         On a miss this process takes the build lease, or waits for the process that holds it.
         ``factory``: the ``TempPathFactory`` a value with files is restored with;
         ``deps_valid``: given the dependencies' states an entry was built from, why they
-        differ now (a test changed one), or None.
+        differ now (a test changed one), or None; ``meta_valid``: given an entry's meta, why
+        this run cannot be served it (it cannot replay what the run measures), or None.
         """
         if key in self._build_only:
             return Miss(store=False)
@@ -346,7 +351,7 @@ class StateProxy:
         if self.refresh and key not in self._fresh:
             # Rebuild whatever is stored; once stored in this run, it is loaded as usual.
             return Miss(store=not self._unreachable(key))
-        wanted = _Wanted(resolve, factory, deps_valid)
+        wanted = _Wanted(resolve, factory, deps_valid, meta_valid)
         found = self._load(key, name, wanted)
         if found is not None:
             return found
@@ -401,6 +406,11 @@ class StateProxy:
             if changed is not None:
                 self.stats.stale[name] = changed
                 return None
+        if wanted.meta_valid is not None:
+            changed = wanted.meta_valid(meta)
+            if changed is not None:
+                self.stats.stale[name] = changed
+                return None
         try:
             codec.verify(opened)
         except codec.Unverified as exc:
@@ -441,7 +451,8 @@ class StateProxy:
             self._mark_build(key, name, why, prints)
         digest = str(meta.get("entry") or meta.get("digest"))  # (entries stored before "entry")
         self.entries[key] = digest
-        return Hit(value, list(meta.get("warnings", [])), nbytes, load_s, digest, owned)
+        warned = list(meta.get("warnings", []))
+        return Hit(value, warned, nbytes, load_s, digest, owned, meta.get("coverage"))
 
     def _restore(
         self, name: str, key: str, opened: codec.Opened, factory: Any
@@ -593,6 +604,8 @@ class StateProxy:
             "deps": dict(states or {}),
             **files,
         }
+        if record.coverage is not None:
+            meta["coverage"] = record.coverage
         # The entry's identity (what a dependent was built from: ``deps_valid``), known now;
         # its payload digest may be computed by a client that writes behind.
         entry = meta["entry"] = uuid.uuid4().hex

@@ -35,6 +35,7 @@ next to the test's on the lines a cold run built.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import sys
@@ -332,10 +333,7 @@ def _path(key: str, rootdir: Path) -> str:
 
 def _mapped(cov: Any, path: str) -> str:
     """``path`` named as ``cov`` names measured files."""
-    from coverage import files  # imported by now: ``cov`` is running
-
-    return (
-        files.relative_filename(path)
-        if _option(cov, "run:relative_files")
-        else files.abs_file(path)
-    )
+    # (Imported by now: ``cov`` is running. By name, so that type checks need no coverage.)
+    files = importlib.import_module("coverage.files")
+    mapper = files.relative_filename if _option(cov, "run:relative_files") else files.abs_file
+    return str(mapper(path))

@@ -95,16 +95,13 @@ def unsupported(cov: Any) -> str | None:
     # (Private, read-only: the core decides whether contexts can be switched; an unknown
     # layout counts as "cannot", which builds values rather than serving them short.)
     if not getattr(getattr(cov, "_core", None), "supports_dynamic_contexts", False):
-        return "its coverage.py core cannot switch contexts (sysmon reports a line only once)"
+        return "its coverage.py core cannot switch contexts (COVERAGE_CORE=ctrace can)"
     return None
 
 
 def why_not_served(cov: Any) -> str:
     """The summary's reason for building managed values in-process under ``cov``."""
-    return (
-        f"coverage measures this run and cannot record what a build runs ({unsupported(cov)}; "
-        "COVERAGE_CORE=ctrace can)"
-    )
+    return f"coverage measures this run and cannot record what a build runs: {unsupported(cov)}"
 
 
 @dataclass(frozen=True)

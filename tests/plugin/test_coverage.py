@@ -6,6 +6,7 @@ Real coverage.py and pytest-cov in pytester subprocesses: plain pytest, then the
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -350,3 +351,49 @@ def made(tmp_path_factory):
     assert cold.stats is not None and not cold.stats["refused"], cold.text
     assert _hits(warm) == 5, warm.text
     assert _table(cold.text) == _table(warm.text) == _table(plain.text), warm.text
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_another_checkout_maps_the_lines_back(
+    suite: Suite,
+    relative: bool,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Files are recorded relative to the rootdir: a copy of the project elsewhere (another
+    checkout, a CI runner restoring the store) replays them onto its own files, whether the
+    data names files absolutely or (``relative_files``) relative to the working directory."""
+    _project(suite)
+    if relative:
+        rc = suite.pytester.path / ".coveragerc"
+        rc.write_text(rc.read_text() + "relative_files = True\n")
+    args = ("--cov=.", "--cov-report=term-missing")
+    expected = _table(suite.plain(*args).text)
+    suite.run(*args)
+    elsewhere = tmp_path_factory.mktemp("checkout") / "project"
+    shutil.copytree(suite.pytester.path, elsewhere, symlinks=True)
+    monkeypatch.chdir(elsewhere)
+    warm = suite.run(*args)
+    assert f"rootdir: {elsewhere}" in warm.text
+    assert _hits(warm) == 4 and _table(warm.text) == expected, warm.text
+
+
+def test_a_measurement_that_cannot_record_builds_instead(suite: Suite) -> None:
+    """coverage.py's own dynamic contexts (``dynamic_context = test_function``, which
+    pytest-cov refuses: ``coverage run``) leave no room for the plugin's: stored values are
+    not served short, they are built, and the summary says why once."""
+    _project(suite)
+    suite.run()  # stored, without coverage
+    rc = suite.pytester.path / ".coveragerc"
+    rc.write_text(rc.read_text() + "dynamic_context = test_function\n")
+    plain, plain_text = _coverage_run(suite, plugin=False)
+    run, text = _coverage_run(suite, plugin=True)
+    assert plain.ret == run.ret == 0, text
+    assert "hits: 0; builds: 4" in text, text
+    run.stdout.fnmatch_lines(
+        [
+            "built row, summary, table in-process: coverage measures this run and cannot "
+            "record what a build runs: coverage.py's dynamic_context is set"
+        ]
+    )
+    assert _table(text) == _table(plain_text), text

@@ -114,8 +114,8 @@ class Measurement:
     @classmethod
     def of(cls, cov: Any, rootdir: Path) -> Measurement:
         options = {name: _option(cov, name) for name in _MEASURED}
-        # Relative sources and patterns are taken from the working directory.
-        cwd = os.getcwd()
+        # Relative sources and patterns are taken from the directory coverage started in.
+        cwd = _start_dir()
         try:
             where = os.path.relpath(cwd, rootdir).replace(os.sep, "/")
         except ValueError:  # another drive on Windows
@@ -310,10 +310,12 @@ def _to_record(
 def _absolute(name: str) -> str:
     """A data file name as an absolute path (``relative_files`` names are relative to the
     directory coverage started in)."""
-    if os.path.isabs(name):
-        return name
-    base = getattr(sys.modules.get("coverage.files"), "RELATIVE_DIR", "") or os.getcwd()
-    return os.path.join(base, name)
+    return name if os.path.isabs(name) else os.path.join(_start_dir(), name)
+
+
+def _start_dir() -> str:
+    """The working directory coverage started in (it resolves relative names from there)."""
+    return str(getattr(sys.modules.get("coverage.files"), "RELATIVE_DIR", "") or os.getcwd())
 
 
 def _key(path: str, rootdir: Path) -> str:

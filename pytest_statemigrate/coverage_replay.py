@@ -127,6 +127,7 @@ class Measurement:
         )
 
 
+@dataclass
 class Recording:
     """What one build ran under coverage, set when :func:`recording` ends (None: nothing
     measured, or it could not be read: :attr:`trouble` says why)."""
@@ -208,8 +209,10 @@ def replay(record: Any, rootdir: Path) -> str | None:
         executed: dict[str, list[Any]] = {}
         for key, (_, numbers) in dict(record["files"]).items():
             name = _mapped(cov, _path(key, rootdir))
-            pairs = zip(numbers[::2], numbers[1::2], strict=True)
-            executed[name] = list(pairs) if arcs else list(numbers)
+            if arcs:
+                executed[name] = list(zip(numbers[::2], numbers[1::2], strict=True))
+            else:
+                executed[name] = list(numbers)
         _add(cov, _data(cov), executed, arcs=arcs)
     except Exception as exc:
         return f"could not replay the coverage of a stored build ({exc!r})"
@@ -226,7 +229,7 @@ def _option(cov: Any, name: str) -> Any:
 
 def _fresh_context(label: str) -> str:
     name, n = CONTEXT_PREFIX + label, 1
-    while name in _CONTEXTS:  # (the same fixture built twice in one test's setup)
+    while name in _CONTEXTS:  # (built again in this process: --sm-refresh, a rebuild)
         n += 1
         name = f"{CONTEXT_PREFIX}{label}#{n}"
     _CONTEXTS.add(name)

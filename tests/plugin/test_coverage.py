@@ -94,6 +94,16 @@ def test_row_again(row, summary):
     assert row[1] == 0 and summary["n"] == 5
 """
 
+#: More tests, for -n 2: both workers need the values.
+TEST_MORE = """
+def test_a(summary):
+    assert summary
+
+
+def test_b(row):
+    assert row
+"""
+
 INI = "[pytest]\nfilterwarnings = error\nstatemigrate_fixtures =\n    table\n    summary\n    row\n"
 
 
@@ -170,6 +180,9 @@ def _coverage_run(suite: Suite, *args: str, plugin: bool) -> tuple[pytest.RunRes
         *tail,
         timeout=180,
     )
+    if "-n" in args:  # each process wrote its own data file (parallel = true)
+        combined = suite.pytester.run(sys.executable, "-m", "coverage", "combine", timeout=60)
+        assert combined.ret == 0, str(combined.stdout) + str(combined.stderr)
     report = suite.pytester.run(sys.executable, "-m", "coverage", "report", "-m", timeout=60)
     assert report.ret == 0, str(report.stdout) + str(report.stderr)
     return run, "\n".join([str(run.stdout), str(run.stderr), str(report.stdout)])
@@ -189,13 +202,30 @@ def test_coverage_run_report_equals_plain(suite: Suite) -> None:
 
 
 @pytest.mark.slow
+def test_xdist_under_coverage_run_equals_plain(suite: Suite) -> None:
+    """(d) coverage run -m pytest -n 2, the workers measured through coverage's subprocess
+    patch, their data combined."""
+    pytest.importorskip("xdist")
+    _project(suite)
+    rc = suite.pytester.path / ".coveragerc"
+    rc.write_text(rc.read_text() + "parallel = true\npatch = subprocess\n")
+    suite.pytester.makepyfile(test_more=TEST_MORE)
+    plain, plain_text = _coverage_run(suite, "-n", "2", plugin=False)
+    expected = _table(plain_text)
+    assert plain.ret == 0 and _total(expected) == "93%", plain_text
+    for state in ("cold", "warm"):
+        run, text = _coverage_run(suite, "-n", "2", plugin=True)
+        assert run.ret == 0, text
+        assert _table(text) == expected, (state, text)
+    assert "builds: 0" in text, text
+
+
+@pytest.mark.slow
 def test_xdist_with_pytest_cov_equals_plain(suite: Suite) -> None:
     """(d) -n 2: each worker replays into its own data, pytest-cov combines them."""
     pytest.importorskip("xdist")
     _project(suite)
-    suite.pytester.makepyfile(
-        test_more="def test_a(summary):\n    assert summary\n\n\ndef test_b(row):\n    assert row\n"
-    )
+    suite.pytester.makepyfile(test_more=TEST_MORE)
     args = ("-n", "2", "--cov=.", "--cov-report=term-missing")
     plain, cold, warm = _plain_cold_warm(suite, *args)
     expected = _table(plain.text)

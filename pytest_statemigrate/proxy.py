@@ -57,6 +57,7 @@ class Hit:
     entry: str = ""  # which stored value this is (its meta's "entry")
     owned: trees.Owned | None = None  # the directories restored with it
     random_after: dict[str, Any] = field(default_factory=dict)  # see BuildRecord
+    coverage: Any = None  # what its build ran, for coverage.py (coverage_replay.py)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class _Wanted:
     resolve: Callable[[str], Any]
     factory: Any = None
     deps_valid: Callable[[Mapping[str, Any]], str | None] | None = None
+    meta_valid: Callable[[Mapping[str, Any]], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class BuildRecord:
     #: The states the build left the global random generators it drew from in (a hit leaves
     #: them so: inputs.restore_random)
     random_after: dict[str, Any] = field(default_factory=dict)
+    coverage: dict[str, Any] | None = None  # what it ran, when coverage measured the build
 
 
 class AgentLink:
@@ -333,13 +336,15 @@ class StateProxy:
         resolve: Callable[[str], Any],
         factory: Any = None,
         deps_valid: Callable[[Mapping[str, Any]], str | None] | None = None,
+        meta_valid: Callable[[Mapping[str, Any]], str | None] | None = None,
     ) -> Hit | Miss:
         """The value for ``key`` if a valid entry exists; otherwise a miss to build.
 
         On a miss this process takes the build lease, or waits for the process that holds it.
         ``factory``: the ``TempPathFactory`` a value with files is restored with;
         ``deps_valid``: given the dependencies' states an entry was built from, why they
-        differ now (a test changed one), or None.
+        differ now (a test changed one), or None; ``meta_valid``: given an entry's meta, why
+        this run cannot be served it (it cannot replay what the run measures), or None.
         """
         if key in self._build_only:
             return Miss(store=False)
@@ -350,7 +355,7 @@ class StateProxy:
         if self.refresh and key not in self._fresh:
             # Rebuild whatever is stored; once stored in this run, it is loaded as usual.
             return Miss(store=not self._unreachable(key))
-        wanted = _Wanted(resolve, factory, deps_valid)
+        wanted = _Wanted(resolve, factory, deps_valid, meta_valid)
         found = self._load(key, name, wanted)
         if found is not None:
             return found
@@ -405,6 +410,11 @@ class StateProxy:
             if changed is not None:
                 self.stats.stale[name] = changed
                 return None
+        if wanted.meta_valid is not None:
+            changed = wanted.meta_valid(meta)
+            if changed is not None:
+                self.stats.stale[name] = changed
+                return None
         try:
             codec.verify(opened)
         except codec.Unverified as exc:
@@ -453,6 +463,7 @@ class StateProxy:
             digest,
             owned,
             dict(meta.get("random_after") or {}),
+            meta.get("coverage"),
         )
 
     def _restore(
@@ -607,6 +618,8 @@ class StateProxy:
         }
         if record.random_after:
             meta["random_after"] = record.random_after
+        if record.coverage is not None:
+            meta["coverage"] = record.coverage
         # The entry's identity (what a dependent was built from: ``deps_valid``), known now;
         # its payload digest may be computed by a client that writes behind.
         entry = meta["entry"] = uuid.uuid4().hex

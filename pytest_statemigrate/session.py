@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from nodeagent.protocol import Fetched, LeaseReply
 
-from . import codec, depstate, trees
+from . import codec, coverage_replay, depstate, trees
 from . import fixtures as fx
 from .codec import IMMUTABLE, Unpicklable, load_secret, state_digest
 from .esg import ESGStore, Prediction, SessionRecord
@@ -681,7 +681,12 @@ class StateMigrateSession:
         self._origin.pop(fixturedef, None)
         try:
             fresh_dep = self._fresh_dependency(fixturedef, request)
-            if fresh_dep is None or (fresh_dep[1] and self.proxy.stored_now(key)):
+            measured = coverage_replay.measuring()
+            found: Hit | Miss
+            if measured is not None and coverage_replay.unsupported(measured) is not None:
+                found = Miss(store=False)  # it would be served without what its build ran
+                self.stats.built_instead[name] = coverage_replay.why_not_served(measured)
+            elif fresh_dep is None or (fresh_dep[1] and self.proxy.stored_now(key)):
                 # (Stored by this run: made from the dependency's current instance.)
                 found = self.proxy.lookup(
                     key,
@@ -689,6 +694,7 @@ class StateMigrateSession:
                     deps.__getitem__,
                     _factory(deps),
                     functools.partial(self._deps_unchanged, defs, deps),
+                    coverage_replay.checker(measured, self.rootdir, self.proxy.files),
                 )
             else:
                 # A stored value of this fixture was made from another instance of that
@@ -705,6 +711,9 @@ class StateMigrateSession:
                 self.stats.managed.add(name)
                 _replay(found.warnings)
                 restore_random(found.random_after)
+                trouble = coverage_replay.replay(found.coverage, self.rootdir)
+                if trouble is not None:
+                    self.stats.fallback(trouble)
                 self._pending[fixturedef] = found.value
                 self._origin[fixturedef] = "loaded"
                 self._entry[fixturedef] = found.entry
@@ -1133,9 +1142,11 @@ class StateMigrateSession:
             n: trees.print_of(self._owned[d].made) for n, d in defs.items() if d in self._owned
         }
         recorder = BuildRecorder(files)
+        # (Outermost: what coverage reads and writes is not the build's reading or writing.)
+        covering = coverage_replay.recording(label, self.rootdir, self.proxy.files)
         try:
             watching = files.watching() if files else contextlib.nullcontext()
-            with _recording_warnings() as log, recorder, watching:
+            with covering as covered, _recording_warnings() as log, recorder, watching:
                 # The build's own time: what recording it costs is not what loading must beat.
                 start = time.perf_counter()
                 value = yield from self._fixture_code()
@@ -1166,7 +1177,10 @@ class StateMigrateSession:
             warnings=[warning_to_wire(w) for w in log],
             fingerprints=seen,
             random_after={name: left for name, (_, left) in recorder.random.items()},
+            coverage=covered.record,
         )
+        if covered.trouble is not None:
+            self.stats.fallback(covered.trouble)
         alias = fx.global_alias(fixturedef.func, value)
         if alias is not None:
             why = (

@@ -75,17 +75,17 @@ from os import environ
 
 @pytest.fixture(scope="session")
 def seeded():
-    time.sleep(0.05)
+    time.sleep(0.2)  # (building must cost more than loading, even under load)
     return int(os.environ.get("MY_SEED", "0"))
 
 @pytest.fixture(scope="session")
 def from_getenv():
-    time.sleep(0.05)
+    time.sleep(0.2)  # (building must cost more than loading, even under load)
     return os.getenv("MY_MODE") or "default"
 
 @pytest.fixture(scope="session")
 def settings():
-    time.sleep(0.05)
+    time.sleep(0.2)  # (building must cost more than loading, even under load)
     return {k: v for k, v in environ.items() if k.startswith("MY_")}
 
 @pytest.fixture(autouse=True)
@@ -139,7 +139,7 @@ from pytest_statemigrate import state
 @state(env=["MY_A"])
 @pytest.fixture(scope="session")
 def settings():
-    time.sleep(0.05)
+    time.sleep(0.2)  # (building must cost more than loading, even under load)
     return {k: v for k, v in os.environ.items() if k.startswith("MY_")}
 
 @pytest.fixture(autouse=True)
@@ -166,12 +166,12 @@ import pytest
 
 @pytest.fixture(scope="session")
 def drawn():
-    time.sleep(0.05)
+    time.sleep(0.2)  # (building must cost more than loading, even under load)
     return [random.random() for _ in range(3)]
 
 @pytest.fixture(scope="session")
 def own_generator():
-    time.sleep(0.05)
+    time.sleep(0.2)  # (building must cost more than loading, even under load)
     return random.Random(7).random()
 
 @pytest.fixture(autouse=True)
@@ -236,7 +236,7 @@ def pytest_runtest_setup(item):
 
 @pytest.fixture(scope="session")
 def noise():
-    time.sleep(0.05)
+    time.sleep(0.2)  # (building must cost more than loading, even under load)
     return np.random.rand(4).tolist()
 
 @pytest.fixture(autouse=True)
@@ -265,7 +265,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def data():
-    time.sleep(0.05)
+    time.sleep(0.2)  # (building must cost more than loading, even under load)
     with open("data.txt") as f:  # relative: read from wherever pytest was started
         return f.read()
 
@@ -330,7 +330,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def scanned():
-    time.sleep(0.05)
+    time.sleep(0.2)  # (building must cost more than loading, even under load)
     import envscan
     return sorted(envscan.CONFIG)
 

@@ -366,16 +366,21 @@ def _try_open(directory: str, settings: Mapping[str, Any]) -> diskcache.Cache | 
     diskcache connects before it fails; the connection of the half-built cache is dropped
     here, with its ResourceWarning silenced (Python 3.13 warns on unclosed connections, and a
     warning left for later surfaces inside a test of a suite that runs with warnings as
-    errors)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        try:
-            return _open_cache(directory, **settings)
-        except sqlite3.OperationalError:
-            raise
-        except sqlite3.DatabaseError as exc:
-            reason = str(exc)
-        gc.collect()  # (the connection sits in a thread-local: a cycle)
+    errors). Warning filters are process-wide: they are touched only on the main thread, and
+    only when it failed (a cold run opens its disk tier on a writer thread while a build on the
+    main thread records its own warnings)."""
+    try:
+        return _open_cache(directory, **settings)
+    except sqlite3.OperationalError:
+        raise
+    except sqlite3.DatabaseError as exc:
+        reason = str(exc)
+    if threading.current_thread() is threading.main_thread():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()  # (the connection sits in a thread-local: a cycle)
+    else:
+        gc.collect()
     return reason
 
 

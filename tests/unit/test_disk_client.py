@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -131,3 +133,32 @@ def test_a_disk_tier_that_cannot_be_opened_fails_each_write_with_its_reason(
         "last_write_error": "cannot open it (disk I/O error)",
         "writer": f"disk tier {tmp_path / 'disk'}",
     }
+
+
+def test_opening_on_the_writer_thread_leaves_the_warning_filters_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Filters are process-wide: a writer thread that entered warnings.catch_warnings() before
+    a build began recording its warnings (itself a catch_warnings) and left it after undid the
+    build's recording, and its warnings were lost (a cold run's summary missed them)."""
+    from nodeagent import tiers
+
+    started, go = threading.Event(), threading.Event()
+    real_open = tiers._open_cache
+
+    def slow_open(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        assert go.wait(10)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(tiers, "_open_cache", slow_open)
+    directory = str(tmp_path / "disk")
+    client = DiskClient(lambda: DiskTier(directory, 2**30), directory)
+    assert started.wait(10)  # the writer is opening the disk tier...
+    with warnings.catch_warnings(record=True) as log:  # ... when a build starts recording
+        warnings.simplefilter("always")
+        go.set()
+        assert client.disk is not None  # the writer has opened it
+        warnings.warn("the build's own", DeprecationWarning, stacklevel=1)
+    assert [str(w.message) for w in log] == ["the build's own"]
+    client.shut()

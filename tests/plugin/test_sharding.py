@@ -225,8 +225,9 @@ def test_dist_statemigrate_keeps_outcomes_and_state_together(project: Suite) -> 
     assert warm.outcomes == by_load.outcomes == plain.outcomes
     # Six values; a worker that runs a value's tests pays it once. Units keep each value's
     # tests on one worker; steals at the end may split a few (--dist load: nearly all 12).
+    # How many depends on timing, for both: how much fewer is measured by bench/shard.py, not
+    # asserted here (under load the two met at 10 once in three -n 2 runs beside another suite).
     assert _loads(warm) <= 10, warm.stats
-    assert _loads(warm) < _loads(by_load), (warm.stats, by_load.stats)
 
 
 def test_dist_statemigrate_without_an_esg_or_the_plugin(project: Suite) -> None:

@@ -422,16 +422,9 @@ def _sign(secret: bytes, key: str, meta: bytes) -> bytes:
     return hmac.new(secret, key.encode() + b"\0" + meta, hashlib.sha256).digest()
 
 
-def seal(
-    secret: bytes,
-    key: str,
-    meta: Mapping[str, Any],
-    payload: Sequence[Any],
-    digest: str | None = None,
-) -> list[Any]:
-    """Frames for an entry: meta (with format and payload digest, ``digest`` when the caller
-    has it already), signature, payload."""
-    full = {**meta, "fmt": FORMAT_VERSION, "digest": digest or payload_digest(payload)}
+def seal(secret: bytes, key: str, meta: Mapping[str, Any], payload: Sequence[Any]) -> list[Any]:
+    """Frames for an entry: meta (with format and payload digest), signature, payload."""
+    full = {**meta, "fmt": FORMAT_VERSION, "digest": payload_digest(payload)}
     packed = msgpack.packb(full, use_bin_type=True)
     return [packed, _sign(secret, key, packed), *payload]
 

@@ -149,7 +149,7 @@ class BuildRecorder:
         for name, state in random_states().items():
             before = self._states.get(name, state)
             if not _same_state(before, state):
-                self.random[name] = (state_digest(before), _to_wire(state))
+                self.random[name] = (random_state_digest(before), _to_wire(state))
         self._states = {}
 
     # -- sys.monitoring (3.12+) ---------------------------------------------------------
@@ -239,7 +239,7 @@ class Fingerprints:
             return "the current directory changed (its build opened a relative path)"
         states = random_states() if self.random else {}
         for name, start in self.random.items():
-            if name not in states or state_digest(states[name]) != start:
+            if name not in states or random_state_digest(states[name]) != start:
                 return f"the global random state of {name!r} is not the one it was built from"
         return None
 
@@ -384,7 +384,9 @@ def random_states() -> dict[str, Any]:
 
 
 def _same_state(a: Any, b: Any) -> bool:
-    return bool(state_digest(a) == state_digest(b)) if _has_arrays(a) else bool(a == b)
+    return (
+        bool(random_state_digest(a) == random_state_digest(b)) if _has_arrays(a) else bool(a == b)
+    )
 
 
 def _has_arrays(state: Any) -> bool:
@@ -410,7 +412,7 @@ def _from_wire(wire: Any) -> Any:
     return wire
 
 
-def state_digest(state: Any) -> str:
+def random_state_digest(state: Any) -> str:
     """A generator's state as an entry records it (numpy arrays by their bytes)."""
     return hashlib.sha256(repr(_to_wire(state)).encode()).hexdigest()[:32]
 

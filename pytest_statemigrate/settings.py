@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,13 +49,18 @@ SWITCHES: Final = ("on", "off")
 EVICTIONS: Final = ("belady", "lru", "aggressive")
 
 
+_SEPARATORS: Final = re.compile(r"[,\s]+")
+
+
 class SettingsError(ValueError):
     """A bad option or ini value; the message is one line naming it and the fix."""
 
 
 def parse_patterns(text: str) -> tuple[str, ...]:
-    """``"data*, model"`` → ``("data*", "model")``."""
-    return tuple(p.strip() for p in text.split(",") if p.strip())
+    """``"data*, model"`` (commas, spaces or lines between them) → ``("data*", "model")``:
+    fixture names hold none of them, so ``statemigrate_fixtures = corpus vocabulary`` on one
+    line is two patterns, not one that matches nothing."""
+    return tuple(p for p in _SEPARATORS.split(text) if p)
 
 
 def name_matches(name: str, patterns: Iterable[str]) -> bool:
@@ -208,7 +214,7 @@ def build(
     :param ini: ``config.getini``; :param option: ``config.getoption``.
     """
     cli_patterns = option("sm_fixtures")
-    ini_patterns = tuple(p.strip() for p in ini("statemigrate_fixtures") if p.strip())
+    ini_patterns = parse_patterns("\n".join(ini("statemigrate_fixtures")))
     patterns: Sequence[str] = cli_patterns if cli_patterns is not None else ini_patterns
     agent, curve = _agents_and_keys(
         option("sm_agent") or ini("statemigrate_agent") or "",
@@ -346,7 +352,10 @@ def _choice(allowed: Sequence[str]) -> Callable[[str], str]:
 
 #: ini keys: name → (help, type for ``parser.addini``). Sizes take K/M/G/T suffixes.
 INI: Final[Mapping[str, tuple[str, str]]] = {
-    "statemigrate_fixtures": ("fnmatch patterns of fixtures to manage, one a line", "linelist"),
+    "statemigrate_fixtures": (
+        "fnmatch patterns of fixtures to manage, one a line (or separated by spaces or commas)",
+        "linelist",
+    ),
     "statemigrate_agent": (
         "endpoints of long-lived node agents, comma-separated or one a line (default: one "
         "agent started per run)",

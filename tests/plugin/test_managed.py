@@ -70,6 +70,14 @@ def test_cold_then_warm_builds_nothing(suite: Suite) -> None:
     warm.result.stdout.fnmatch_lines(["*statemigrate*", "managed fixtures: 2 (dataset, rows)"])
 
 
+@pytest.mark.parametrize("ini", ["dataset rows", "dataset, rows"], ids=["spaces", "commas"])
+def test_patterns_on_one_line_are_several(suite: Suite, ini: str) -> None:
+    """``statemigrate_fixtures = dataset rows`` was one pattern that matched nothing."""
+    _project(suite, ini=f"statemigrate_fixtures = {ini}\n")
+    run = suite.same_as_plain()
+    run.result.stdout.fnmatch_lines(["managed fixtures: 2 (dataset, rows)"])
+
+
 def test_refresh_rebuilds(suite: Suite) -> None:
     _project(suite)
     suite.run()

@@ -293,3 +293,18 @@ def test_the_readme_documents_every_ini_key_and_option() -> None:
     assert len(options) > 10
     missing = [name for name in [*st.INI, *options] if f"`{name}" not in readme]
     assert not missing, f"README.md's options table lacks {missing}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["corpus vocabulary", "corpus,vocabulary", "corpus, vocabulary\n", "\ncorpus\n  vocabulary"],
+)
+def test_patterns_are_separated_by_commas_spaces_or_lines(text: str) -> None:
+    assert st.parse_patterns(text) == ("corpus", "vocabulary")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]  # pytest's linelist
+    settings = st.build(
+        rootdir=Path("/project"),
+        ini=lambda name: lines if name == "statemigrate_fixtures" else "",
+        option=lambda name: None,
+    )
+    assert settings.ini_patterns == ("corpus", "vocabulary")

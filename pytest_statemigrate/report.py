@@ -47,6 +47,9 @@ class RunStats:
     planned: dict[str, Any] = field(default_factory=dict)  # the plan's own measures
     #: lines about the run's configuration (an option that selects nothing), each said once
     notes: list[str] = field(default_factory=list)
+    #: xdist's controller: each worker's net saving, as merged (they ran side by side, so
+    #: the sum is build time saved, not wall time)
+    worker_saved: list[float] = field(default_factory=list)
 
     def fixture(self, ident: str, name: str) -> str:
         """Note a fixture's name; returns ``ident`` for chaining."""
@@ -105,6 +108,7 @@ class RunStats:
             "prefetch_used_bytes": self.prefetch_used_bytes,
             "planned": dict(self.planned),
             "notes": list(self.notes),
+            "worker_saved_seconds": [round(w, 6) for w in self.worker_saved],
         }
 
     @classmethod
@@ -131,6 +135,7 @@ class RunStats:
             prefetch_used_bytes=int(data.get("prefetch_used_bytes", 0)),
             planned=dict(data.get("planned", {})),
             notes=list(data.get("notes", [])),
+            worker_saved=[float(w) for w in data.get("worker_saved_seconds", [])],
         )
 
     def merge(self, other: RunStats) -> None:
@@ -156,6 +161,7 @@ class RunStats:
         self.prefetch_used_bytes += other.prefetch_used_bytes
         for line in other.notes:
             self.note(line)
+        self.worker_saved.extend(other.worker_saved or [other.net_saved()])
 
     def net_saved(self) -> float:
         """Seconds of building the hits saved, less what the plugin's work in managed setups
@@ -184,7 +190,8 @@ class RunStats:
             + (f"; waited for another worker's build: {self.waited}" if self.waited else ""),
             f"loaded {_size(self.bytes_loaded)} in {self.load_seconds:.2f}s; "
             f"stored {_size(self.bytes_stored)} in {self.store_seconds:.2f}s; "
-            f"built in {self.build_seconds:.2f}s; " + _saving(saved, hits, self.plugin_seconds),
+            f"built in {self.build_seconds:.2f}s; "
+            + _saving(saved, hits, self.plugin_seconds, len(self.worker_saved)),
         ]
         if self.prefetched:
             line = f"prefetched {self.prefetched} value(s) before the tests that need them"
@@ -227,11 +234,18 @@ class RunStats:
         path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
 
 
-def _saving(net: float, hits: int, plugin_seconds: float) -> str:
-    """The summary's claim: never a saving the run did not make (see RunStats.net_saved)."""
+def _saving(net: float, hits: int, plugin_seconds: float, workers: int = 0) -> str:
+    """The summary's claim: never a saving the run did not make (see RunStats.net_saved).
+    Under xdist the workers' savings add up to build time, not wall time: the line says how
+    much wall time that is when the workers share the work evenly."""
     if not hits:
         return f"the plugin's own work took {plugin_seconds:.2f}s"
     if net >= 0:
+        if workers > 1:
+            return (
+                f"saved ~{net:.2f}s of building across {workers} workers "
+                f"(~{net / workers:.2f}s of wall time if they share the work evenly)"
+            )
         return f"saved ~{net:.2f}s"
     return f"loading and checking cost ~{-net:.2f}s more than building would have"
 

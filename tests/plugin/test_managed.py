@@ -519,6 +519,9 @@ def test_xdist_builds_each_session_value_once(suite: Suite, store: str) -> None:
     assert run.outcomes == plain.outcomes, run.text
     assert suite.builds().count("dataset") == (1 if store == "cold" else 0), run.text
     assert run.stats is not None and run.stats["managed"] == ["dataset"]
+    assert len(run.stats["worker_saved_seconds"]) == 2, run.stats  # one per worker
+    if store == "warm" and run.stats["net_saved_seconds"] >= 0:
+        assert "of building across 2 workers" in run.text, run.text
 
 
 def test_same_names_told_apart_and_parametrize_names_ignored(suite: Suite) -> None:

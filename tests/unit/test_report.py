@@ -73,3 +73,18 @@ def test_a_run_without_hits_claims_no_saving() -> None:
     stats = RunStats(builds=2, build_seconds=1.0, plugin_seconds=0.12)
     stats.managed.add("a")
     assert stats.lines()[2].endswith("the plugin's own work took 0.12s")
+
+
+def test_workers_savings_are_build_time_not_wall_time() -> None:
+    """Under -n 2 the summary said "saved ~5.98s" where about 3 s of wall time were gained:
+    the workers ran side by side."""
+    controller = RunStats()
+    for saved in (3.10, 2.88):
+        worker = RunStats(hits=Counter(disk=3), saved_seconds=saved, load_seconds=0.1)
+        controller.merge(RunStats.from_json(worker.to_json()))  # as workers send them
+    line = controller.lines()[2]
+    assert "saved ~5.98s of building across 2 workers" in line
+    assert "~2.99s of wall time if they share the work evenly" in line
+    assert RunStats.from_json(controller.to_json()).worker_saved == [3.1, 2.88]
+    single = RunStats(hits=Counter(disk=3), saved_seconds=3.10, load_seconds=0.1)
+    assert single.lines()[2].endswith("saved ~3.10s")  # one process: wall time it is

@@ -4,6 +4,7 @@ the ESG."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
 import time
@@ -464,6 +465,48 @@ def _size_arg(text: str) -> int:
     return value
 
 
+def example_suite() -> Path:
+    """The bundled example suite: in the wheel as ``pytest_statemigrate._example``, in a
+    source checkout at ``examples/suite``."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytest_statemigrate._example")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / "conftest.py").is_file():
+            return Path(location)
+    return Path(__file__).resolve().parent.parent / "examples" / "suite"
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Copy the bundled example into a directory and run it twice with the plugin: cold
+    (values built and stored), then warm (served)."""
+    import subprocess
+    import tempfile
+
+    source = example_suite()
+    if not (source / "conftest.py").is_file():
+        print(f"statemigrate demo: the bundled example is not at {source}", file=sys.stderr)
+        return 1
+    with contextlib.ExitStack() as stack:
+        if args.directory is None:
+            base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sm-demo-")))
+        else:
+            base = Path(args.directory)
+        dest = base / "suite"
+        if dest.exists():
+            print(f"statemigrate demo: {dest} exists: name a new directory", file=sys.stderr)
+            return 2
+        ignore = shutil.ignore_patterns("__pycache__", ".statemigrate", ".pytest_cache")
+        shutil.copytree(source, dest, ignore=ignore)
+        for run in ("cold: every value is built and stored", "warm: the stored values are served"):
+            print(f"\n== statemigrate demo, {run} ({dest})", flush=True)
+            command = [sys.executable, "-m", "pytest", "-p", "statemigrate", "-q", str(dest)]
+            done = subprocess.run(command, cwd=dest, check=False)
+            if done.returncode != 0:
+                return done.returncode
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["agent"]:
@@ -475,6 +518,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("agent", help="run a node agent (same options as python -m nodeagent)")
+    demo = sub.add_parser(
+        "demo",
+        help="run the bundled example suite cold, then warm",
+        description="Copy the bundled example suite into DIR (default: a temporary directory, "
+        "removed afterwards) and run it twice with the plugin: the first run builds and stores "
+        "its values, the second serves them.",
+    )
+    demo.add_argument("directory", nargs="?", default=None, metavar="DIR")
     clear = sub.add_parser("clear", help="empty the store (and optionally a running agent)")
     clear.add_argument(
         "--dir", default=DEFAULTS["dir"], help="store directory (default %(default)s)"
@@ -561,6 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {
         "plan": _plan,
         "clear": _clear,
+        "demo": _demo,
         "keys": _keys,
         "esg": _esg,
         "partitions": _partitions,

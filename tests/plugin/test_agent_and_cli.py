@@ -110,29 +110,27 @@ def test_the_off_switch_runs_the_bundled_example(tmp_path: Path) -> None:
     assert not (tmp_path / "examples" / "suite" / ".statemigrate").exists()
 
 
-def test_demo_runs_the_bundled_example_cold_then_warm(tmp_path: Path) -> None:
-    """`statemigrate demo DIR`: the example copied into DIR (from the wheel's
-    pytest_statemigrate._example, or the checkout's examples/suite), run twice."""
+def _demo(directory: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest_statemigrate.cli", "demo", str(tmp_path)],
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_statemigrate.cli", "demo", str(directory)],
         capture_output=True,
         text=True,
         timeout=240,
         env=env,
     )
+
+
+def test_demo_runs_the_bundled_example_cold_then_warm(tmp_path: Path) -> None:
+    """`statemigrate demo DIR`: the example copied into DIR (from the wheel's
+    pytest_statemigrate._example, or the checkout's examples/suite), run twice."""
+    done = _demo(tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     cold, warm = done.stdout.split("== statemigrate demo, warm")
     assert "hits: 0; builds: 6" in cold and "49 passed" in cold, done.stdout
     assert "hits: 6" in warm and "builds: 0" in warm and "49 passed" in warm, done.stdout
     assert (tmp_path / "suite" / ".statemigrate").is_dir()  # DIR given: kept
-    again = subprocess.run(
-        [sys.executable, "-m", "pytest_statemigrate.cli", "demo", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    again = _demo(tmp_path)
     assert again.returncode == 2 and "exists: name a new directory" in again.stderr
 
 

@@ -420,6 +420,8 @@ def random_state_digest(state: Any) -> str:
 def restore_random(after: dict[str, Any]) -> None:
     """On a hit: leave each global generator the build drew from in the state the build left
     it in (an unknown generator, not imported in this process, is skipped)."""
+    if not after:  # (most values: nothing to look up on the hit path)
+        return
     generators = _generators()
     for name, wire in after.items():
         gen = generators.get(name)

@@ -256,7 +256,14 @@ def spawn_agent(
         cmd += ["--curve-dir", curve_dir]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
-    log_fh: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+    try:
+        log_fh: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+    except OSError as exc:
+        from nodeagent.client import AgentError
+
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        why = f"cannot open its log {log_path}: {exc.strerror or exc}"
+        raise AgentError(bind, "start", why) from None
     try:
         proc = subprocess.Popen(
             cmd,

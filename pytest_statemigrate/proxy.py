@@ -139,7 +139,11 @@ class AgentLink:
         if self.down is not None:
             return None
         if self._client is None:
-            local = self.local_client()
+            try:
+                local = self.local_client()
+            except Exception as exc:  # the disk tier or agent could not start: build here
+                self.fail(exc)
+                return None
             if local is not None:
                 self._client = local
                 self.write_errors = 0

@@ -278,6 +278,9 @@ class EmbeddedAgent:
         #: a key misses (:meth:`local_miss`); until then this process reads the disk tier
         #: itself. A run whose values are all stored starts none.
         self.deferred = False
+        #: Why the agent could not start (its log cannot be opened, Python cannot run): raised
+        #: again to every later user, which reports it and builds in-process, without retrying.
+        self.failed: Exception | None = None
         #: One line each: what opening the disk tier here had to repair (a corrupt database
         #: moved aside), for the summary.
         self.notices: list[str] = []
@@ -381,16 +384,22 @@ class EmbeddedAgent:
             if direct and self.single and s.store is None and not s.refresh and not self.deferred:
                 self.deferred = True  # started by local_miss, or when a link connects
                 return
+            if self.failed is not None:
+                raise self.failed
             from nodeagent.launcher import spawn_agent
 
-            self.process = spawn_agent(
-                disk_dir=str(s.disk_dir),
-                ram_bytes=s.ram_bytes,
-                disk_bytes=s.disk_bytes,
-                store=s.store,
-                parent_pid=os.getpid(),
-                log_file=str(s.store_dir / "agent.log"),
-            )
+            try:
+                self.process = spawn_agent(
+                    disk_dir=str(s.disk_dir),
+                    ram_bytes=s.ram_bytes,
+                    disk_bytes=s.disk_bytes,
+                    store=s.store,
+                    parent_pid=os.getpid(),
+                    log_file=str(s.store_dir / "agent.log"),
+                )
+            except Exception as exc:
+                self.failed = exc
+                raise
 
     def endpoint(self) -> str:
         self.spawn()
@@ -533,7 +542,10 @@ class StateMigrateSession:
         ``local``, also open its disk tier here (this process will read values)."""
         if self.embedded is not None:
             self.embedded.single = local
-            self.embedded.spawn(direct=local)
+            try:
+                self.embedded.spawn(direct=local)
+            except Exception:  # kept in .failed: each user of the agent reports it, builds here
+                return
             if local:
                 self.embedded.open_disk()
 

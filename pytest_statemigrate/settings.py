@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -281,13 +282,20 @@ def store_dir_trouble(settings: Settings) -> str | None:
     cannot be made, one line naming where it was set and the fix, for the summary: the run
     is then unmanaged, as plain pytest would run it (rejected: a usage error, which would
     stop a suite over a cache). None when it exists or was made now."""
+    source = settings.store_dir_source or str(settings.store_dir)
     try:
         settings.store_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        source = settings.store_dir_source or str(settings.store_dir)
         return (
             f"{source}: cannot create it ({exc.strerror or exc}); name a directory that can "
             "be made: fixtures run unmanaged"
+        )
+    # It exists but may be read-only (a read-only mount, a checkout owned by another user):
+    # the run writes its disk tier, ESG and agent log there.
+    if not os.access(settings.store_dir, os.W_OK | os.X_OK):
+        return (
+            f"{source}: cannot write in it (read-only); name a writable directory: "
+            "fixtures run unmanaged"
         )
     return None
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -244,3 +245,77 @@ def test_full_disk_without_an_agent_costs_a_rebuild(suite: Suite, tiny_disk: str
     assert run.stats is not None and run.stats["builds"] == 1
     again = suite.same_as_plain(f"--sm-dir={tiny_disk}")
     assert again.stats is not None and again.stats["builds"] == 1 and not again.stats["hits"]
+
+
+@pytest.fixture
+def own_tmpdir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A TMPDIR of the runs' own, to see what they leave behind in it."""
+    path = tmp_path_factory.mktemp("tmpdir")
+    monkeypatch.setenv("TMPDIR", str(path))
+    return path
+
+
+@pytest.fixture
+def read_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Path], None]]:
+    """``read_only(dir)`` makes ``dir`` a read-only bind mount of itself (needs root and
+    mount: chmod does not stop root)."""
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root")
+    mounted: list[Path] = []
+
+    def _read_only(path: Path) -> None:
+        for cmd in (
+            ["mount", "--bind", str(path), str(path)],
+            ["mount", "-o", "remount,bind,ro", str(path)],
+        ):
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.skip(f"cannot bind-mount read-only here: {done.stderr.strip()}")
+            if "--bind" in cmd:
+                mounted.append(path)
+
+    yield _read_only
+    for path in reversed(mounted):
+        subprocess.run(["umount", "--lazy", str(path)], check=False)
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["in-process", "n2"])
+def test_a_read_only_store_runs_unmanaged(
+    suite: Suite, xdist: bool, own_tmpdir: Path, read_only: Callable[[Path], None]
+) -> None:
+    """A read-only ``.statemigrate`` (a read-only mount, another user's checkout): one line,
+    the run unmanaged, no outcome changed and nothing left in the temp directory."""
+    _project(suite)
+    args = ("-n", "2") if xdist else ()
+    suite.run(*args)  # cold: the store exists, with values in it
+    read_only(suite.pytester.path / ".statemigrate")
+    run = suite.same_as_plain(*args)
+    assert "INTERNALERROR" not in run.text and "Traceback" not in run.text, run.text
+    run.result.stdout.fnmatch_lines(
+        [
+            "fallback: the store directory *: cannot write in it (read-only); name a writable "
+            "directory: fixtures run unmanaged"
+        ]
+    )
+    assert list(own_tmpdir.iterdir()) == []
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["in-process", "n2"])
+def test_an_agent_that_cannot_start_costs_builds_not_outcomes(
+    suite: Suite, xdist: bool, own_tmpdir: Path
+) -> None:
+    """The agent's log cannot be opened (here: a directory is in its place), so no agent
+    starts: the run builds in-process. One line says why; nothing is left in the temp
+    directory."""
+    _project(suite)
+    args = ("-n", "2") if xdist else ()
+    suite.run(*args)
+    log = suite.pytester.path / ".statemigrate" / "agent.log"
+    log.unlink(missing_ok=True)
+    log.mkdir()
+    run = suite.same_as_plain("--sm-refresh", *args)  # it builds: the agent would start
+    assert "INTERNALERROR" not in run.text and "Traceback" not in run.text, run.text
+    run.result.stdout.fnmatch_lines(
+        ["fallback: agent * cannot open its log *agent.log: Is a directory*"]
+    )
+    assert list(own_tmpdir.iterdir()) == []

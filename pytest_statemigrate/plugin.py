@@ -493,12 +493,14 @@ class _Hooks:
             workeroutput["statemigrate_notes"] = list(self.notes)
         if self._session is None:
             return
+        if workeroutput is None:
+            # First: the disk tier's writer thread is still writing the last values built
+            # (finish waits for it), and the ESG's SQLite work overlaps that.
+            self._session.save_esg()
         self._session.finish()
         if workeroutput is not None:
             workeroutput["statemigrate"] = self._session.stats.to_json()
             workeroutput["statemigrate_esg"] = self._session.esg.to_json()
-        else:
-            self._session.save_esg()
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         from .report import RunStats

@@ -422,12 +422,19 @@ def _shard(args: argparse.Namespace) -> int:
 
 
 def _partition(args: argparse.Namespace) -> int:
-    from .partition import repartition
+    from .partition import Unavailable, repartition
 
     with _open_esg(args) as store:
-        parts = repartition(
-            store, partition_bytes=args.partition_bytes, agents=args.agents, method=args.partitioner
-        )
+        try:
+            parts = repartition(
+                store,
+                partition_bytes=args.partition_bytes,
+                agents=args.agents,
+                method=args.partitioner,
+            )
+        except Unavailable as exc:
+            print(f"statemigrate partition: {exc}", file=sys.stderr)
+            return 2
     print(f"{len(parts)} partition(s) saved; see them with `statemigrate partitions`")
     return 0
 

@@ -24,6 +24,7 @@ measurements.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import random
@@ -41,6 +42,16 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
 METHODS: Final = ("metis", "spectral")
+#: What to install for the spectral partitioner (numpy and scipy are not required: 140 MB).
+SPECTRAL_EXTRA: Final = (
+    "the spectral partitioner needs numpy and scipy: pip install 'pytest-statemigrate[spectral]'"
+)
+
+
+class Unavailable(RuntimeError):
+    """The partitioner asked for cannot run here; the message names what to install."""
+
+
 WEIGHT_BUDGET: Final = 2**30  # largest sum of vertex (or of CSR edge) weights handed to METIS
 IMBALANCE: Final = 0.03  # a part may exceed its share of the bytes by 3% (METIS ufactor 30)
 DENSE_MAX: Final = 256  # components up to this many elements get a dense eigensolver
@@ -232,6 +243,7 @@ def partition(
     :param seed: METIS's random seed, and the start vector of the spectral eigensolver.
     :raises ValueError: ``nparts < 1``, an unknown method, a negative seed, a directed graph, a
         key that is not a str, a size or weight that is not a finite number >= 0.
+    :raises Unavailable: the spectral path is needed and numpy or scipy is not installed.
     """
     return _partition_csr(_csr(graph), nparts, method, seed)
 
@@ -263,6 +275,9 @@ def _partition_csr(csr: _Csr, nparts: int, method: str, seed: int) -> dict[str, 
         return dict.fromkeys(csr.keys, 0)
     membership = _metis(csr, k, seed) if method == "metis" else None
     if membership is None:
+        if not spectral_available():
+            missing = "pymetis cannot be imported, and " if method == "metis" else ""
+            raise Unavailable(missing + SPECTRAL_EXTRA)
         membership = _spectral(csr, k, seed)
     return dict(zip(csr.keys, _numbered(membership), strict=True))
 
@@ -367,6 +382,21 @@ def _numbered(membership: Sequence[int]) -> list[int]:
 
 
 # --------------------------------------------------------------------------- spectral
+
+
+def spectral_available() -> bool:
+    """numpy and scipy can be imported (the ``spectral`` extra), without importing them."""
+    for name in ("numpy", "scipy"):
+        if name in sys.modules:
+            if sys.modules[name] is None:  # (marked as not importable)
+                return False
+            continue
+        try:
+            if importlib.util.find_spec(name) is None:
+                return False
+        except (ImportError, ValueError):
+            return False
+    return True
 
 
 def _spectral(csr: _Csr, k: int, seed: int) -> list[int]:

@@ -1433,22 +1433,36 @@ class StateMigrateSession:
         if not (record.elements or record.accesses or record.setups):
             return
         try:
-            from .partition import repartition
-
             store = ESGStore(self.settings.store_dir / "esg.sqlite", self.settings.history)
             with store:
                 if store.notice:
                     self.stats.fallback(store.notice)
                 store.add_session(record)
                 if store.needs_partitioning():
-                    repartition(
-                        store,
-                        partition_bytes=self.settings.partition_bytes,
-                        agents=1,
-                        method=self.settings.partitioner,
-                    )
+                    self._repartition(store)
         except Exception as exc:  # the run's outcome never depends on its recording
             self.stats.fallback(f"could not record the execution state graph ({exc})")
+
+    def _repartition(self, store: ESGStore) -> None:
+        """Partition the ESG by the configured method; one line when it cannot run here (the
+        spectral partitioner without its extra: METIS then partitions)."""
+        from .partition import Unavailable, repartition
+
+        asked = self.settings.partitioner
+        for method in dict.fromkeys((asked, "metis")):
+            try:
+                repartition(
+                    store,
+                    partition_bytes=self.settings.partition_bytes,
+                    agents=1,
+                    method=method,
+                )
+                return
+            except Unavailable as exc:
+                if method == "metis":
+                    self.stats.fallback(f"the ESG was not partitioned: {exc}")
+                    return
+                self.stats.fallback(f"statemigrate_partitioner = {asked}: {exc}; METIS partitions")
 
     def take_pending(self, fixturedef: Any) -> tuple[bool, Any]:
         """(True, value) when the wrapper loaded a value for this setup."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -211,3 +212,36 @@ def test_a_corrupt_esg_file_is_moved_aside_and_the_summary_says_so_once(
         assert len(esg.sessions()) == 1  # the run that found it recorded itself anew
     again = suite.run(*args)
     assert "esg.sqlite.bad" not in again.text, again.text
+
+
+def test_the_spectral_partitioner_without_its_extra_is_one_line(
+    suite: Suite, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``statemigrate_partitioner = spectral`` where scipy is not installed (its import fails,
+    as it does without the ``spectral`` extra): one summary line names the extra, and METIS
+    partitions the ESG; the CLI says the same in one line and exits 2."""
+    from pytest_statemigrate.cli import main
+
+    suite.pytester.makeini(
+        "[pytest]\nstatemigrate_fixtures =\n    corpus\n    table\n"
+        "statemigrate_partitioner = spectral\nstatemigrate_partition_bytes = 1\n"
+    )
+    suite.pytester.makeconftest("import sys\nsys.modules['scipy'] = None\n" + CONFTEST)
+    suite.pytester.makepyfile(test_esg=TESTS)
+    run = suite.same_as_plain()
+    run.result.stdout.fnmatch_lines(
+        [
+            "fallback: statemigrate_partitioner = spectral: the spectral partitioner needs numpy "
+            "and scipy: pip install 'pytest-statemigrate[spectral]'; METIS partitions"
+        ]
+    )
+    store = str(suite.pytester.path / ".statemigrate")
+    assert main(["partitions", "--dir", store]) == 0
+    assert "3 partition(s)" in capsys.readouterr().out  # 1-byte partitions: one per element
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    code = main(
+        ["partition", "--dir", store, "--partitioner", "spectral", "--partition-bytes", "1"]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("statemigrate partition: the spectral partitioner needs")
+    assert "\n" not in err

@@ -525,3 +525,22 @@ def test_metis_prints_nothing_into_the_run_s_output(capfd: pytest.CaptureFixture
     assert sorted(set(membership.values())) == [0, 1, 2, 3]
     print("after")  # the descriptor is back
     assert capfd.readouterr().out == "after\n"
+
+
+@pytest.mark.parametrize("blocked", ["numpy", "scipy"])
+def test_without_the_spectral_extra_one_line_names_it(
+    monkeypatch: pytest.MonkeyPatch, blocked: str
+) -> None:
+    """numpy and scipy are the ``spectral`` extra: without them the spectral path is refused
+    with what to install, and METIS (a required dependency) still partitions."""
+    graph = planted_graph(3, 20, 0.4, 0.02, seed=5)
+    metis = partition(graph, 3)
+    monkeypatch.setitem(sys.modules, blocked, None)  # import → ImportError, as if not installed
+    assert not pt.spectral_available()
+    with pytest.raises(pt.Unavailable) as spectral:
+        partition(graph, 3, method="spectral")
+    assert str(spectral.value) == pt.SPECTRAL_EXTRA and "[spectral]" in pt.SPECTRAL_EXTRA
+    assert partition(graph, 3) == metis
+    monkeypatch.setitem(sys.modules, "pymetis", None)
+    with pytest.raises(pt.Unavailable, match=r"^pymetis cannot be imported, and the spectral"):
+        partition(graph, 3)

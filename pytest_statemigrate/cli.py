@@ -233,7 +233,16 @@ def _suggest(args: argparse.Namespace) -> int:
             ],
         )
     )
-    print("\nmanage one with @pytest_statemigrate.state or the ini key statemigrate_fixtures")
+    names = list(dict.fromkeys(s.fixture.rsplit("::", 1)[-1] for s in found if s.picklable))
+    if names:
+        lines = "".join(f"\n    {name}" for name in names)
+        print(
+            "\nto manage those whose value pickles, add to the ini file's [pytest] section (in "
+            "pyproject.toml's [tool.pytest.ini_options], as a list), or decorate them with "
+            f"@pytest_statemigrate.state:\nstatemigrate_fixtures ={lines}"
+        )
+    else:
+        print("\nnone of them pickles: none can be managed")
     return 0
 
 

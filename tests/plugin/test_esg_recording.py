@@ -141,7 +141,9 @@ def test_the_statemigrate_command_reads_the_esg(
     assert main(["partitions", "--dir", store]) == 0
     assert "1 partition(s)" in capsys.readouterr().out  # 3 small elements: one partition
     assert main(["suggest", "--dir", store]) == 0
-    assert "conftest.py::slow_plain" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "conftest.py::slow_plain" in out
+    assert out.endswith("\nstatemigrate_fixtures =\n    slow_plain\n")  # ready to paste
     picture = tmp_path / "esg.json"
     assert main(["graph", "--dir", store, "--format", "json", "-o", str(picture)]) == 0
     assert picture.read_text().count('"partition": 0') == 3

@@ -22,3 +22,12 @@ def parse_size(text: str) -> int:
         raise ValueError(f"{text!r} is not a size; use bytes or a number with K, M, G or T")
     number, unit, _ = match.groups()
     return int(float(number) * _UNITS[unit.lower()])
+
+
+def size_text(nbytes: int) -> str:
+    """``536870912`` → ``"512M"``: the largest binary unit that divides it (the inverse of
+    :func:`parse_size` for such sizes)."""
+    for unit in "TGMK":
+        if nbytes and nbytes % _UNITS[unit.lower()] == 0:
+            return f"{nbytes // _UNITS[unit.lower()]}{unit}"
+    return str(nbytes)

@@ -1,7 +1,8 @@
 """Settings: one frozen object built from command-line options and ini keys.
 
-Every tunable, its default and its unit sits in :data:`DEFAULTS`; docs/options.md and the README
-list the same table. Bad values fail with one line naming the option and the fix.
+Every tunable's default sits in :data:`DEFAULTS`; options.py holds the table of the options and
+ini keys that set them, with their texts (``--help``, the README, the docs). Bad values fail
+with one line naming the option and the fix.
 """
 
 from __future__ import annotations
@@ -356,76 +357,3 @@ def _choice(allowed: Sequence[str]) -> Callable[[str], str]:
         return text
 
     return convert
-
-
-#: ini keys: name → (help, type for ``parser.addini``). Sizes take K/M/G/T suffixes.
-INI: Final[Mapping[str, tuple[str, str]]] = {
-    "statemigrate_fixtures": (
-        "fnmatch patterns of fixtures to manage, one a line (or separated by spaces or commas)",
-        "linelist",
-    ),
-    "statemigrate_agent": (
-        "endpoints of long-lived node agents, comma-separated or one a line (default: one "
-        "agent started per run)",
-        "string",
-    ),
-    "statemigrate_keys": (
-        "directory of the CURVE client keys for statemigrate_agent (`statemigrate keys`), "
-        "relative to the rootdir; needed for a non-loopback agent",
-        "string",
-    ),
-    "statemigrate_dir": (
-        "store directory, relative to the rootdir (default .statemigrate)",
-        "string",
-    ),
-    "statemigrate_store": (
-        "tier-3 persistent store of the embedded agent: a directory or an fsspec URL such as "
-        "s3://bucket/prefix",
-        "string",
-    ),
-    "statemigrate_max_value_bytes": (
-        "larger values are built, not stored (default 256M)",
-        "string",
-    ),
-    "statemigrate_ram_bytes": ("RAM tier budget of the embedded agent (default 1G)", "string"),
-    "statemigrate_disk_bytes": ("disk tier limit of the embedded agent (default 4G)", "string"),
-    "statemigrate_lease_seconds": (
-        "longest wait for another process's build (default 600)",
-        "string",
-    ),
-    "statemigrate_timeout": ("seconds one agent request may take (default 30)", "string"),
-    "statemigrate_history": ("sessions the execution state graph keeps (default 20)", "string"),
-    "statemigrate_write_check_bytes": (
-        "managed values up to this size are checked for mutation by tests (default 64K; 0: off)",
-        "string",
-    ),
-    "statemigrate_partition_bytes": ("target size of one state partition (default 64M)", "string"),
-    "statemigrate_partitioner": ("metis (default) or spectral", "string"),
-    "statemigrate_prefetch": (
-        "on (default): prefetch what the next tests need into the agent's RAM; off",
-        "string",
-    ),
-    "statemigrate_eviction": (
-        "RAM eviction of the plan: aggressive (default: next use, prefetching early), belady "
-        "or lru",
-        "string",
-    ),
-    "statemigrate_lookahead_tests": (
-        "a prefetch is issued at most this many tests ahead of its use (default 16)",
-        "string",
-    ),
-    "statemigrate_shard": (
-        "run one CI shard: I/N, auto (default: from Bazel's, GitLab's or CircleCI's variables "
-        "when something is managed and no other splitter is active) or off",
-        "string",
-    ),
-    "statemigrate_affinity": (
-        "on (default): `pytest -n N` without --dist schedules tests by state affinity "
-        "(--dist statemigrate) while something is managed; off: xdist's --dist load",
-        "string",
-    ),
-    "statemigrate_lookahead_bytes": (
-        "bytes prefetched ahead of their use per agent (default 0: the agent's RAM budget)",
-        "string",
-    ),
-}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import re
 from pathlib import Path
 from typing import Any
 
@@ -284,15 +283,6 @@ def test_a_bad_agent_endpoint_is_one_line(value: str, needle: str) -> None:
         message = str(info.value)
         assert message.startswith("statemigrate: bad agent endpoint: ") and needle in message
         assert "\n" not in message
-
-
-def test_the_readme_documents_every_ini_key_and_option() -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    plugin = (Path(__file__).parents[2] / "pytest_statemigrate" / "plugin.py").read_text()
-    options = set(re.findall(r'"(--sm-[a-z-]+)"', plugin))
-    assert len(options) > 10
-    missing = [name for name in [*st.INI, *options] if f"`{name}" not in readme]
-    assert not missing, f"README.md's options table lacks {missing}"
 
 
 @pytest.mark.parametrize(

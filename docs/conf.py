@@ -18,7 +18,7 @@ from pytest_statemigrate import __version__, options  # noqa: E402
 
 project = "pytest-statemigrate"
 author = "The pytest-statemigrate developers"
-copyright = "2026, The pytest-statemigrate developers"  # noqa: A001
+copyright = "2026, The pytest-statemigrate developers"
 release = version = __version__
 
 extensions = ["myst_parser"]

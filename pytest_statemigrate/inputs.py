@@ -31,12 +31,13 @@ import os
 import sys
 import sysconfig
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import CodeType
 from typing import Any, Final
 
+from . import effects
 from .keys import FileDigests
 
 _SKIP_DIRS: Final = ("__pycache__", ".git", ".tox", ".nox", ".venv", "node_modules")
@@ -114,9 +115,11 @@ class BuildRecorder:
 
     _tool: int | None = None
 
-    def __init__(self, writes: Any = None) -> None:
+    def __init__(self, writes: Any = None, modules: Callable[[], Any] | None = None) -> None:
         """:param writes: a :class:`trees.Capture` to note the paths the build writes and
-        deletes in, or None."""
+        deletes in, or None.
+        :param modules: the project's modules (an :class:`effects.ProjectModules`), whose
+        globals a build must not rebind; None: effects are not looked for."""
         self.codes: set[CodeType] = set()
         self.opened: set[str] = set()
         self.traced = False
@@ -129,8 +132,14 @@ class BuildRecorder:
         #: from, the state it left)
         self.random: dict[str, tuple[str, Any]] = {}
         self._states: dict[str, Any] = {}
+        self._modules = modules
+        self._effects: effects.Snapshot | None = None
+        #: What the build did to the process besides its value (``effects.py``), or None
+        self.effect: str | None = None
 
     def __enter__(self) -> BuildRecorder:
+        if self._modules is not None:  # (first: the environment is read before reads count)
+            self._effects = effects.Snapshot.take(self._modules)
         if not _Audit.installed:
             sys.addaudithook(_Audit.hook)
             _Audit.installed = True
@@ -151,6 +160,9 @@ class BuildRecorder:
             if not _same_state(before, state):
                 self.random[name] = (random_state_digest(before), _to_wire(state))
         self._states = {}
+        if self._effects is not None:
+            self.effect = self._effects.changed()
+            self._effects = None
 
     # -- sys.monitoring (3.12+) ---------------------------------------------------------
     def _start_monitoring(self) -> bool:

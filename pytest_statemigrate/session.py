@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from nodeagent.protocol import Fetched, LeaseReply
 
-from . import codec, coverage_replay, depstate, trees
+from . import codec, coverage_replay, depstate, effects, trees
 from . import fixtures as fx
 from .codec import IMMUTABLE, Unpicklable, load_secret, state_digest
 from .esg import ESGStore, Prediction, SessionRecord
@@ -518,6 +518,7 @@ class StateMigrateSession:
         self._origin: dict[Any, str] = {}
         self._nbytes: dict[str, int] = {}  # key → size of its pickle
         self._exclude = (str(settings.store_dir), _PACKAGE_DIR)
+        self._project_modules = effects.ProjectModules(str(rootdir), self._exclude)
         self.migrator: Migrator | None = None
         self._run_index: dict[int, int] = {}  # id(item) → its index in the planned order
         self._queue: Any = None  # xdist's worker queue, when this process is a worker
@@ -1153,7 +1154,7 @@ class StateMigrateSession:
         prints = {
             n: trees.print_of(self._owned[d].made) for n, d in defs.items() if d in self._owned
         }
-        recorder = BuildRecorder(files)
+        recorder = BuildRecorder(files, self._project_modules)
         # (Outermost: what coverage reads and writes is not the build's reading or writing.)
         covering = coverage_replay.recording(label, self.rootdir, self.proxy.files)
         try:
@@ -1200,6 +1201,9 @@ class StateMigrateSession:
                 "building does to it"
             )
             self.proxy.refuse(key, name, why, record)
+            return value
+        if recorder.effect is not None:  # (effects.py) a hit would not do it
+            self.proxy.refuse(key, name, f"its build {recorder.effect}: a hit would not", record)
             return value
         changed, shares = self._deps_after(deps, before)
         for dep, earlier in prints.items():
@@ -1504,10 +1508,19 @@ def _recording_warnings() -> Iterator[list[warnings.WarningMessage]]:
     """
     catcher = warnings.catch_warnings(record=True)
     log = catcher.__enter__()
+    before = list(warnings.filters)
     try:
         yield log
     finally:
+        after = list(warnings.filters)
         catcher.__exit__(None, None, None)
+        if after != before:  # the build's own filters stay, as without the plugin
+            warnings.filters[:] = after  # type: ignore[index]
+            for name in ("_filters_mutated", "_filters_mutated_lock_held"):  # (3.14: renamed)
+                mutated = getattr(warnings, name, None)
+                if mutated is not None:
+                    mutated()
+                    break
         for w in log:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 #: Bumped whenever the stored format or the key recipe changes: old entries then miss.
-FORMAT_VERSION: Final = 2  # 2: entries record the states of the dependencies they were built from
+FORMAT_VERSION: Final = 3  # 2: entries record their dependencies' states; 3: builds with effects refused
 
 _PLAIN: Final = (str, int, float, bool, bytes, type(None))
 

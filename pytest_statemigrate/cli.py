@@ -205,13 +205,19 @@ def _partitions(args: argparse.Namespace) -> int:
 
 
 def _suggest(args: argparse.Namespace) -> int:
+    from .auto import decide
+
     with _open_esg(args) as store:
         found = store.suggestions()
+        decisions = decide(found, store.managed_costs(), store.refusals(), args.auto_seconds)
+    auto = "\n".join(decisions.lines(args.auto_seconds))
+    if auto:
+        auto = f"\nwith statemigrate_fixtures = auto, the next run:\n{auto}"
     found = [s for s in found if s.mean_s >= args.min_seconds]
     if not found:
         print(
             f"no unmanaged fixture takes {args.min_seconds:g} s or more to set up "
-            "(in the recorded sessions)"
+            "(in the recorded sessions)" + auto
         )
         return 0
     found.sort(key=lambda s: -s.saving_s)
@@ -243,6 +249,8 @@ def _suggest(args: argparse.Namespace) -> int:
         )
     else:
         print("\nnone of them pickles: none can be managed")
+    if auto:
+        print(auto)
     return 0
 
 
@@ -585,6 +593,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         default=0.01,
         help="setup time below which a fixture is not listed (default %(default)s)",
+    )
+    suggest.add_argument(
+        "--auto-seconds",
+        type=float,
+        default=DEFAULTS["auto_seconds"],
+        help="statemigrate_auto_seconds, for what auto would decide (default %(default)s)",
     )
     graph = esg_command("graph", "write the ESG as a picture (html) or data")
     graph.add_argument("--format", choices=("html", "graphml", "json", "dot"), default="html")

@@ -99,6 +99,8 @@ class SessionRecord:
     #: node id → the test's own seconds: setup, call and teardown, less the managed values'
     #: builds and loads (which the shard plan counts per element, where they are paid)
     durations: dict[str, float] = field(default_factory=dict)
+    #: fixture label → why it was refused in this session (``auto`` declines it later)
+    refused: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def new(cls) -> SessionRecord:
@@ -167,6 +169,7 @@ class SessionRecord:
             mine.picklable = _picklable(mine.picklable, theirs.picklable)
         for test, seconds in other.durations.items():
             self.duration(test, seconds)
+        self.refused.update(other.refused)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON data (what execnet and ``json`` can carry)."""
@@ -178,6 +181,7 @@ class SessionRecord:
             "accesses": [list(a) for a in self.accesses],
             "setups": [asdict(s) for s in self.setups.values()],
             "durations": self.durations,
+            "refused": self.refused,
         }
 
     @classmethod
@@ -190,6 +194,7 @@ class SessionRecord:
             accesses=[Access(*a) for a in data["accesses"]],
             setups={s["fixture"]: FixtureSetup(**s) for s in data["setups"]},
             durations=dict(data.get("durations", {})),
+            refused=dict(data.get("refused", {})),
         )
 
 
@@ -387,14 +392,23 @@ _V2: Final = (
         PRIMARY KEY (session, test)) WITHOUT ROWID""",
 )
 
+# Version 3: the fixtures refused in each session, and why (``auto`` declines them).
+_V3: Final = (
+    """CREATE TABLE refusals (
+        session INTEGER NOT NULL,
+        fixture TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        PRIMARY KEY (session, fixture)) WITHOUT ROWID""",
+)
+
 #: MIGRATIONS[v] takes a file from schema version v to v + 1 (version 0: an empty file). A new
 #: schema version appends a step; it never edits an old one.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
 
 #: The tables this code reads and writes.
 TABLES: Final = frozenset(
     {"meta", "sessions", "elements", "tests", "footprints", "runs", "setups", "durations"}
-    | {"partitions", "partition_elements"}
+    | {"partitions", "partition_elements", "refusals"}
 )
 
 
@@ -752,6 +766,10 @@ class ESGStore:
                 for s in record.setups.values()
             ),
         )
+        db.executemany(
+            "INSERT INTO refusals VALUES (?, ?, ?)",
+            ((session, fixture, why) for fixture, why in record.refused.items()),
+        )
 
     def _shape(self) -> tuple[set[int], set[str]]:
         """What partitioning depends on: the elements, and the sets of 2+ that tests used."""
@@ -777,6 +795,7 @@ class ESGStore:
             db.executemany("DELETE FROM runs WHERE session = ?", old)
             db.executemany("DELETE FROM setups WHERE session = ?", old)
             db.executemany("DELETE FROM durations WHERE session = ?", old)
+            db.executemany("DELETE FROM refusals WHERE session = ?", old)
             db.executemany("DELETE FROM sessions WHERE id = ?", old)
             db.execute("DELETE FROM footprints WHERE id NOT IN (SELECT footprint FROM runs)")
             db.execute(
@@ -1063,6 +1082,34 @@ class ESGStore:
             elements, _ = _element_stats(db, _footprints(db))
         return sorted(elements.values(), key=lambda e: (e.fixture, e.key))
 
+    def refusals(self) -> dict[str, str]:
+        """Fixture label → why it was refused, in the newest kept session that refused it."""
+        with _transaction(self._db) as db:
+            rows = db.execute(
+                "SELECT r.fixture, r.reason FROM refusals r JOIN sessions s ON s.id = r.session"
+                " ORDER BY s.started, s.uid"
+            ).fetchall()
+        return dict(rows)
+
+    def managed_costs(self) -> dict[str, tuple[float, float | None, int]]:
+        """Fixture → (build seconds, load seconds or None, elements) summed over its stored
+        elements' latest measurements (every param's): what managing it was measured to save.
+        Load seconds are None unless every element's load was measured."""
+        with _transaction(self._db) as db:
+            rows = db.execute(
+                "SELECT fixture, build_s, load_s FROM elements"
+                " WHERE fixture != '' AND build_s IS NOT NULL"
+            ).fetchall()
+        sums: dict[str, list[Any]] = {}
+        for label, build, load in rows:
+            fixture = label.split("[", 1)[0]  # (an element's label ends with its param)
+            total = sums.setdefault(fixture, [0.0, 0.0, 0, 0])
+            total[0] += build
+            total[1] += load or 0.0
+            total[2] += load is not None
+            total[3] += 1
+        return {f: (b, lo if n_lo == n else None, n) for f, (b, lo, n_lo, n) in sums.items()}
+
     def suggestions(self) -> list[Suggestion]:
         """Unmanaged fixtures over the kept history, the largest estimated saving first.
 
@@ -1225,4 +1272,10 @@ def _records(db: sqlite3.Connection, session: int | None = None) -> list[Session
         which,
     ):
         records[sid].durations[nodeids[test]] = seconds
+    for sid, fixture, why in db.execute(
+        "SELECT session, fixture, reason FROM refusals"
+        " WHERE :session IS NULL OR session = :session",
+        which,
+    ):
+        records[sid].refused[fixture] = why
     return list(records.values())

@@ -57,8 +57,9 @@ def unwrap(func: Any) -> Any:
     return inspect.unwrap(getattr(func, "__func__", func))
 
 
-def is_selected(name: str, func: Any, patterns: Sequence[str]) -> bool:
-    """Managed by opt-in: a name pattern matches or the function carries ``@state``.
+def is_selected(name: str, func: Any, patterns: Sequence[str], chosen: bool = False) -> bool:
+    """Managed by opt-in: a name pattern matches, the function carries ``@state``, or
+    ``auto`` ``chosen`` it.
 
     Patterns never select what pytest generates: the pseudo-fixtures of
     ``@pytest.mark.parametrize`` argument names and ``tmp_path_factory`` (the fixtures that
@@ -70,7 +71,7 @@ def is_selected(name: str, func: Any, patterns: Sequence[str]) -> bool:
         return True
     if getattr(func, "__name__", None) == "get_direct_param_fixture_func":
         return False
-    if not name_matches(name, patterns):
+    if not chosen and not name_matches(name, patterns):
         return False
     # The directories fixtures make with it are stored with their values.
     return not is_factory(name, unwrap(func))
@@ -111,6 +112,20 @@ def relative_path(filename: str, rootdir: Path) -> str | None:
     return None if rel.startswith("..") else rel.replace(os.sep, "/")
 
 
+def id_of(name: str, func: Any, rootdir: Path) -> str:
+    """``"tests/conftest.py::dataset"``: where a fixture is defined, as stats and ESG elements
+    name it."""
+    raw = unwrap(func)
+    code: CodeType | None = getattr(raw, "__code__", None)
+    filename = code.co_filename if code is not None else "?"
+    qualname = getattr(raw, "__qualname__", name)
+    # A fixture made by a factory (``def _make(n): @pytest.fixture(name=n) def f(): ...``)
+    # shares its function's code with its siblings: it is told apart by its name, and its key
+    # also covers the factory's arguments (the closure).
+    local = "<locals>" in qualname
+    return f"{relative_path(filename, rootdir) or filename}::{name if local else qualname}"
+
+
 def analyse(name: str, func: Any, argnames: Sequence[str], rootdir: Path) -> Analysis:
     """Static analysis of a fixture function selected for management."""
     raw = unwrap(func)
@@ -118,12 +133,7 @@ def analyse(name: str, func: Any, argnames: Sequence[str], rootdir: Path) -> Ana
     code: CodeType | None = getattr(raw, "__code__", None)
     filename = code.co_filename if code is not None else "?"
     rel = relative_path(filename, rootdir)
-    qualname = getattr(raw, "__qualname__", name)
-    # A fixture made by a factory (``def _make(n): @pytest.fixture(name=n) def f(): ...``)
-    # shares its function's code with its siblings: it is told apart by its name, and its key
-    # also covers the factory's arguments (the closure).
-    local = "<locals>" in qualname
-    fixture_id = f"{rel or filename}::{name if local else qualname}"
+    fixture_id = id_of(name, func, rootdir)
     digest = code_digest(raw, rootdir)
     if getattr(raw, "__closure__", None):
         digest = combine(digest, closure_token(raw, rootdir))

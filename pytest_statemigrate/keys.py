@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Final
 
 #: Bumped whenever the stored format or the key recipe changes: old entries then miss.
-FORMAT_VERSION: Final = 3  # 2: entries record their dependencies' states; 3: builds with effects refused
+#: 2: entries record their dependencies' states; 3: builds with side effects are refused.
+FORMAT_VERSION: Final = 3
 
 _PLAIN: Final = (str, int, float, bool, bytes, type(None))
 

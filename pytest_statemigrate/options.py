@@ -71,10 +71,11 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         "--sm-fixtures",
         "statemigrate_fixtures",
         "fnmatch patterns of fixtures to manage, one a line or separated by spaces or commas; "
-        "the option replaces the ini key",
-        doc="fnmatch patterns of fixtures to manage; the option replaces the ini list (an empty "
-        "value, or a pattern that matches no fixture the selected tests use, is one summary "
-        "line)",
+        "auto: those earlier runs measured to be worth it; the option replaces the ini key",
+        doc="fnmatch patterns of fixtures to manage; `auto` (alone or among patterns): those "
+        "earlier runs measured to be worth it ([guide.md](docs/guide.md#auto-let-the-plugin-"
+        "choose)); the option replaces the ini list (an empty value, or a pattern that matches "
+        "no fixture the selected tests use, is one summary line)",
         usage="--sm-fixtures='a,b*'",
         ini_note="(line list; spaces or commas also separate)",
         ini_type="linelist",
@@ -163,6 +164,11 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         arg={"action": "store_true", "default": False},
     ),
     Setting(None, "statemigrate_history", "sessions the execution state graph keeps"),
+    Setting(
+        None,
+        "statemigrate_auto_seconds",
+        "with auto: the least setup seconds per session that make a fixture worth managing",
+    ),
     Setting(
         None,
         "statemigrate_write_check_bytes",

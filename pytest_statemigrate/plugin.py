@@ -341,12 +341,34 @@ class _Hooks:
         note = st.patterns_note(settings)  # an empty --sm-fixtures needs no collection
         if note is not None:
             self.notes.append(note)
+        #: ``auto``: the fixture labels earlier runs measured to be worth managing
+        self.auto_labels: frozenset[str] = frozenset()
+        if settings.auto:
+            self.auto_labels = self._auto()
+
+    def _auto(self) -> frozenset[str]:
+        """Decide what ``auto`` manages this run, from the ESG; its lines for the summary."""
+        from .auto import no_history_line
+
+        path = self.settings.store_dir / "esg.sqlite"
+        if not path.is_file():
+            self.notes.append(no_history_line())
+            return frozenset()
+        from .auto import decide_from
+
+        try:
+            decisions = decide_from(path, self.settings.history, self.settings.auto_seconds)
+        except Exception as exc:  # (a damaged ESG is moved aside when this run saves it)
+            self.notes.append(f"auto: the ESG cannot be read ({exc}); nothing is managed")
+            return frozenset()
+        self.notes.extend(decisions.lines(self.settings.auto_seconds) or [no_history_line()])
+        return frozenset(decisions.manage)
 
     @property
     def active(self) -> bool:
         """Anything selected (``@state`` may be applied while pytest collects), and a store
         directory to keep it in."""
-        selected = bool(self.settings.patterns) or _spec.decorated_count > 0
+        selected = bool(self.settings.patterns) or self.settings.auto or _spec.decorated_count > 0
         return selected and self.usable()
 
     def usable(self) -> bool:
@@ -377,6 +399,7 @@ class _Hooks:
             from .session import StateMigrateSession
 
             self._session = StateMigrateSession(self.settings, self.config.rootpath, self.endpoint)
+            self._session.auto_labels = self.auto_labels
         return self._session
 
     def activate(self) -> None:

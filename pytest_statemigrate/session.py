@@ -51,7 +51,7 @@ from .proxy import (
     warning_to_wire,
     warnings_from_wire,
 )
-from .recorder import AccessRecorder, used_fixturedefs
+from .recorder import AccessRecorder, fixture_label, used_fixturedefs
 from .report import RunStats
 from .settings import Settings, parse_endpoints
 
@@ -518,6 +518,10 @@ class StateMigrateSession:
         self._origin: dict[Any, str] = {}
         self._nbytes: dict[str, int] = {}  # key → size of its pickle
         self._exclude = (str(settings.store_dir), _PACKAGE_DIR)
+        #: ``auto``: the fixture labels to manage besides those the patterns select
+        self.auto_labels: frozenset[str] = frozenset()
+        #: stats name → ESG label of the fixtures managed setups met (for refusals)
+        self._labels: dict[str, str] = {}
         self._project_modules = effects.ProjectModules(str(rootdir), self._exclude)
         self.migrator: Migrator | None = None
         self._run_index: dict[int, int] = {}  # id(item) → its index in the planned order
@@ -558,7 +562,12 @@ class StateMigrateSession:
         except KeyError:
             pass
         result: fx.Analysis | None = None
-        if fx.is_selected(fixturedef.argname, fixturedef.func, self.settings.patterns):
+        # (``auto``: the ESG names unmanaged setups by label, stored values by id)
+        chosen = bool(self.auto_labels) and (
+            fixture_label(fixturedef, self.rootdir) in self.auto_labels
+            or fx.id_of(fixturedef.argname, fixturedef.func, self.rootdir) in self.auto_labels
+        )
+        if fx.is_selected(fixturedef.argname, fixturedef.func, self.settings.patterns, chosen):
             result = fx.analyse(
                 fixturedef.argname, fixturedef.func, fixturedef.argnames, self.rootdir
             )
@@ -675,6 +684,7 @@ class StateMigrateSession:
     ) -> Generator[None, Any, Any]:
         # Stats and messages name the fixture by where it is defined (report.py labels it).
         name = self.stats.fixture(analysis.fixture_id, analysis.name)
+        self._labels.setdefault(name, fixture_label(fixturedef, self.rootdir))
         # The key of this setup's value, once known: never the key of an earlier param's value
         # (a dependent fixture would take that key for this value's).
         self._keys.pop(fixturedef, None)
@@ -1434,7 +1444,8 @@ class StateMigrateSession:
         """Add this run to the ESG file and re-partition it when it changed (not in workers:
         the controller saves what they recorded)."""
         record = self.esg
-        if not (record.elements or record.accesses or record.setups):
+        self._note_refusals()
+        if not (record.elements or record.accesses or record.setups or record.refused):
             return
         try:
             store = ESGStore(self.settings.store_dir / "esg.sqlite", self.settings.history)
@@ -1474,8 +1485,13 @@ class StateMigrateSession:
         return (value is not _NOTHING, value)
 
     @_plugin_time
+    def _note_refusals(self) -> None:
+        """The refused fixtures go into the ESG record (``auto`` declines them later)."""
+        self.esg.refused = {self._labels.get(n, n): why for n, why in self.stats.refused.items()}
+
     def finish(self) -> None:
         """At the end of the session, before the summary: what the agent failed to keep."""
+        self._note_refusals()
         self._prefetch_report()
         self.proxy.check_writes()
         self.proxy.close_link()

@@ -44,9 +44,12 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "shard": "auto",
     # under `pytest -n N` with no --dist: schedule by state affinity (--dist statemigrate)
     "affinity": "on",
+    # statemigrate_fixtures = auto: the least setup seconds per session worth managing
+    "auto_seconds": 0.05,
 }
 
 PARTITIONERS: Final = ("metis", "spectral")
+AUTO: Final = "auto"  # the fixture pattern that lets earlier runs' measurements choose
 SWITCHES: Final = ("on", "off")
 EVICTIONS: Final = ("belady", "lru", "aggressive")
 
@@ -91,7 +94,7 @@ def patterns_note(settings: Settings, names: Iterable[str] | None = None) -> str
     if names is None:
         return None
     used = set(names)
-    unmatched = [p for p in given if not any(name_matches(n, (p,)) for n in used)]
+    unmatched = [p for p in given if p != AUTO and not any(name_matches(n, (p,)) for n in used)]
     option = f"--sm-fixtures={','.join(given)}"
     if not unmatched:
         return None
@@ -171,6 +174,9 @@ class Settings:
     partition_bytes: int = DEFAULTS["partition_bytes"]
     partitioner: str = DEFAULTS["partitioner"]
     record: bool = False  # record the ESG even when nothing is managed
+    #: ``auto`` among the fixture patterns: manage what earlier runs measured to be worth it
+    auto: bool = False
+    auto_seconds: float = DEFAULTS["auto_seconds"]
     prefetch: bool = True
     eviction: str = DEFAULTS["eviction"]
     lookahead_tests: int = DEFAULTS["lookahead_tests"]
@@ -218,6 +224,7 @@ def build(
     cli_patterns = option("sm_fixtures")
     ini_patterns = parse_patterns("\n".join(ini("statemigrate_fixtures")))
     patterns: Sequence[str] = cli_patterns if cli_patterns is not None else ini_patterns
+    auto = AUTO in patterns
     agent, curve = _agents_and_keys(
         option("sm_agent") or ini("statemigrate_agent") or "",
         rootdir,
@@ -248,7 +255,7 @@ def build(
     stats_json = option("sm_stats_json")
     partitioner = option("sm_partitioner") or ini_or_default("partitioner", _choice(PARTITIONERS))
     return Settings(
-        patterns=tuple(p for p in patterns if p),
+        patterns=tuple(p for p in patterns if p and p != AUTO),
         agent=agent,
         store_dir=store_dir,
         store=store,
@@ -263,7 +270,9 @@ def build(
         write_check_bytes=ini_or_default("write_check_bytes", parse_size),
         partition_bytes=ini_or_default("partition_bytes", _positive(parse_size)),
         partitioner=partitioner,
-        record=bool(option("sm_record")),
+        record=bool(option("sm_record")) or auto,
+        auto=auto,
+        auto_seconds=ini_or_default("auto_seconds", _positive(float)),
         prefetch=(option("sm_prefetch") or ini_or_default("prefetch", _choice(SWITCHES))) == "on",
         eviction=ini_or_default("eviction", _choice(EVICTIONS)),
         lookahead_tests=ini_or_default("lookahead_tests", _positive(int)),

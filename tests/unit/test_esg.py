@@ -644,4 +644,4 @@ def test_a_version_1_file_gains_durations(tmp_path: Path) -> None:
         record.duration("t", 0.5)
         store.add_session(record)
         assert store.prediction().durations == {"t": 0.5}
-    assert sql(path, "PRAGMA user_version") == [(2,)]
+    assert sql(path, "PRAGMA user_version") == [(len(esg.MIGRATIONS),)]

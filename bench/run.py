@@ -12,6 +12,8 @@ Scenarios (docs/benchmarks.md says what each measures and the targets):
   plain     the example suite, plugin disabled (-p no:statemigrate)
   cold      plugin on, store deleted before each run               target: <= 1.05 x plain
   warm      plugin on, store kept (after one unmeasured warm-up)   target: >= 5 x faster
+            (and warm-auto: statemigrate_fixtures = auto, no @state, after a recording and a
+            storing run: it saves >= 80% of what warm saves)
   xdist     -n 2: plugin cold (the default, --dist statemigrate; and --dist load) / warm vs
             plain -n 2 and the pytest-xdist FileLock recipe
   idle      2,000 trivial tests, nothing managed: plugin loaded vs disabled  target: <= 1.03
@@ -215,6 +217,15 @@ def copy_example(dest: Path, conftest: Path | None = None, ini: str | None = Non
 VARIANT_INI = "[pytest]\nfilterwarnings = error\n"
 
 
+def auto_example(dest: Path) -> Path:
+    """The example with nothing chosen by hand: ``auto`` in the ini file, no ``@state``."""
+    copy_example(dest, ini=f"{VARIANT_INI}statemigrate_fixtures = auto\n")
+    conftest = dest / "conftest.py"
+    lines = conftest.read_text().splitlines(keepends=True)
+    conftest.write_text("".join(line for line in lines if not line.startswith("@state")))
+    return dest
+
+
 def make_idle_suite(dest: Path, files: int = 20, tests: int = 100) -> Path:
     """``files`` x ``tests`` trivial tests and a few plain fixtures; nothing managed."""
     shutil.rmtree(dest, ignore_errors=True)
@@ -313,6 +324,7 @@ class Config:
     plugin: bool  # statemigrate on: read its --sm-stats-json after each run
     prep: Callable[[Path], None] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    warmups: int = 1  # unmeasured runs first (auto: one records, one stores)
     times: list[float] = field(default_factory=list)
     passed: list[int] = field(default_factory=list)
     session: list[float] = field(default_factory=list)  # what pytest itself reports
@@ -389,6 +401,18 @@ def build_configs(only: Sequence[str], peer: dict[str, Any]) -> list[Config]:
                 example("warm"),
                 [*q, *FCACHE_OFF],
                 plugin=True,
+            )
+        )
+        out.append(
+            Config(
+                "warm-auto",
+                "suite",
+                "plugin on, statemigrate_fixtures = auto and no @state (after a recording run "
+                "and a storing run), store kept",
+                auto_example(SCRATCH / "warm-auto"),
+                [*q, *FCACHE_OFF],
+                plugin=True,
+                warmups=2,
             )
         )
         cwd = example("warm-agent")
@@ -552,7 +576,8 @@ def run_group(configs: list[Config], runs: int) -> None:
         return
     log(f"warm-up: {', '.join(c.name for c in configs)}")
     for config in configs:  # pyc files, page cache; fills the store of the warm configs
-        run_once(config, measured=False)
+        for _ in range(config.warmups):
+            run_once(config, measured=False)
     for i in range(runs):
         shift = i % len(configs)
         order = configs[shift:] + configs[:shift]
@@ -636,6 +661,32 @@ def ratios(configs: dict[str, Config]) -> list[dict[str, Any]]:
         *((name, num, den, None, None, None) for name, num, den in INFO_RATIOS),
     ]
     out = []
+    if {"plain", "warm", "warm-auto"} <= configs.keys():
+        plain, warm, auto = (
+            statistics.median(configs[n].times) for n in ("plain", "warm", "warm-auto")
+        )
+        paired = statistics.median(
+            (p - a) / (p - w)
+            for p, w, a in zip(
+                configs["plain"].times,
+                configs["warm"].times,
+                configs["warm-auto"].times,
+                strict=True,
+            )
+        )
+        fraction = (plain - auto) / (plain - warm)
+        out.append(
+            {
+                "name": "auto's saving vs hand-picked",
+                "ratio": fraction,
+                "paired_ratio": paired,
+                "min_ratio": None,
+                "cpu_ratio": None,
+                "target": ">= 0.8",
+                "goal": "auto saves at least 80% of what the hand-picked fixtures save (warm)",
+                "met": fraction >= 0.8,
+            }
+        )
     for name, num, den, goal, limit, text in rows:
         if num not in configs or den not in configs:
             continue
@@ -766,8 +817,8 @@ def table(results: dict[str, Any], markdown: bool) -> str:
             r["name"],
             f"{r['ratio']:.3f}",
             f"{r['paired_ratio']:.3f}",
-            f"{r['min_ratio']:.3f}",
-            f"{r['cpu_ratio']:.3f}" if "cpu_ratio" in r else "",
+            "" if r.get("min_ratio") is None else f"{r['min_ratio']:.3f}",
+            "" if r.get("cpu_ratio") is None else f"{r['cpu_ratio']:.3f}",
             r["target"] or "",
             "" if r["met"] is None else ("yes" if r["met"] else ("**no**" if markdown else "NO")),
         )

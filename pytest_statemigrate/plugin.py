@@ -494,8 +494,8 @@ class _XdistController:
             AffinityScheduling,
             Workload,
             esg_workload,
-            unit_indices,
             with_closures,
+            worker_queues,
         )
 
         settings = self.hooks.settings
@@ -528,7 +528,7 @@ class _XdistController:
                 work = Workload({}, {}, {})
             finally:
                 self.closures.unlink(missing_ok=True)
-            return unit_indices(collection, work, workers)
+            return worker_queues(collection, work, workers)
 
         def report_diff(first: list[str], other: list[str]) -> None:
             message = report_collection_diff(first, other, "gw0", "another worker")

@@ -1,4 +1,4 @@
-"""Tests split by state affinity: CI shards and pytest-xdist units of work.
+"""Tests split by state affinity: CI shards and pytest-xdist workers.
 
 Pure of pytest and of xdist: it takes node ids, what each test used the last time it ran
 (state keys, from the ESG), how long each test took on its own and what each element costs
@@ -61,7 +61,7 @@ class Workload:
 
 @dataclass(frozen=True)
 class Part:
-    """One shard's (or unit's) tests, in collection order, and what running them costs."""
+    """One shard's (or worker's) tests, in collection order, and what running them costs."""
 
     tests: tuple[str, ...]
     elements: tuple[str, ...]  # the state keys its tests use, sorted
@@ -352,33 +352,6 @@ def _refine(
     return parts.of
 
 
-#: A unit is expected to take at least this long: a shorter one is not worth paying its state
-#: on another worker for (a warm run of a small suite: two units per worker, the fewest that
-#: still leave whole units to hand out before the steals at the end split values).
-UNIT_MIN_S: Final = 1.0
-
-
-def units(tests: Sequence[str], work: Workload, workers: int, per_worker: int = 4) -> Plan:
-    """Units of work for ``workers`` pytest-xdist workers: :func:`split` into up to
-    ``per_worker`` times as many parts (so that the tail can balance; fewer when the parts
-    would be shorter than :data:`UNIT_MIN_S`, never fewer than two per worker), the longest first,
-    empty ones dropped. Tests the ESG has never seen form one unit per module (file), as
-    ``--dist loadfile``."""
-    known = [t for t in tests if t in work.needs]
-    elements = {k for t in known for k in work.needs[t]}
-    seconds = sum(work.own(t) for t in known) + sum(work.element_cost(k) for k in elements)
-    count = min(workers * per_worker, max(2 * workers, int(seconds / UNIT_MIN_S)), len(known))
-    plan = split(known, work, max(1, count)) if known else None
-    parts = [p for p in plan.parts if p.tests] if plan is not None else []
-    by_module: defaultdict[str, list[str]] = defaultdict(list)
-    for test in tests:
-        if test not in work.needs:
-            by_module[test.split("::", 1)[0]].append(test)
-    parts += [_part(t, work) for t in by_module.values()]
-    parts.sort(key=lambda p: (-p.seconds, p.tests[0]))
-    return Plan(tuple(parts))
-
-
 # --------------------------------------------------------------------------- which shard is this
 
 
@@ -646,7 +619,7 @@ def esg_workload(
     """The workload recorded in the ESG file at ``path`` (an empty one when there is none).
 
     With ``stored`` (which of the keys the known tests use an agent holds now), a held key
-    costs its load, not its build: units are balanced on what this run pays.
+    costs its load, not its build: workers are balanced on what this run pays.
     """
     from .esg import ESGStore
 
@@ -708,20 +681,66 @@ def select(
 
 
 # --------------------------------------------------------------------------- --dist statemigrate
+#
+# The order guarantee (issue 18). Plain ``--dist load`` hands every worker tests from the front
+# of one pending list in collection order, so each worker runs a subsequence of the collection
+# order: a test never runs after a test collected later on the same worker. Suites rely on it
+# without knowing (a last test that mutates a session value, a module global, os.environ or a
+# library's cache; a module-scoped fixture set up once per module). ``--dist statemigrate``
+# keeps exactly that rule, for everything it sends, steals included: a worker is only ever
+# sent tests collected after every test it has run or holds (its *frontier*).
+#
+# Rejected: the weaker rule "no test goes to a worker that ran a later test sharing its module
+# or a higher-scoped fixture with it". It loses less balance, but it is only safe for state
+# the scheduler can see: a later test in another module that changes os.environ or a library
+# global would then run first, which plain -n never does.
+#
+# What the rule costs: a worker cannot take a unit, handed out late, whose tests begin before
+# its frontier. So each worker's share is planned at the start (:func:`worker_queues`: the
+# shard plan, one part per worker) and sent at once, in collection order; the steals at the end
+# move the tail of the busiest worker's pending tests to an idle worker whose frontier is
+# before them.
 
 MIN_PENDING: Final = 2  # a worker holds its last test until it gets more or is shut down
 
 
+def frontier(ran: int, pending: Sequence[int]) -> int:
+    """The highest collection index a worker has run (``ran``, -1 for none) or holds
+    (``pending``, increasing): it may only be sent tests after it."""
+    return max(ran, pending[-1]) if pending else ran
+
+
+def sendable(after: int, tests: Iterable[int]) -> list[int]:
+    """Those of ``tests`` a worker whose frontier is ``after`` may be sent, in order."""
+    return sorted(i for i in tests if i > after)
+
+
+def steal_plan(after: int, pending: Mapping[Any, Sequence[int]]) -> tuple[Any, list[int]] | None:
+    """What an idle worker whose frontier is ``after`` steals: from the worker that gives the
+    most, up to half of its pending tests (each worker's, increasing), from the end, and only
+    tests after ``after``; each victim keeps its first :data:`MIN_PENDING` (the test it runs
+    and the one it must know to run it). None when no worker has such tests."""
+    best: tuple[Any, list[int]] | None = None
+    for victim, tests in pending.items():
+        tail = [i for i in tests[MIN_PENDING:] if i > after]  # a suffix: tests increase
+        count = min(len(tests) // 2, len(tail))
+        if count > 0 and (best is None or count > len(best[1])):
+            best = (victim, list(tests[-count:]))
+    return best
+
+
 class AffinityScheduling:
-    """pytest-xdist's scheduler for ``--dist statemigrate``: units of tests that share state.
+    """pytest-xdist's scheduler for ``--dist statemigrate``: each worker runs tests that share
+    state, in collection order.
 
     Implements xdist's ``Scheduling`` protocol by duck typing (this module imports no xdist).
-    ``plan`` turns the collection (node ids) and the number of workers into units (lists of
-    indices into the collection, the longest first: :func:`units`). An idle worker (fewer than
-    :data:`MIN_PENDING` tests pending) gets the next whole unit, so a unit's tests run in one
-    process one after another and pay their state once; when none is left, an idle worker
-    steals the second half of the busiest worker's pending tests (as ``--dist worksteal``),
-    and when there is nothing left to steal, idle workers are shut down.
+    ``plan`` turns the collection (node ids) and the number of workers into one list of
+    collection indices per worker (:func:`worker_queues`), sent whole when the collections are
+    in. A worker is only ever sent tests after its :func:`frontier` (the module comment above
+    says why). An idle worker (fewer than :data:`MIN_PENDING` tests pending) steals
+    (:func:`steal_plan`, as ``--dist worksteal``, under that rule); when there is nothing it
+    may steal, it is shut down. Tests no live worker may take (those of a crashed worker,
+    collected before every other worker's frontier) wait for xdist's replacement worker.
     """
 
     def __init__(
@@ -739,10 +758,10 @@ class AffinityScheduling:
         self.report_diff = report_diff  # xdist's report_collection_diff, when it is there
         self.node2collection: dict[Any, list[str]] = {}
         self.node2pending: dict[Any, list[int]] = {}
+        self.node2ran: dict[Any, int] = {}  # the highest index each worker has run
         self.collection: list[str] | None = None
-        self.units: list[list[int]] = []
-        self.stealing_from: Any = None
-        self.unit_count = 0
+        self.loose: list[int] = []  # tests no worker holds: a crashed worker's, steals' answers
+        self.stealing: tuple[Any, Any] | None = None  # (victim, thief) of the steal under way
 
     @property
     def nodes(self) -> list[Any]:
@@ -754,16 +773,17 @@ class AffinityScheduling:
 
     @property
     def tests_finished(self) -> bool:
-        if not self.collection_is_completed or self.units or self.stealing_from is not None:
+        if not self.collection_is_completed or self.loose or self.stealing is not None:
             return False
         return all(len(pending) < MIN_PENDING for pending in self.node2pending.values())
 
     @property
     def has_pending(self) -> bool:
-        return bool(self.units) or any(self.node2pending.values())
+        return bool(self.loose) or any(self.node2pending.values())
 
     def add_node(self, node: Any) -> None:
         self.node2pending[node] = []
+        self.node2ran[node] = -1
 
     def add_node_collection(self, node: Any, collection: Sequence[str]) -> None:
         late = self.collection_is_completed and self.collection is not None
@@ -774,33 +794,37 @@ class AffinityScheduling:
 
     def mark_test_complete(self, node: Any, item_index: int, duration: float = 0) -> None:
         self.node2pending[node].remove(item_index)
+        self.node2ran[node] = max(self.node2ran[node], item_index)
         self.check_schedule()
 
     def mark_test_pending(self, item: str) -> None:
         assert self.collection is not None
-        self.units.insert(0, [self.collection.index(item)])
+        self.loose = sorted({*self.loose, self.collection.index(item)})
         self.check_schedule()
 
     def remove_pending_tests_from_node(self, node: Any, indices: Sequence[int]) -> None:
-        """The worker gave back these of the tests it was asked to (a steal)."""
-        if node is self.stealing_from:
-            self.stealing_from = None
+        """The worker gave back these of the tests it was asked to (a steal): they go to the
+        worker that asked, whose frontier is before them."""
+        thief = None
+        if self.stealing is not None and self.stealing[0] is node:
+            thief = self.stealing[1]
+            self.stealing = None
         given = set(indices)
         self.node2pending[node] = [i for i in self.node2pending[node] if i not in given]
-        if indices:
-            self.units.insert(0, sorted(indices))
+        if given:
+            self._send(thief, sorted(given))
         self.check_schedule()
 
     def remove_node(self, node: Any) -> str | None:
         pending = self.node2pending.pop(node)
+        self.node2ran.pop(node, None)
         crashitem = None
         if pending:
             assert self.collection is not None
             crashitem = self.collection[pending.pop(0)]
-            if pending:
-                self.units.insert(0, pending)
-        if self.stealing_from is node:
-            self.stealing_from = None
+            self.loose = sorted({*self.loose, *pending})
+        if self.stealing is not None and node is self.stealing[0]:
+            self.stealing = None  # its answer will not come
         self.check_schedule()
         return crashitem
 
@@ -819,32 +843,72 @@ class AffinityScheduling:
         self.collection = first
         if not first:
             return
-        self.units = [list(u) for u in self.plan(first, max(1, len(self.node2pending)))]
-        self.unit_count = len(self.units)
+        nodes = [n for n in self.node2pending if not n.shutting_down]
+        merged: list[set[int]] = [set() for _ in nodes]
+        for i, queue in enumerate(self.plan(first, max(1, len(nodes)))):
+            merged[i % len(nodes)].update(queue)  # more queues than workers: merged
+        for node, queue in zip(nodes, merged, strict=True):
+            if queue:
+                self.node2pending[node].extend(sorted(queue))
+                node.send_runtest_some(sorted(queue))
         self.check_schedule()
 
+    def _send(self, node: Any, indices: list[int]) -> None:
+        """Send ``indices`` to ``node`` where the order rule allows; the rest wait."""
+        live = node is not None and node in self.node2pending and not node.shutting_down
+        pending = self.node2pending[node] if live else []
+        ok = sendable(frontier(self.node2ran[node], pending), indices) if live else []
+        if ok:
+            pending.extend(ok)
+            node.send_runtest_some(ok)
+        rest = set(indices) - set(ok)
+        if rest:
+            self.loose = sorted({*self.loose, *rest})
+
     def check_schedule(self) -> None:
-        up = [(n, p) for n, p in self.node2pending.items() if not n.shutting_down]
-        for node, pending in up:
-            # A worker runs a test once it knows the next: units until it holds two tests.
-            while len(pending) < MIN_PENDING and self.units:
-                unit = self.units.pop(0)
-                pending.extend(unit)
-                node.send_runtest_some(unit)
-        idle = [n for n, p in up if len(p) < MIN_PENDING]
-        if not idle or self.units or self.stealing_from is not None:
+        up = {n: p for n, p in self.node2pending.items() if not n.shutting_down}
+        idle = [n for n, p in up.items() if len(p) < MIN_PENDING]
+        for node in idle:  # tests no worker holds, to the idle workers that may run them
+            if self.loose:
+                loose, self.loose = self.loose, []
+                self._send(node, loose)
+        idle = [n for n in idle if len(up[n]) < MIN_PENDING]
+        if not idle or self.stealing is not None:
             return
-        busiest = max(up, key=lambda np: len(np[1]), default=None)
-        steal = 0 if busiest is None else min(len(busiest[1]) // 2, len(busiest[1]) - MIN_PENDING)
-        if steal <= 0 or busiest is None:
-            for node in idle:
-                node.shutdown()
-            return
-        busiest[0].send_steal(busiest[1][-steal:])
-        self.stealing_from = busiest[0]
+        for node in idle:
+            after = frontier(self.node2ran[node], up[node])
+            steal = steal_plan(after, {v: p for v, p in up.items() if v is not node})
+            if steal is not None:
+                victim, indices = steal
+                victim.send_steal(indices)
+                self.stealing = (victim, node)
+                return
+        for node in idle:
+            node.shutdown()
 
 
-def unit_indices(collection: Sequence[str], work: Workload, workers: int) -> list[list[int]]:
-    """:func:`units` as lists of indices into ``collection``, in collection order each."""
-    index = {test: i for i, test in enumerate(collection)}
-    return [[index[t] for t in part.tests] for part in units(collection, work, workers).parts]
+def worker_queues(collection: Sequence[str], work: Workload, workers: int) -> list[list[int]]:
+    """Each worker's tests for ``--dist statemigrate``, as indices into ``collection``, in
+    collection order: :func:`split` into one part per worker (the shard plan: balanced, the
+    least duplicated state), tests with no measured duration weighing the median of those
+    measured (1 ms when none is). Tests the ESG has never seen go, one module (file) at a
+    time, largest first, to the worker with the least work, as ``--dist loadfile``."""
+    positions: defaultdict[str, list[int]] = defaultdict(list)
+    for i, test in enumerate(collection):
+        positions[test].append(i)
+    known = [t for t in positions if t in work.needs]
+    measured = sorted(max(0.0, float(work.seconds[t])) for t in known if t in work.seconds)
+    fallback = measured[len(measured) // 2] if measured else TEST_FLOOR_S
+    seconds = {t: work.seconds.get(t, fallback) for t in known}
+    plan = split(known, Workload(work.needs, seconds, work.cost), workers)
+    queues = [[i for t in part.tests for i in positions[t]] for part in plan.parts]
+    load = [part.seconds for part in plan.parts]
+    by_module: defaultdict[str, list[int]] = defaultdict(list)
+    for test, where in positions.items():
+        if test not in work.needs:
+            by_module[test.split("::", 1)[0]].extend(where)
+    for indices in sorted(by_module.values(), key=lambda ix: (-len(ix), ix[0])):
+        lightest = min(range(workers), key=lambda w: (load[w], w))
+        queues[lightest].extend(indices)
+        load[lightest] += fallback * len(indices)
+    return [sorted(q) for q in queues]

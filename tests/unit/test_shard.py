@@ -119,16 +119,34 @@ def test_bad_input() -> None:
         shard.split(["a", "a"], Workload({}, {}, {}), 2)
 
 
-def test_units_more_than_workers_longest_first() -> None:
+def test_worker_queues_keep_state_together_in_collection_order() -> None:
     tests, work = clustered()
-    plan = shard.units([*tests, "tests/test_x.py::a", "tests/test_x.py::b"], work, workers=2)
-    assert len(plan.parts) > 2
-    seconds = [p.seconds for p in plan.parts]
-    assert seconds == sorted(seconds, reverse=True)
-    unseen = [p for p in plan.parts if "tests/test_x.py::a" in p.tests]
-    assert unseen[0].tests == ("tests/test_x.py::a", "tests/test_x.py::b")  # one per module
-    flat = [t for p in plan.parts for t in p.tests]
-    assert sorted(flat) == sorted([*tests, "tests/test_x.py::a", "tests/test_x.py::b"])
+    unseen = ["tests/test_x.py::a", "tests/test_x.py::b"]
+    collection = [*tests, *unseen]
+    queues = shard.worker_queues(collection, work, workers=2)
+    assert len(queues) == 2
+    assert sorted(i for q in queues for i in q) == list(range(len(collection)))
+    assert all(q == sorted(q) for q in queues)  # each worker: collection order
+    plan = shard.split(tests, work, 2)  # the shard plan, one part per worker
+    assert [[collection[i] for i in q if i < len(tests)] for q in queues] == [
+        list(p.tests) for p in plan.parts
+    ]
+    x = [q for q in queues if len(tests) in q]
+    assert len(tests) + 1 in x[0]  # a module the ESG never saw stays whole
+
+
+def test_worker_queues_balance_tests_with_no_measured_duration() -> None:
+    """Cold, from the workers' closures: no test has a duration yet. Each weighs the median
+    of those measured (1 ms when none is), so tests that use no managed value still spread
+    over the workers instead of all weighing nothing and landing on one."""
+    tests = [f"t{m}.py::t{i}" for m in range(4) for i in range(50)]
+    cold = Workload(dict.fromkeys(tests, ()), {}, {})
+    assert sorted(map(len, shard.worker_queues(tests, cold, workers=2))) == [100, 100]
+    # Half measured at 0.1 s: the other half weighs as much, not nothing.
+    half = Workload(cold.needs, dict.fromkeys(tests[:100], 0.1), {})
+    assert sorted(map(len, shard.worker_queues(tests, half, workers=2))) == [100, 100]
+    by_file = shard.worker_queues(tests, Workload({}, {}, {}), workers=3)  # no closures
+    assert sorted(map(len, by_file)) == [50, 50, 100]
 
 
 footprints = st.lists(
@@ -182,32 +200,79 @@ class Worker:
     def shutdown(self) -> None:
         self.shutting_down = True
 
+    def answer_steal(self, sched: shard.AffinityScheduling, refuse: bool = False) -> None:
+        """As xdist's worker: all the tests asked for, or none when one of them has started or
+        is the next (the worker holds the test it runs and the one after it)."""
+        assert self.steal is not None
+        asked, self.steal = self.steal, None
+        given = [] if refuse or not set(asked) <= set(self.queue[2:]) else asked
+        self.queue = [i for i in self.queue if i not in given]
+        sched.remove_pending_tests_from_node(self, given)
 
-def simulate(
-    sched: shard.AffinityScheduling, workers: list[Worker], collection: list[str], seed: int
-) -> None:
-    """Drive the scheduler as xdist's DSession would, workers finishing tests in random turns.
-    A worker runs a test only while it knows the next one (or is shutting down), as xdist's."""
-    rng = random.Random(seed)
+    def can_run(self) -> bool:
+        """A worker runs a test only while it knows the next one (or is shutting down)."""
+        return bool(self.queue) and (len(self.queue) >= 2 or self.shutting_down)
+
+    def run_one(self, sched: shard.AffinityScheduling) -> None:
+        test = self.queue.pop(0)
+        self.ran.append(test)
+        sched.mark_test_complete(self, test)
+
+
+def start(sched: shard.AffinityScheduling, workers: list[Worker], collection: list[str]) -> None:
     for w in workers:
         sched.add_node(w)
     for w in workers:
         sched.add_node_collection(w, collection)
     sched.schedule()
-    for _ in range(20 * len(collection) + 200):
-        if all(w.shutting_down and not w.queue and w.steal is None for w in workers):
-            return
+
+
+def done(workers: list[Worker]) -> bool:
+    return all(w.shutting_down and not w.queue and w.steal is None for w in workers)
+
+
+def simulate(
+    sched: shard.AffinityScheduling,
+    workers: list[Worker],
+    collection: list[str],
+    seed: int,
+    crashes: int = 0,
+) -> list[Worker]:
+    """Drive the scheduler as xdist's DSession would: workers finish tests and answer steals
+    in random turns (some steals refused, as when the tests have started meanwhile); up to
+    ``crashes`` times a worker dies in the middle of a test and a fresh one replaces it. Returns
+    every worker that took part, the crashed ones included (their last test counted as run)."""
+    rng = random.Random(seed)
+    start(sched, workers, collection)
+    everyone = list(workers)
+    for _ in range(40 * len(collection) + 200):
+        if done(workers):
+            return everyone
         w = rng.choice(workers)
-        if w.steal is not None:  # answer a steal: give back what has not started
-            given = [i for i in w.steal if i in w.queue[1:]]
-            w.queue = [i for i in w.queue if i not in given]
-            w.steal = None
-            sched.remove_pending_tests_from_node(w, given)
-        elif w.queue and (len(w.queue) >= 2 or w.shutting_down):
-            test = w.queue.pop(0)
-            w.ran.append(test)
-            sched.mark_test_complete(w, test)
+        if crashes and w.can_run() and rng.random() < 0.05:
+            crashes -= 1
+            w.ran.append(w.queue[0])  # it was running this one
+            assert sched.remove_node(w) == collection[w.queue[0]]
+            w.queue, w.steal, w.shutting_down = [], None, True
+            workers.remove(w)
+            fresh = Worker(f"gw{len(everyone)}")
+            everyone.append(fresh)
+            workers.append(fresh)
+            sched.add_node(fresh)
+            sched.add_node_collection(fresh, collection)
+            sched.schedule()
+        elif w.steal is not None:
+            w.answer_steal(sched, refuse=rng.random() < 0.2)
+        elif w.can_run():
+            w.run_one(sched)
     raise AssertionError("the workers were never all shut down")
+
+
+def assert_in_collection_order(workers: list[Worker], size: int) -> None:
+    """Every test ran exactly once, and each worker ran its tests in collection order."""
+    assert sorted(i for w in workers for i in w.ran) == list(range(size))
+    for w in workers:
+        assert w.ran == sorted(w.ran), (w.name, w.ran)
 
 
 @settings(max_examples=40, deadline=None)
@@ -215,38 +280,118 @@ def simulate(
 def test_scheduler_runs_every_test_once(nodes: int, seed: int, size: int) -> None:
     tests, work = clustered(clusters=4, tests_per=size, seed=seed)
     tests.append("tests/test_new.py::test_unseen")
-    sched = shard.AffinityScheduling(nodes, lambda c, n: shard.unit_indices(c, work, n))
-    workers = [Worker(f"gw{i}") for i in range(nodes)]
-    simulate(sched, workers, tests, seed)
-    ran = sorted(i for w in workers for i in w.ran)
-    assert ran == list(range(len(tests)))
+    sched = shard.AffinityScheduling(nodes, lambda c, n: shard.worker_queues(c, work, n))
+    workers = simulate(sched, [Worker(f"gw{i}") for i in range(nodes)], tests, seed)
+    assert_in_collection_order(workers, len(tests))
     assert sched.tests_finished and not sched.has_pending
 
 
-def test_scheduler_gives_whole_units_longest_first() -> None:
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(1, 60),
+    st.integers(1, 4),
+    st.integers(1, 6),
+    st.integers(0, 2**32),
+    st.integers(0, 3),
+)
+def test_no_worker_ever_runs_a_test_before_one_collected_earlier(
+    size: int, nodes: int, queues: int, seed: int, crashes: int
+) -> None:
+    """Issue 18: whatever the plan (any tests in any queues, in any order, more or fewer
+    queues than workers), wherever the steals and crashes fall, each worker runs a
+    subsequence of the collection order, as with plain ``--dist load``: a test that mutates a
+    value it shares with earlier tests (a session fixture, a module global) never runs before
+    them on their worker."""
+    rng = random.Random(seed)
+    collection = [f"t{i % 5}.py::test_{i}" for i in range(size)]
+    plan = [[] for _ in range(queues)]  # type: list[list[int]]
+    for i in rng.sample(range(size), size):
+        plan[rng.randrange(queues)].append(i)
+    sched = shard.AffinityScheduling(nodes, lambda c, n: plan)
+    workers = simulate(sched, [Worker(f"gw{i}") for i in range(nodes)], collection, seed, crashes)
+    assert_in_collection_order(workers, size)
+    assert sched.tests_finished and not sched.has_pending
+
+
+def test_an_idle_worker_steals_no_test_collected_before_its_last() -> None:
+    """Issue 18, the steal at the end: gw1 ran test 8; the tests gw0 still holds (0-7) were
+    collected before it, so gw1 may not take them (the landed code stole 4-7 for gw1, to
+    run after 8 and 9) and is shut down instead."""
+    collection = [f"t.py::test_{i}" for i in range(10)]
+    sched = shard.AffinityScheduling(2, lambda c, n: [list(range(8)), [8, 9]])
+    a, b = Worker("gw0"), Worker("gw1")
+    start(sched, [a, b], collection)
+    assert (a.queue, b.queue) == (list(range(8)), [8, 9])
+    b.run_one(sched)
+    if a.steal is not None:
+        a.answer_steal(sched)
+    while runnable := [w for w in (b, a) if w.can_run()]:
+        runnable[0].run_one(sched)
+    assert b.ran == [8, 9] and a.ran == list(range(8))
+    assert done([a, b]) and sched.tests_finished
+
+
+def test_an_idle_worker_steals_the_tail_collected_after_its_last() -> None:
+    collection = [f"t.py::test_{i}" for i in range(12)]
+    sched = shard.AffinityScheduling(2, lambda c, n: [[0, 1], [2, *range(4, 12)], [3]])
+    a, b = Worker("gw0"), Worker("gw1")
+    start(sched, [a, b], collection)
+    assert (a.queue, b.queue) == ([0, 1, 3], [2, *range(4, 12)])  # a third queue: merged
+    a.run_one(sched)
+    assert b.steal is None  # gw0 still holds two tests
+    a.run_one(sched)  # frontier 3: half of gw1's tests, those after 3, from the end
+    assert b.steal == [8, 9, 10, 11]
+    b.answer_steal(sched)
+    assert a.queue == [3, 8, 9, 10, 11] and b.queue == [2, 4, 5, 6, 7]
+
+
+def test_steal_plan_takes_only_tests_after_the_thief_s_frontier() -> None:
+    pending = {"gw0": [0, 1, 2, 3, 4, 5, 6, 7], "gw1": [10, 12, 14, 16]}
+    assert shard.steal_plan(-1, pending) == ("gw0", [4, 5, 6, 7])  # the most: half of gw0's
+    assert shard.steal_plan(5, pending) == ("gw0", [6, 7])  # a tie: the first
+    assert shard.steal_plan(7, pending) == ("gw1", [14, 16])  # nothing after 7 on gw0
+    assert shard.steal_plan(6, {"gw0": [0, 1, 2, 3, 4, 5, 6, 7]}) == ("gw0", [7])
+    assert shard.steal_plan(15, pending) == ("gw1", [16])
+    assert shard.steal_plan(16, pending) is None
+    assert shard.steal_plan(-1, {"gw0": [0, 1]}) is None  # a worker keeps two
+    assert shard.frontier(-1, []) == -1 and shard.frontier(4, [6, 9]) == 9
+    assert shard.frontier(7, []) == 7
+    assert shard.sendable(3, [5, 1, 4, 3]) == [4, 5]
+
+
+def test_scheduler_sends_each_worker_its_queue() -> None:
     tests, work = clustered(clusters=6, tests_per=10)
-    planned = shard.unit_indices(tests, work, 2)
+    planned = shard.worker_queues(tests, work, 2)
     sched = shard.AffinityScheduling(2, lambda c, n: planned)
     a, b = Worker("gw0"), Worker("gw1")
-    for w in a, b:
-        sched.add_node(w)
-        sched.add_node_collection(w, tests)
-    sched.schedule()
+    start(sched, [a, b], tests)
     assert a.queue == planned[0] and b.queue == planned[1]
-    assert sched.unit_count == len(planned) > 2
 
 
 def test_a_crashed_worker_s_tests_go_to_another() -> None:
     tests, _ = clustered(clusters=2, tests_per=5)
     sched = shard.AffinityScheduling(2, lambda c, n: [list(range(len(c)))])
     a, b = Worker("gw0"), Worker("gw1")
-    for w in a, b:
-        sched.add_node(w)
-        sched.add_node_collection(w, tests)
-    sched.schedule()
+    start(sched, [a, b], tests)
     assert a.queue == list(range(len(tests))) and not b.queue
+    assert a.steal is not None  # gw1 asks for the second half
     assert sched.remove_node(a) == tests[0]  # the test it was running crashed it
     assert b.queue == list(range(1, len(tests)))
+
+
+def test_a_crashed_worker_s_earlier_tests_wait_for_its_replacement() -> None:
+    collection = [f"t.py::test_{i}" for i in range(8)]
+    sched = shard.AffinityScheduling(2, lambda c, n: [[0, 1, 2, 3], [4, 5, 6, 7]])
+    a, b = Worker("gw0"), Worker("gw1")
+    start(sched, [a, b], collection)
+    assert sched.remove_node(a) == collection[0]
+    assert b.queue == [4, 5, 6, 7] and sched.loose == [1, 2, 3]  # before gw1's frontier
+    assert not sched.tests_finished
+    fresh = Worker("gw2")  # xdist replaces a crashed worker
+    sched.add_node(fresh)
+    sched.add_node_collection(fresh, collection)
+    sched.schedule()
+    assert fresh.queue == [1, 2, 3] and not sched.loose
 
 
 def test_different_collections_are_reported() -> None:
@@ -302,17 +447,6 @@ def test_units_balance_on_what_this_run_pays(tmp_path: Path) -> None:
     warm = shard.esg_workload(path, 20, stored=stored)
     assert asked == [["big", "small"]]  # the keys of every known test
     assert warm.cost == {"big": 0.01, "small": 1.0}
-
-
-def test_a_short_run_gets_two_units_per_worker() -> None:
-    """Units shorter than UNIT_MIN_S would only pay their state twice: a warm run of a small
-    suite (loads of hundredths of a second) gets two units per worker; a long one four each."""
-    tests = [f"t{m}.py::t{i}" for m in range(4) for i in range(10)]
-    needs = {t: (f"k{t[1]}",) for t in tests}
-    warm = Workload(needs, dict.fromkeys(tests, 0.005), {f"k{m}": 0.02 for m in range(4)})
-    assert len(shard.units(tests, warm, workers=2).parts) == 4
-    cold = Workload(needs, dict.fromkeys(tests, 0.005), {f"k{m}": 3.0 for m in range(4)})
-    assert len(shard.units(tests, cold, workers=2).parts) == 8
 
 
 # --------------------------------------------------------------------------- other splitters

@@ -240,8 +240,9 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         None,
         None,
         "",
-        doc="pytest-xdist hands out units of tests that share state, the longest first, "
-        "stealing at the end ([sharding.md](docs/sharding.md))",
+        doc="pytest-xdist gives each worker the tests that share its state, each worker in "
+        "collection order as with `--dist load`; idle workers steal only tests collected after "
+        "their last one ([sharding.md](docs/sharding.md))",
         usage="`--dist statemigrate` (with `-n`)",
     ),
     Setting(

@@ -9,6 +9,12 @@ names the first difference after it; the session refuses such a fixture, naming 
 
 Pure of pytest; each snapshot is a few shallow copies (the environment, ``sys.path``, the
 filters, the handlers of every signal and logger, the globals of the project's modules).
+
+What a library does while it is *imported* is not the build's: importing scikit-learn sets
+``KMP_DUPLICATE_LIB_OK``, astropy and scipy add warnings filters, and a hit's unpickling
+imports them again. So the changes :func:`watching` sees being made (environment writes,
+filter, logger and signal calls) count only when no import is running on this thread; the
+current directory, ``sys.path`` and the project's globals are compared as they are.
 """
 
 from __future__ import annotations
@@ -17,13 +23,177 @@ import logging
 import os
 import signal
 import sys
+import threading
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Final
 
 _PKG_DIRS: Final = ("site-packages", "dist-packages")
+
+
+def importing(depth: int = 2) -> bool:
+    """A module is being imported on this thread (its frames are below ``depth``)."""
+    try:
+        frame = sys._getframe(depth)
+    except ValueError:  # (a shallower stack)
+        return False
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+class Made:
+    """What code that was not importing changed while a build was watched: the environment
+    variables it wrote, the filters it added (or that it reset them), the loggers and
+    signals it configured."""
+
+    def __init__(self) -> None:
+        self.env: set[str] = set()
+        self.filters: set[Any] = set()  # entries a call added, removed or moved
+        self.loggers: set[str] = set()
+        self.signals: set[int] = set()
+        #: global generators drawn from (``"random"``): an import's draws (scikit-learn's)
+        #: do not make the value depend on the random state
+        self.drew: set[str] = set()
+
+
+class _Watch:
+    """The builds being watched on one thread (nested: a change counts for each)."""
+
+    made: list[Made] = []
+    thread: int | None = None
+    saved: list[tuple[Any, str, Any]] = []
+
+
+def _counted() -> bool:
+    return bool(_Watch.made) and threading.get_ident() == _Watch.thread and not importing(4)
+
+
+def note(kind: str, what: Any = None) -> None:
+    """A change is being made: counted for the watched builds unless an import makes it."""
+    try:
+        counted = _counted()
+    except Exception:  # (noting never fails the call it watches)
+        return
+    if not counted:
+        return
+    for made in _Watch.made:
+        if kind == "env":
+            made.env.add(what)
+        elif kind == "logger":
+            made.loggers.add(what)
+        elif kind == "signal":
+            made.signals.add(what)
+        elif kind == "draw":
+            made.drew.add(what)
+
+
+def _filter_call(func: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        counted = _counted()
+        before = list(warnings.filters)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            if counted:
+                try:
+                    moved = _moved(before, list(warnings.filters))
+                except Exception:  # (never into the caller's call: an unhashable filter)
+                    moved = {None}
+                for made in _Watch.made:
+                    made.filters.update(moved)
+
+    call.__wrapped__ = func  # type: ignore[attr-defined]
+    return call
+
+
+def _logger_call(func: Callable[..., Any]) -> Callable[..., Any]:
+    def call(self: logging.Logger, *args: Any, **kwargs: Any) -> Any:
+        note("logger", "" if self is logging.root else getattr(self, "name", ""))
+        return func(self, *args, **kwargs)
+
+    call.__wrapped__ = func  # type: ignore[attr-defined]
+    return call
+
+
+def _disable_call(func: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        note("logger", "")
+        return func(*args, **kwargs)
+
+    call.__wrapped__ = func  # type: ignore[attr-defined]
+    return call
+
+
+def _signal_call(func: Callable[..., Any]) -> Callable[..., Any]:
+    def call(number: Any, *args: Any, **kwargs: Any) -> Any:
+        note("signal", number)
+        return func(number, *args, **kwargs)
+
+    call.__wrapped__ = func  # type: ignore[attr-defined]
+    return call
+
+
+_PATCHES: Final = (
+    (warnings, "filterwarnings", _filter_call),
+    (warnings, "simplefilter", _filter_call),
+    (warnings, "resetwarnings", _filter_call),
+    (logging.Logger, "addHandler", _logger_call),
+    (logging.Logger, "removeHandler", _logger_call),
+    (logging.Logger, "setLevel", _logger_call),
+    (logging, "disable", _disable_call),
+    (signal, "signal", _signal_call),
+)
+
+
+def _draw_call(func: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        note("draw", "random")
+        return func(*args, **kwargs)
+
+    call.__wrapped__ = func  # type: ignore[attr-defined]
+    return call
+
+
+def _random_functions() -> list[str]:
+    """The ``random`` module's functions that draw from its global generator."""
+    import random
+
+    shared = random._inst
+    return [
+        n
+        for n, f in vars(random).items()
+        if getattr(f, "__self__", None) is shared and n != "getstate"  # (reading is no draw)
+    ]
+
+
+@contextmanager
+def watching(made: Made) -> Iterator[None]:
+    """Note into ``made`` the changes made while the block runs (see :func:`note`)."""
+    if not _Watch.made:
+        import random
+
+        _Watch.thread = threading.get_ident()
+        patches = [*_PATCHES, *((random, n, _draw_call) for n in _random_functions())]
+        for owner, name, wrap in patches:
+            original = getattr(owner, name)
+            _Watch.saved.append((owner, name, original))
+            setattr(owner, name, wrap(original))
+    _Watch.made.append(made)
+    try:
+        yield
+    finally:
+        _Watch.made.remove(made)
+        if not _Watch.made:
+            for owner, name, original in reversed(_Watch.saved):
+                setattr(owner, name, original)
+            _Watch.saved.clear()
+            _Watch.thread = None
 
 
 class ProjectModules:
@@ -90,20 +260,48 @@ class Snapshot:
             modules={m.__name__: (m, dict(vars(m))) for m in (modules() if modules else ())},
         )
 
-    def changed(self) -> str | None:
+    def changed(self, made: Made | None = None) -> str | None:
         """The first effect the process shows since this snapshot, in words (``"sets the
-        environment variable SEED"``), or None."""
+        environment variable SEED"``), or None. With ``made`` (:func:`watching`), changes of
+        the environment, the filters, loggers and signals count only where ``made`` saw code
+        that was not importing make them."""
         now = Snapshot.take()
+        env, env_now = self.env, now.env
+        signals, signals_now = self.signals, now.signals
+        loggers, loggers_now = self.loggers, now.loggers
+        filters_changed = now.filters != self.filters
+        disabled = now.disable != self.disable
+        if made is not None:
+            env, env_now = _only(env, made.env), _only(env_now, made.env)
+            signals, signals_now = _only(signals, made.signals), _only(signals_now, made.signals)
+            loggers, loggers_now = _only(loggers, made.loggers), _only(loggers_now, made.loggers)
+            filters_changed = bool(_moved(self.filters, now.filters) & made.filters)
+            disabled = disabled and "" in made.loggers
         return (
-            _env(self.env, now.env)
+            _env(env, env_now)
             or ("changes the current directory" if now.cwd != self.cwd else None)
             or ("changes sys.path" if now.path != self.path else None)
-            or ("changes the warnings filters" if now.filters != self.filters else None)
-            or _signal(self.signals, now.signals)
-            or _logging(self.loggers, now.loggers)
-            or ("calls logging.disable" if now.disable != self.disable else None)
+            or ("changes the warnings filters" if filters_changed else None)
+            or _signal(signals, signals_now)
+            or _logging(loggers, loggers_now)
+            or ("calls logging.disable" if disabled else None)
             or _globals(self.modules)
         )
+
+
+def _moved(before: Sequence[Any], after: Sequence[Any]) -> set[Any]:
+    """The filters added, removed, or moved among those both lists hold (filters are
+    matched first to last: the order is what they mean)."""
+    old, new = set(before), set(after)
+    common_before = [f for f in before if f in new]
+    common_after = [f for f in after if f in old]
+    # (not strict: a list may hold an entry twice, then the two differ in length)
+    moved = {a for a, b in zip(common_before, common_after, strict=False) if a != b}
+    return (old ^ new) | moved
+
+
+def _only(mapping: Mapping[Any, Any], keys: set[Any]) -> dict[Any, Any]:
+    return {k: v for k, v in mapping.items() if k in keys}
 
 
 def _cwd() -> str:

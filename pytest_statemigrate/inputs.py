@@ -140,6 +140,9 @@ class BuildRecorder:
     def __enter__(self) -> BuildRecorder:
         if self._modules is not None:  # (first: the environment is read before reads count)
             self._effects = effects.Snapshot.take(self._modules)
+            self._made = effects.Made()
+            self._watch = effects.watching(self._made)
+            self._watch.__enter__()
         if not _Audit.installed:
             sys.addaudithook(_Audit.hook)
             _Audit.installed = True
@@ -155,14 +158,17 @@ class BuildRecorder:
         self._stop()
         if _Reads.stop():
             self.cwd = os.getcwd()
+        if self._effects is not None:
+            self._watch.__exit__(None, None, None)
+            self.effect = self._effects.changed(self._made)
+            self._effects = None
         for name, state in random_states().items():
             before = self._states.get(name, state)
+            if name == "random" and self._modules is not None and name not in self._made.drew:
+                continue  # drawn while a module was imported (scikit-learn's): not the build
             if not _same_state(before, state):
                 self.random[name] = (random_state_digest(before), _to_wire(state))
         self._states = {}
-        if self._effects is not None:
-            self.effect = self._effects.changed()
-            self._effects = None
 
     # -- sys.monitoring (3.12+) ---------------------------------------------------------
     def _start_monitoring(self) -> bool:
@@ -338,12 +344,7 @@ def _importing() -> bool:
     """A module is being imported on this thread (its import-time reads configure the library,
     which a hit's unpickling imports again, with this run's environment: networkx scans every
     ``NETWORKX_*`` variable so)."""
-    frame = sys._getframe(2)
-    while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
-            return True
-        frame = frame.f_back  # type: ignore[assignment]
-    return False
+    return effects.importing(3)
 
 
 class _ReadEnviron(os._Environ[str]):
@@ -357,6 +358,14 @@ class _ReadEnviron(os._Environ[str]):
     def __iter__(self) -> Iterator[str]:
         _Reads.note("*")
         return super().__iter__()
+
+    def __setitem__(self, key: str, value: str) -> None:
+        effects.note("env", key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        effects.note("env", key)
+        super().__delitem__(key)
 
 
 # -- the global random generators -----------------------------------------------------------

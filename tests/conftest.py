@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
+# Imported before any pytester snapshot of sys.modules, so that no pytester test's cleanup
+# drops it: numpy's extension cannot be loaded twice in one process ("cannot load module more
+# than once per process" in a later test's import). Where it is missing, its tests skip.
+with contextlib.suppress(ImportError):
+    import numpy  # noqa: F401
 
 # Plugins installed next to ours that are slow to import and irrelevant to these runs.
 QUIET = (

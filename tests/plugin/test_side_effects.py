@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import Suite
 
 CONFTEST = """
-import logging, os, signal, sys, warnings
+import logging, os, signal, sys, time, warnings
 import pytest
 import app
 import app.helpers
@@ -56,6 +56,7 @@ def tidy():
     os.environ["SM_TIDY"] = "1"
     del os.environ["SM_TIDY"]
     import app.extra_helpers
+    time.sleep(0.1)  # (loading must pay: a build of no cost is built, not loaded)
     return [app.helpers.double(21)]
 """
 

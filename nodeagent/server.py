@@ -113,6 +113,9 @@ class AgentServer:
         self.peer_keys = peer_keys
         self._auth: Any = None  # the ZAP authenticator, while bound with CURVE or a token
         self._token: str | None = None  # PLAIN password of a loopback tcp agent without CURVE
+        #: Z85 public keys authorized now; with CURVE, a request from a connection made with
+        #: any other key (one removed from authorized/ since) is refused.
+        self._allowed: frozenset[str] = frozenset() if curve is None else curve.allowed
         self._reload = threading.Event()  # reload_keys() was called: reread authorized/
         self.requested_endpoint = endpoint
         self.tiers = tiers
@@ -251,6 +254,7 @@ class AgentServer:
             log.error("keys not reloaded: %s", exc)
             return
         self._auth.configure_curve(domain="*", location=str(self.curve.authorized))
+        self._allowed = self.curve.allowed
         log.warning("reloaded %d authorized client key(s)", self.curve.clients)
 
     def close(self) -> None:
@@ -327,6 +331,8 @@ class AgentServer:
         body = frames[split:]
         req_id: int | None = None
         try:
+            if self.curve is not None and not self._authorized(frames[0]):
+                raise ProtocolError("auth", "this client's key is no longer authorized")
             if not body:
                 raise ProtocolError("bad-header", "message has no header frame")
             op, req_id, fields = decode_request(body[0].buffer)
@@ -349,6 +355,17 @@ class AgentServer:
             out = [encode_error(req_id, "internal", f"{type(exc).__name__}: {exc}")]
         self._send(sock, envelope, out, req_id)
         self._after_reply(sock)
+
+    def _authorized(self, frame: zmq.Frame) -> bool:
+        """Whether the connection ``frame`` came on was made with a key authorized now: a
+        reload (SIGHUP) that removed a key leaves its connections open, and zmq does not
+        check them again (the ZAP user id is the key in Z85)."""
+        if self._reload.is_set():
+            self._reload_keys()
+        try:
+            return frame.get("User-Id") in self._allowed
+        except zmq.ZMQError:  # no ZAP metadata
+            return False
 
     def _send(
         self, sock: zmq.Socket[bytes], envelope: list[Any], out: list[Any], req_id: Any

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -24,8 +25,9 @@ import zmq
 
 import nodeagent
 from nodeagent.client import AgentClient, AgentError
+from nodeagent.curve import ClientKeys, create_keys
 from tests.conftest import DATASET_CONFTEST, Suite
-from tests.integration.conftest import StartAgent
+from tests.integration.conftest import StartAgent, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -347,3 +349,30 @@ def test_an_abstract_ipc_socket_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(AgentError, match="an abstract ipc socket has no file permissions"):
         AgentClient("ipc://@sm-test-abstract")
+
+
+def test_a_revoked_key_gets_no_more_service(start: StartAgent, tmp_path: Path) -> None:
+    # Issue 18 (6): after its key was removed and SIGHUP, a connected client kept doing PUT
+    # and STATS.
+    keys = tmp_path / "keys"
+    create_keys(keys)
+    create_keys(tmp_path / "other")
+    log = tmp_path / "curve-agent.log"
+    agent = start(bind="tcp://127.0.0.1:*", curve_dir=str(keys), log_file=str(log))
+    with AgentClient(agent.endpoint, timeout=10, curve=ClientKeys.load(keys)) as client:
+        client.put("k", [b"v"], {})
+        assert client.stats()["tiers"]
+        # Another client stays authorized (an empty authorized/ is not reloaded).
+        shutil.copy(tmp_path / "other" / "client.key", keys / "authorized" / "other.key")
+        (keys / "authorized" / "client.key").unlink()
+        os.kill(agent.pid, signal.SIGHUP)
+        wait_until(lambda: "reloaded 1 authorized client key(s)" in log.read_text())
+        for request in (
+            lambda: client.put("k2", [b"v"], {}),
+            client.stats,
+            lambda: client.get("k"),
+        ):
+            with pytest.raises(AgentError) as info:
+                request()
+            assert info.value.error == "auth"
+            assert "this client's key is no longer authorized" in str(info.value)

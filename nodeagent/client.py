@@ -242,8 +242,7 @@ class AgentClient:
         if self._curve is None:
             return (
                 "handshake failed: the agent requires CURVE authentication and this client "
-                "has no keys (create them with `statemigrate keys`), or it is another user's "
-                f"agent (this user has no token file {private.token_path(self.endpoint)})"
+                f"has no keys (create them with `statemigrate keys`){self._no_token_hint()}"
             )
         if mismatch:
             return (
@@ -255,6 +254,15 @@ class AgentClient:
             "CURVE handshake failed: does the agent run with --curve-dir, and is the server.key "
             f"in {self._curve.directory} its public key?"
         )
+
+    def _no_token_hint(self) -> str:
+        if not self.endpoint.startswith("tcp://"):
+            return ""
+        try:
+            path = private.token_path(self.endpoint)
+        except private.LocalAuthError as exc:
+            return f", or it is another user's agent ({exc})"
+        return f", or it is another user's agent (this user has no token file {path})"
 
     def close(self, *, stop_zmq_gc: bool = True) -> None:
         """Close the socket and the context; no zmq thread remains afterwards.

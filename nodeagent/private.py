@@ -25,11 +25,12 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import stat
-import tempfile
 from pathlib import Path
 from typing import Final
+
+# secrets and tempfile (~4 ms of imports) are imported where a token is made or looked up:
+# a client of an ipc agent, the plugin's own, needs neither.
 
 __all__ = [
     "PLAIN_USER",
@@ -107,6 +108,8 @@ def runtime_dir() -> Path:
     :raises LocalAuthError: it is not a directory of this user's that only they can reach
         (another user made it first, or it was opened up).
     """
+    import tempfile
+
     base = os.environ.get("XDG_RUNTIME_DIR")
     if base and os.path.isdir(base):
         path = Path(base) / "statemigrate"
@@ -142,6 +145,8 @@ def token_path(endpoint: str) -> Path:
 
 
 def make_token() -> str:
+    import secrets
+
     return secrets.token_hex(TOKEN_BYTES)
 
 
@@ -151,6 +156,8 @@ def publish_token(endpoint: str, token: str, pid: int) -> Path:
 
     :raises LocalAuthError: naming the file, when it cannot be written.
     """
+    import tempfile
+
     target = token_path(endpoint)
     try:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".token-")  # mode 0600

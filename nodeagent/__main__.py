@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run an agent; returns the exit status (2: usage error, refused bind or unusable store)."""
     args = build_parser().parse_args(argv)
+    # Everything this process creates (its ipc socket, disk tier, store files) is its user's
+    # alone: other local users are not trusted (docs/security.md). A store shared by a team
+    # gets its group access from a default ACL on its directory, which the umask leaves be.
+    os.umask(0o077)
     try:
         check_endpoint(args.bind, curve=args.curve_dir is not None)
     except BindRefused as exc:
@@ -164,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     import zmq
 
     from nodeagent.leases import LeaseTable
+    from nodeagent.private import LocalAuthError
     from nodeagent.server import AgentServer
     from nodeagent.storeurl import StoreError
     from nodeagent.tiers import DiskTier, RamTier, StoreTier, TieredStore
@@ -195,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             endpoint = server.bind()
-        except zmq.ZMQError as exc:
+        except (zmq.ZMQError, LocalAuthError) as exc:
             print(f"nodeagent: error: cannot bind {args.bind}: {exc}", file=sys.stderr, flush=True)
             return 1
         print(f"nodeagent ready {endpoint}", flush=True)

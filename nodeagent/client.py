@@ -17,6 +17,7 @@ whole request timeout.
 
 from __future__ import annotations
 
+import os
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from nodeagent import private
 from nodeagent.protocol import (
     MAX_KEYS,
     BindRefused,
@@ -133,22 +135,31 @@ class AgentClient:
         self.connect_timeout = connect_timeout
         self._interrupt = interrupt
         self._curve = curve
+        self._token: str | None = None  # the agent's token, sent in the handshake (tcp)
         self._next_id = 0
         self._context: zmq.Context[zmq.Socket[bytes]] | None = zmq.Context()
         self._socket: zmq.Socket[bytes] | None = None
         self._monitor: zmq.Socket[bytes] | None = None  # handshake events, until one succeeds
-        self._open_socket()
+        try:
+            self._open_socket()
+        except AgentError:
+            self.close(stop_zmq_gc=False)  # no context left for __del__ to warn about
+            raise
 
     # -- lifecycle
 
     def _open_socket(self) -> None:
         assert self._context is not None
+        token = self._local_credentials()
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         if self._curve is not None:
             sock.curve_secretkey = self._curve.secret
             sock.curve_publickey = self._curve.public
             sock.curve_serverkey = self._curve.server
+        elif token is not None:
+            sock.plain_username = private.PLAIN_USER.encode()
+            sock.plain_password = token.encode()
         self._socket = sock
         try:
             self._monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
@@ -156,6 +167,36 @@ class AgentClient:
         except zmq.ZMQError as exc:
             self._close_socket()
             raise AgentError(self.endpoint, "zmq", str(exc)) from None
+
+    def _local_credentials(self) -> str | None:
+        """Without CURVE: the token of this user's agent at a tcp endpoint (read again at
+        each connection: the agent may have restarted), or None for ipc. An ipc socket that
+        exists and belongs to another user is refused before anything is sent to it.
+
+        :raises AgentError: ``auth``, with the reason.
+        """
+        self._token = None
+        if self._curve is not None:
+            return None
+        if self.endpoint.startswith("ipc://"):
+            path = self.endpoint[len("ipc://") :]
+            try:
+                owner = os.stat(path).st_uid
+            except OSError:  # not bound yet (the run's agent starts while clients connect)
+                return None
+            if hasattr(os, "getuid") and owner not in (os.getuid(), 0):
+                raise AgentError(
+                    self.endpoint,
+                    "auth",
+                    f"the socket {path} belongs to uid {owner}, not to this user: another "
+                    "user's agent, or a socket put there to receive this user's values",
+                )
+            return None
+        try:
+            self._token = private.read_token(self.endpoint)
+        except private.LocalAuthError as exc:
+            raise AgentError(self.endpoint, "auth", str(exc)) from None
+        return self._token
 
     def _close_socket(self) -> None:
         self._stop_monitor()
@@ -184,6 +225,11 @@ class AgentClient:
             raise AgentError(self.endpoint, "auth", self._handshake_failure(event, value))
 
     def _handshake_failure(self, event: int, value: int) -> str:
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and self._token is not None:
+            return (
+                f"the agent refused this user's token from {private.token_path(self.endpoint)} "
+                f"(status {value}): is the agent there another user's, or was it restarted?"
+            )
         if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             return (
                 f"the agent refused this client's key (status {value}): add the client's "
@@ -196,7 +242,7 @@ class AgentClient:
         if self._curve is None:
             return (
                 "handshake failed: the agent requires CURVE authentication and this client "
-                "has no keys (create them with `statemigrate keys`)"
+                f"has no keys (create them with `statemigrate keys`){self._no_token_hint()}"
             )
         if mismatch:
             return (
@@ -208,6 +254,15 @@ class AgentClient:
             "CURVE handshake failed: does the agent run with --curve-dir, and is the server.key "
             f"in {self._curve.directory} its public key?"
         )
+
+    def _no_token_hint(self) -> str:
+        if not self.endpoint.startswith("tcp://"):
+            return ""
+        try:
+            path = private.token_path(self.endpoint)
+        except private.LocalAuthError as exc:
+            return f", or it is another user's agent ({exc})"
+        return f", or it is another user's agent (this user has no token file {path})"
 
     def close(self, *, stop_zmq_gc: bool = True) -> None:
         """Close the socket and the context; no zmq thread remains afterwards.

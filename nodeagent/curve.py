@@ -57,6 +57,8 @@ class ServerKeys:
     secret: bytes = field(repr=False)
     authorized: Path
     clients: int  # public keys found in ``authorized`` when loaded
+    #: those keys in Z85, as the ZAP authenticator names a connection's user (its User-Id)
+    allowed: frozenset[str] = frozenset()
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> ServerKeys:
@@ -65,8 +67,8 @@ class ServerKeys:
         _check_curve()
         public, secret = _load_pair(base / (SERVER + SECRET_SUFFIX))
         authorized = base / AUTHORIZED
-        clients = _load_authorized(authorized)
-        return cls(base, public, secret, authorized, clients)
+        allowed = _load_authorized(authorized)
+        return cls(base, public, secret, authorized, len(allowed), allowed)
 
 
 @dataclass(frozen=True)
@@ -192,18 +194,21 @@ def _load_public(path: Path) -> bytes:
     return _read(path)[0]
 
 
-def _load_authorized(directory: Path) -> int:
-    """Check the authorized directory the way the ZAP authenticator will read it."""
+def _load_authorized(directory: Path) -> frozenset[str]:
+    """Check the authorized directory the way the ZAP authenticator will read it.
+
+    :returns: the public keys of its ``*.key`` files, in Z85.
+    """
     if not directory.is_dir():
         raise KeysError(
             f"no directory {directory}: put the public keys (client.key) of the clients the "
             "agent accepts there"
         )
     files = sorted(directory.glob("*" + PUBLIC_SUFFIX))
-    for path in files:
-        _read(path)  # a malformed file is an error here, not a silently ignored client
+    # a malformed file is an error here, not a silently ignored client
+    keys = frozenset(_read(path)[0].decode("ascii") for path in files)
     if not files:
         raise KeysError(
             f"no client public keys (*.key) in {directory}: copy the clients' client.key there"
         )
-    return len(files)
+    return keys

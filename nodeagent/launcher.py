@@ -18,6 +18,8 @@ import time
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Final
 
+from nodeagent.private import private_file
+
 if TYPE_CHECKING:
     from nodeagent.client import AgentError
     from nodeagent.curve import ClientKeys
@@ -257,13 +259,16 @@ def spawn_agent(
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
     try:
-        log_fh: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+        # 0600: the log names keys and endpoints (the temp directory is 0700 already).
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        log_fh: IO[bytes] = os.fdopen(fd, "ab")
     except OSError as exc:
         from nodeagent.client import AgentError
 
         shutil.rmtree(temp_dir, ignore_errors=True)
         why = f"cannot open its log {log_path}: {exc.strerror or exc}"
         raise AgentError(bind, "start", why) from None
+    private_file(log_path)  # one an earlier version made 0644
     try:
         proc = subprocess.Popen(
             cmd,

@@ -509,7 +509,8 @@ _HOSTNAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
 def check_endpoint(endpoint: str, *, curve: bool = False) -> None:
     """Refuse endpoints reachable from other machines unless CURVE protects them (invariant 4).
 
-    Accepted: ``ipc://<path>``, ``tcp://127.x.x.x:PORT``, ``tcp://localhost:PORT``,
+    Accepted: ``ipc://<path>`` (not an abstract ``ipc://@name``, which any local user can
+    reach: only with ``curve``), ``tcp://127.x.x.x:PORT``, ``tcp://localhost:PORT``,
     ``tcp://[::1]:PORT``, where PORT is a number or ``*`` (a random free port). With
     ``curve`` (the agent has keys, or the client has them), also ``tcp://HOST:PORT`` for any
     address, host or interface name, ``*`` and ``0.0.0.0`` included.
@@ -525,9 +526,15 @@ def check_endpoint(endpoint: str, *, curve: bool = False) -> None:
     if not isinstance(endpoint, str) or any(c in endpoint for c in "\r\n\0"):
         raise refused
     if endpoint.startswith("ipc://"):
-        if len(endpoint) > len("ipc://"):
-            return
-        raise refused
+        if len(endpoint) == len("ipc://"):
+            raise refused
+        if endpoint.startswith("ipc://@") and not curve:
+            raise BindRefused(
+                f"refusing {shown}: an abstract ipc socket has no file permissions, any local "
+                "user can connect to it; use ipc://PATH, or CURVE keys",
+                needs_keys=True,
+            )
+        return
     match = _TCP.match(endpoint)
     if match is None:
         raise refused

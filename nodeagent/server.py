@@ -33,7 +33,7 @@ from typing import Any, Final
 
 import zmq
 
-from nodeagent import __version__
+from nodeagent import __version__, private
 from nodeagent.announce import Announcer
 from nodeagent.curve import ClientKeys, KeysError, ServerKeys
 from nodeagent.leases import LeaseTable, pid_alive
@@ -111,7 +111,11 @@ class AgentServer:
         check_endpoint(endpoint, curve=curve is not None)
         self.curve = curve
         self.peer_keys = peer_keys
-        self._auth: Any = None  # the ZAP authenticator, while bound with CURVE
+        self._auth: Any = None  # the ZAP authenticator, while bound with CURVE or a token
+        self._token: str | None = None  # PLAIN password of a loopback tcp agent without CURVE
+        #: Z85 public keys authorized now; with CURVE, a request from a connection made with
+        #: any other key (one removed from authorized/ since) is refused.
+        self._allowed: frozenset[str] = frozenset() if curve is None else curve.allowed
         self._reload = threading.Event()  # reload_keys() was called: reread authorized/
         self.requested_endpoint = endpoint
         self.tiers = tiers
@@ -176,7 +180,14 @@ class AgentServer:
     # -- lifecycle
 
     def bind(self) -> str:
-        """Bind the ROUTER socket; returns the real endpoint (a ``*`` port resolved)."""
+        """Bind the ROUTER socket; returns the real endpoint (a ``*`` port resolved).
+
+        Who gets served (docs/security.md): with CURVE keys, the authorized clients; on a
+        loopback tcp port without keys, clients that present this agent's token
+        (``nodeagent.private``); on ``ipc://``, this user (the socket is made 0700).
+
+        :raises LocalAuthError: the token file cannot be written.
+        """
         self._context = zmq.Context()
         sock = self._context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -184,12 +195,36 @@ class AgentServer:
         try:
             if self.curve is not None:
                 self._start_auth(sock)
-            sock.bind(self.requested_endpoint)
-        except zmq.ZMQError:
+            elif self.requested_endpoint.startswith("tcp://"):
+                self._start_token_auth(sock)
+            # The umask makes the ipc socket 0700 from the moment it exists (a chmod after
+            # bind leaves a moment in which any user could connect). It is the process's:
+            # an agent process keeps 077 anyway (__main__).
+            umask = os.umask(0o077)
+            try:
+                sock.bind(self.requested_endpoint)
+            finally:
+                os.umask(umask)
+            self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            if self._token is not None:
+                private.publish_token(self.endpoint, self._token, os.getpid())
+        except (zmq.ZMQError, private.LocalAuthError):
             self.close()
             raise
-        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         return self.endpoint
+
+    def _start_token_auth(self, sock: zmq.Socket[bytes]) -> None:
+        """Serve only clients that send this agent's token (PLAIN, checked by ZAP): a
+        loopback port is open to every user of the machine. The check is made once per
+        connection, in the handshake; requests pay nothing for it."""
+        from zmq.auth.thread import ThreadAuthenticator
+
+        assert self._context is not None
+        self._token = private.make_token()
+        self._auth = ThreadAuthenticator(self._context, log=logging.getLogger("nodeagent.auth"))
+        self._auth.start()
+        self._auth.configure_plain(domain="*", passwords={private.PLAIN_USER: self._token})
+        sock.plain_server = True
 
     def _start_auth(self, sock: zmq.Socket[bytes]) -> None:
         """Start the ZAP authenticator and make ``sock`` a CURVE server (before it binds)."""
@@ -219,6 +254,7 @@ class AgentServer:
             log.error("keys not reloaded: %s", exc)
             return
         self._auth.configure_curve(domain="*", location=str(self.curve.authorized))
+        self._allowed = self.curve.allowed
         log.warning("reloaded %d authorized client key(s)", self.curve.clients)
 
     def close(self) -> None:
@@ -238,6 +274,9 @@ class AgentServer:
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
+        if self._token is not None and self.endpoint is not None:
+            private.withdraw_token(self.endpoint, self._token)
+            self._token = None
         if self._context is not None:
             self._context.term()
             self._context = None
@@ -292,6 +331,8 @@ class AgentServer:
         body = frames[split:]
         req_id: int | None = None
         try:
+            if self.curve is not None and not self._authorized(frames[0]):
+                raise ProtocolError("auth", "this client's key is no longer authorized")
             if not body:
                 raise ProtocolError("bad-header", "message has no header frame")
             op, req_id, fields = decode_request(body[0].buffer)
@@ -314,6 +355,17 @@ class AgentServer:
             out = [encode_error(req_id, "internal", f"{type(exc).__name__}: {exc}")]
         self._send(sock, envelope, out, req_id)
         self._after_reply(sock)
+
+    def _authorized(self, frame: zmq.Frame) -> bool:
+        """Whether the connection ``frame`` came on was made with a key authorized now: a
+        reload (SIGHUP) that removed a key leaves its connections open, and zmq does not
+        check them again (the ZAP user id is the key in Z85)."""
+        if self._reload.is_set():
+            self._reload_keys()
+        try:
+            return frame.get("User-Id") in self._allowed
+        except zmq.ZMQError:  # no ZAP metadata
+            return False
 
     def _send(
         self, sock: zmq.Socket[bytes], envelope: list[Any], out: list[Any], req_id: Any

@@ -43,6 +43,7 @@ from typing import Any, Final, Protocol
 import diskcache
 import msgpack
 
+from nodeagent.private import private_dir, private_file
 from nodeagent.storeurl import is_url, open_fs
 
 __all__ = [
@@ -463,13 +464,18 @@ class DiskTier:
     name: Final = "disk"
 
     def __init__(self, directory: str, size_limit_bytes: int) -> None:
-        os.makedirs(directory, exist_ok=True)
+        # 0700 (diskcache makes it 0755 and its files 0644, by the umask): other users of
+        # the machine must not read the values, nor their keys in cache.db. The files inside
+        # keep the umask of the process that writes them (a test process's is not ours to
+        # change); the directory is what keeps others out.
+        private_dir(directory)
         self.directory = directory
         self.size_limit_bytes = size_limit_bytes
         # size_limit is always explicit: diskcache's default silently evicts beyond 1 GiB.
         self._cache, self.notice = _open_or_move_aside(
             directory, size_limit=size_limit_bytes, eviction_policy="least-recently-used"
         )
+        private_file(os.path.join(directory, "cache.db"))
         self.counters = _Counters()
 
     @staticmethod

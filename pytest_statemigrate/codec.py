@@ -26,6 +26,7 @@ import io
 import os
 import pickle
 import secrets
+import stat
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -40,6 +41,10 @@ from . import fidelity
 from .keys import FORMAT_VERSION
 
 SECRET_ENV: Final = "STATEMIGRATE_SECRET"
+#: Shortest signing secret accepted, in bytes: 32 hex digits carry 128 random bits (the
+#: generated secret has 64, 256 bits); a shorter value may be guessed.
+MIN_SECRET_BYTES: Final = 32
+_MAKE_SECRET: Final = 'python -c "import secrets; print(secrets.token_hex(32))"'
 #: Values no code can change in place: pickled by value, never checked for changes.
 IMMUTABLE: Final = (str, bytes, int, float, bool, complex, type(None))
 
@@ -58,20 +63,35 @@ class Shared(Unpicklable):
     """The value shares mutable parts with a dependency's value; the message says which."""
 
 
+class SecretError(ValueError):
+    """A signing secret that must not be used; the message is one line naming it and the fix."""
+
+
 def load_secret(store_dir: Path) -> bytes:
     """The project's signing secret: ``$STATEMIGRATE_SECRET``, or ``<store_dir>/secret``.
 
     The file is created on first use with mode 0600, atomically, so concurrent workers agree.
+    Whoever knows the secret can make this user's runs unpickle what they wrote, so a secret
+    shorter than :data:`MIN_SECRET_BYTES`, or a file that another user may read or that
+    another user owns, is refused (an empty ``$STATEMIGRATE_SECRET`` means unset: CI systems
+    pass one for secrets a run may not see).
+
+    :raises SecretError: naming the variable or file and the fix.
     """
     env = os.environ.get(SECRET_ENV)
     if env:
+        if len(env.encode()) < MIN_SECRET_BYTES:
+            raise SecretError(
+                f"${SECRET_ENV} has {len(env.encode())} bytes, fewer than {MIN_SECRET_BYTES}: "
+                f"set it to a random value such as the output of `{_MAKE_SECRET}`"
+            )
         return env.encode()
     path = store_dir / "secret"
     try:
-        return path.read_bytes()
+        return _read_secret(path)
     except FileNotFoundError:
         pass
-    store_dir.mkdir(parents=True, exist_ok=True)
+    store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     ignore = store_dir / ".gitignore"
     if not ignore.exists():
         ignore.write_text("# created by pytest-statemigrate\n*\n")
@@ -87,7 +107,39 @@ def load_secret(store_dir: Path) -> bytes:
         pass
     finally:
         tmp.unlink()
-    return path.read_bytes()
+    return _read_secret(path)
+
+
+def _read_secret(path: Path) -> bytes:
+    """The secret in ``path``, checked as ssh checks a private key (mode, owner), and for its
+    length. :raises FileNotFoundError: there is none."""
+    try:
+        fd = os.open(path, os.O_RDONLY)  # the file opened is the file checked (fstat)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise SecretError(f"cannot read the secret {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as fh:
+        if os.name == "posix":
+            st = os.fstat(fh.fileno())
+            if st.st_uid != os.getuid():
+                raise SecretError(
+                    f"the secret {path} belongs to uid {st.st_uid}, not to this user (uid "
+                    f"{os.getuid()}), who could then make this run load their values: remove "
+                    "it to have a new one made"
+                )
+            if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise SecretError(
+                    f"the secret {path} is accessible by other users (mode "
+                    f"{stat.S_IMODE(st.st_mode):o}): chmod 600 {path}"
+                )
+        secret = fh.read()
+    if len(secret) < MIN_SECRET_BYTES:
+        raise SecretError(
+            f"the secret {path} holds {len(secret)} bytes, fewer than {MIN_SECRET_BYTES}: "
+            "remove it to have a new one made"
+        )
+    return secret
 
 
 class Paths(Protocol):

@@ -466,6 +466,18 @@ def _directory_lock(directory: Path) -> Iterator[None]:
         os.close(fd)  # (releases the lock)
 
 
+def _private(path: Path) -> None:
+    """Make the ESG file 0600 before SQLite opens it (SQLite gives its -wal and -shm files
+    the database's mode): what a suite's tests touch is not for other users to read."""
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o600))
+    except OSError:
+        return  # SQLite reports what is wrong with it
+    from nodeagent.private import private_file
+
+    private_file(path)  # one an earlier version made 0644
+
+
 def _connect(path: str, uri: bool = False) -> sqlite3.Connection:
     # isolation_level=None: no implicit transactions; every one is an explicit _transaction.
     return sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, uri=uri)
@@ -594,6 +606,7 @@ class ESGStore:
                 self._notice_path.unlink(missing_ok=True)
 
     def _open(self) -> sqlite3.Connection:
+        _private(self.path)
         db = _connect(str(self.path))
         try:
             with _transaction(db, "IMMEDIATE"):

@@ -373,7 +373,7 @@ class EmbeddedAgent:
         if self.process is None and self.direct is None:
             s = self.settings
             self.empty = s.store is None and not s.disk_dir.exists()
-            s.store_dir.mkdir(parents=True, exist_ok=True)
+            s.store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             if direct and self.empty and self.single:
                 from nodeagent.tiers import DiskTier  # (imported here: not on a thread)
 

@@ -288,13 +288,14 @@ def build(
 
 
 def store_dir_trouble(settings: Settings) -> str | None:
-    """Make the store directory (it holds the secret, the disk tier and the ESG); when it
-    cannot be made, one line naming where it was set and the fix, for the summary: the run
+    """Make the store directory (it holds the secret, the disk tier and the ESG; 0700 when
+    made now) and load the signing secret; when either fails (a secret too short, or others
+    may read it), one line naming where it was set and the fix, for the summary: the run
     is then unmanaged, as plain pytest would run it (rejected: a usage error, which would
-    stop a suite over a cache). None when it exists or was made now."""
+    stop a suite over a cache). None when both are usable."""
     source = settings.store_dir_source or str(settings.store_dir)
     try:
-        settings.store_dir.mkdir(parents=True, exist_ok=True)
+        settings.store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         return (
             f"{source}: cannot create it ({exc.strerror or exc}); name a directory that can "
@@ -307,6 +308,12 @@ def store_dir_trouble(settings: Settings) -> str | None:
             f"{source}: cannot write in it (read-only); name a writable directory: "
             "fixtures run unmanaged"
         )
+    from .codec import SecretError, load_secret
+
+    try:  # a secret others may know lets them choose what this run unpickles
+        load_secret(settings.store_dir)
+    except (SecretError, OSError) as exc:
+        return f"{exc}: fixtures run unmanaged"
     return None
 
 

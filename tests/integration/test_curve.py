@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from nodeagent import private
 from nodeagent.client import AgentClient, AgentError
 from nodeagent.curve import ClientKeys
 from nodeagent.launcher import AgentProcess
@@ -154,7 +155,9 @@ def test_client_without_keys_is_refused_at_once(curve_agent: AgentProcess) -> No
     assert seconds < REFUSED_WITHIN
     assert message == (
         f"agent {curve_agent.endpoint}: auth: handshake failed: the agent requires CURVE "
-        "authentication and this client has no keys (create them with `statemigrate keys`)"
+        "authentication and this client has no keys (create them with `statemigrate keys`), "
+        "or it is another user's agent (this user has no token file "
+        f"{private.token_path(curve_agent.endpoint)})"
     )
     # A non-loopback endpoint is refused before any connection is made.
     if outside_address() is not None:

@@ -174,7 +174,8 @@ def test_a_corrupt_disk_database_is_moved_aside(suite: Suite, xdist: bool) -> No
 def test_unknown_secret_is_not_trusted(suite: Suite) -> None:
     _project(suite)
     suite.run()
-    (suite.pytester.path / ".statemigrate" / "secret").write_text("another project's secret")
+    secret = suite.pytester.path / ".statemigrate" / "secret"
+    secret.write_text("another project's secret, 32 bytes or more")
     run = suite.same_as_plain()
     run.result.stdout.fnmatch_lines(["fallback: unverifiable entry for *bad signature*"])
     assert run.stats is not None and run.stats["builds"] >= 2

@@ -372,7 +372,7 @@ def test_two_runners_share_the_store(
 ) -> None:
     """A second checkout, at another path and depth, on another "machine" (its own agent,
     disk tier and .statemigrate), builds nothing: its values come from the shared store."""
-    monkeypatch.setenv("STATEMIGRATE_SECRET", "shared-by-the-ci-runners")
+    monkeypatch.setenv("STATEMIGRATE_SECRET", "shared-by-the-ci-runners-0123456789")
     url = s3_url("runners")
     first = _checkout(pytester.path / "runner-1" / "proj", url)
     second = _checkout(pytester.path / "runner-2" / "builds" / "deep" / "proj", url)
@@ -392,7 +392,7 @@ def test_two_runners_share_the_store(
     assert isinstance(hits, dict) and hits.get("store", 0) >= 3, hits  # read from the bucket
 
     # A runner with another secret cannot use those entries: it builds, with the same outcomes.
-    monkeypatch.setenv("STATEMIGRATE_SECRET", "another-project")
+    monkeypatch.setenv("STATEMIGRATE_SECRET", "another-project-0123456789abcdef")
     other = _checkout(pytester.path / "runner-3" / "proj", url)
     alone, _, alone_builds, text = _run(pytester, monkeypatch, other, plugin=True)
     assert alone == plain, text

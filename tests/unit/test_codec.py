@@ -114,8 +114,74 @@ def test_secret_file_is_private_and_shared(tmp_path: Path, monkeypatch: pytest.M
     mode = stat.S_IMODE(os.stat(tmp_path / "store" / "secret").st_mode)
     assert mode == 0o600
     assert (tmp_path / "store" / ".gitignore").read_text().strip().endswith("*")
-    monkeypatch.setenv(codec.SECRET_ENV, "from-env")
-    assert codec.load_secret(tmp_path / "elsewhere") == b"from-env"
+    monkeypatch.setenv(codec.SECRET_ENV, "from-env-" + "x" * 32)
+    assert codec.load_secret(tmp_path / "elsewhere") == b"from-env-" + b"x" * 32
+    monkeypatch.setenv(codec.SECRET_ENV, "")  # set but empty (a CI secret a fork cannot see)
+    assert codec.load_secret(tmp_path / "store") == first
+
+
+@pytest.mark.parametrize("value", ["a", "x" * 31])
+def test_a_short_secret_in_the_environment_is_refused(
+    value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 18 (4): STATEMIGRATE_SECRET=a was accepted; anyone could forge signed values.
+    monkeypatch.setenv(codec.SECRET_ENV, value)
+    with pytest.raises(codec.SecretError) as info:
+        codec.load_secret(tmp_path)
+    assert str(info.value) == (
+        f"$STATEMIGRATE_SECRET has {len(value)} bytes, fewer than 32: set it to a random value "
+        'such as the output of `python -c "import secrets; print(secrets.token_hex(32))"`'
+    )
+    monkeypatch.setenv(codec.SECRET_ENV, "x" * 32)
+    assert codec.load_secret(tmp_path) == b"x" * 32
+
+
+@pytest.mark.parametrize("content", [b"", b"short"])
+def test_a_short_secret_file_is_refused(
+    content: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(codec.SECRET_ENV, raising=False)
+    path = tmp_path / "secret"
+    path.write_bytes(content)
+    path.chmod(0o600)
+    with pytest.raises(codec.SecretError) as info:
+        codec.load_secret(tmp_path)
+    assert str(info.value) == (
+        f"the secret {path} holds {len(content)} bytes, fewer than 32: remove it to have a "
+        "new one made"
+    )
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes")
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620])
+def test_a_secret_file_others_may_access_is_refused(
+    mode: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 18 (4): a 0644 secret was used without a word (CURVE key files at 0644 are not).
+    monkeypatch.delenv(codec.SECRET_ENV, raising=False)
+    path = tmp_path / "secret"
+    path.write_bytes(b"s" * 64)
+    path.chmod(mode)
+    with pytest.raises(codec.SecretError) as info:
+        codec.load_secret(tmp_path)
+    assert str(info.value) == (
+        f"the secret {path} is accessible by other users (mode {mode:o}): chmod 600 {path}"
+    )
+    path.chmod(0o600)
+    assert codec.load_secret(tmp_path) == b"s" * 64
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root")
+def test_a_secret_file_of_another_user_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(codec.SECRET_ENV, raising=False)
+    path = tmp_path / "secret"
+    path.write_bytes(b"s" * 64)
+    path.chmod(0o600)
+    os.chown(path, 65534, 65534)
+    with pytest.raises(codec.SecretError, match=r"belongs to uid 65534, not to this user"):
+        codec.load_secret(tmp_path)
 
 
 class Swallows:

@@ -327,7 +327,6 @@ def test_decode_accepts_memoryview() -> None:
     "endpoint",
     [
         "ipc:///tmp/sm-x/agent.sock",
-        "ipc://@abstract",
         "tcp://127.0.0.1:*",
         "tcp://127.0.0.1:5555",
         "tcp://127.1.2.3:1",
@@ -382,6 +381,7 @@ def test_check_endpoint_refuses_the_rest(endpoint: str) -> None:
         "tcp://eth0:5555",
         "tcp://127.0.0.1:5555",
         "ipc:///tmp/sm-x/agent.sock",
+        "ipc://@abstract",
     ],
 )
 def test_check_endpoint_accepts_any_tcp_host_with_curve(endpoint: str) -> None:
@@ -413,6 +413,17 @@ def test_check_endpoint_refuses_malformed_even_with_curve(endpoint: str) -> None
             check_endpoint(endpoint, curve=curve)
         assert not info.value.needs_keys
     assert str(info.value) == f"refusing {endpoint}: use ipc://PATH or tcp://HOST:PORT"
+
+
+def test_check_endpoint_refuses_abstract_ipc_without_curve() -> None:
+    # Issue 18 (3): an abstract socket has no file permissions: any local user connects.
+    with pytest.raises(BindRefused) as info:
+        check_endpoint("ipc://@sm-agent")
+    assert info.value.needs_keys
+    assert str(info.value) == (
+        "refusing ipc://@sm-agent: an abstract ipc socket has no file permissions, any local "
+        "user can connect to it; use ipc://PATH, or CURVE keys"
+    )
 
 
 def test_check_endpoint_message_stays_one_line() -> None:

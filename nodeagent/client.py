@@ -56,6 +56,7 @@ _HANDSHAKE_EVENTS = (
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
 _WATCHED_EVENTS = _HANDSHAKE_EVENTS | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+_GONE_BEFORE_HANDSHAKE = (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 #: The first frame of a socket-monitor event (zmq_socket_monitor(3)): the event id (uint16)
 #: and its value (int32), in native byte order; the second frame is the endpoint.
 _MONITOR_EVENT = struct.Struct("=Hi")
@@ -211,7 +212,9 @@ class AgentClient:
                     f"the agent closed the connection while {op.value} waited: it exited, or "
                     "dropped a frame larger than its tiers can hold",
                 )
-            elif event == zmq.EVENT_CONNECT_RETRIED and not self._connected and self.was_up:
+            elif not self._connected and self.was_up and event in _GONE_BEFORE_HANDSHAKE:
+                # Refused, or cut during the handshake (zmq reports that as a handshake that
+                # failed without detail): the agent that answered this process is gone.
                 self._close_socket()
                 raise AgentError(
                     self.endpoint,

@@ -228,7 +228,9 @@ def test_tampered_disk_rows_are_misses_never_errors(tmp_path: Path, mode: str) -
 # --------------------------------------------------------------------------- concurrency
 
 THREADS = 6
-KEYS = [f"key{i}" for i in range(5)]
+LEASED = [f"leased{i}" for i in range(3)]  # PUT only by the lease's holder
+PLAIN = [f"plain{i}" for i in range(4)]  # PUT by anyone (a PUT ends the key's lease)
+KEYS = LEASED + PLAIN
 SECONDS = 3.0
 
 
@@ -247,7 +249,7 @@ def _check(key: str, got: Fetched) -> None:
 def test_concurrent_get_put_lease_keep_single_flight_and_limits(tmp_path: Path) -> None:
     agent = start_agent(
         disk_dir=str(tmp_path / "disk"),
-        ram_bytes=MiB,
+        ram_bytes=MiB // 2,
         disk_bytes=4 * MiB,
         log_file=str(tmp_path / "agent.log"),
     )
@@ -266,8 +268,8 @@ def test_concurrent_get_put_lease_keep_single_flight_and_limits(tmp_path: Path) 
                 n = 0
                 while time.monotonic() < deadline:
                     n += 1
-                    key = rng.choice(KEYS)
                     op = rng.choices(["get", "lease", "put"], weights=[5, 3, 2])[0]
+                    key = rng.choice({"get": KEYS, "lease": LEASED, "put": PLAIN}[op])
                     if op == "get":
                         got = client.get(key)
                         if got is not None:
@@ -275,12 +277,14 @@ def test_concurrent_get_put_lease_keep_single_flight_and_limits(tmp_path: Path) 
                             assert got.version >= seen.get(key, 0), f"{key} went back"
                             seen[key] = got.version
                     elif op == "lease":
-                        reply = client.lease(key, me, 600)
+                        reply = client.lease(key, me, 600, wait=rng.choice([0, 0, 0.05]))
                         if reply.granted:
                             with lock:
                                 other = holders.get(key)
                                 assert other in (None, me), f"{key}: {me} and {other} hold it"
                                 holders[key] = me
+                            # While it "builds", the others may ask: none may be granted.
+                            assert client.lease(key, me, 600).granted  # (a renewal)
                             size = rng.choice([100, 40_000, 300_000, 1_200_000])
                             with lock:
                                 del holders[key]  # (before the agent can grant it again)

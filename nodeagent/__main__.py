@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import sqlite3
 import sys
 from typing import Final
 
@@ -130,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run an agent; returns the exit status (2: usage error, refused bind or unusable store)."""
+    """Run an agent; returns the exit status (2: usage error, refused bind, unusable store or
+    disk tier)."""
     args = build_parser().parse_args(argv)
     # Everything this process creates (its ipc socket, disk tier, store files) is its user's
     # alone: other local users are not trusted (docs/security.md). A store shared by a team
@@ -180,7 +182,16 @@ def main(argv: list[str] | None = None) -> int:
         except StoreError as exc:
             print(f"nodeagent: error: {exc}", file=sys.stderr, flush=True)
             return 2
-    disk = None if args.no_disk else DiskTier(args.disk_dir, args.disk_bytes)
+    try:
+        disk = None if args.no_disk else DiskTier(args.disk_dir, args.disk_bytes)
+    except (OSError, sqlite3.Error) as exc:  # a full disk, a locked or unreadable database
+        print(
+            f"nodeagent: error: cannot open the disk tier {args.disk_dir}: {exc} (free space "
+            "there, or pass another --disk-dir)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 2
     if disk is not None and disk.notice:  # its database was not one: moved aside, one line
         logging.getLogger("nodeagent").warning("%s", disk.notice)
     tiers = TieredStore(RamTier(args.ram_bytes), disk, store)

@@ -13,6 +13,11 @@ letting it run into its timeout. The same events tell a host that cannot be reac
 handshake at all: the agent is not running, or the network is partitioned) from an agent that
 is slow to answer: with ``connect_timeout`` the former fails after that many seconds, not the
 whole request timeout.
+
+The monitor stays on after the handshake: a connection that closes while a request waits (the
+agent exited or was killed, or it dropped this client for a frame larger than its limit) fails
+the request at once with ``gone``, instead of after its timeout; so does a refused connection
+to an agent that answered before (``was_up``: it is gone, not starting).
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ _HANDSHAKE_EVENTS = (
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
+_WATCHED_EVENTS = _HANDSHAKE_EVENTS | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+_GONE_BEFORE_HANDSHAKE = (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 #: The first frame of a socket-monitor event (zmq_socket_monitor(3)): the event id (uint16)
 #: and its value (int32), in native byte order; the second frame is the endpoint.
 _MONITOR_EVENT = struct.Struct("=Hi")
@@ -62,7 +69,9 @@ class AgentError(Exception):
 
     :param error: the agent's error name for an error reply (``bad-field`` ...), else a local
         name: ``timeout``, ``refused``, ``protocol``, ``closed``, ``zmq``, ``auth`` (the
-        handshake failed: keys missing, not authorized or wrong).
+        handshake failed: keys missing, not authorized or wrong), ``gone`` (the connection
+        closed while a request waited: the agent exited, or dropped an oversized frame),
+        ``corrupt`` (a GET found the stored value corrupt; the agent deleted it: a miss).
     """
 
     def __init__(self, endpoint: str, error: str, message: str) -> None:
@@ -113,6 +122,8 @@ class AgentClient:
     :param connect_timeout: seconds a request waits for the connection (its handshake) before
         it fails with ``timeout``; None: the request's whole timeout. Once connected, a reply
         is awaited for the request's timeout.
+    :param was_up: the agent answered this process before: a refused connection means it is
+        gone (the request fails at once with ``gone``), not that it is still starting.
     """
 
     def __init__(
@@ -122,6 +133,7 @@ class AgentClient:
         interrupt: Callable[[], bool] | None = None,
         curve: ClientKeys | None = None,
         connect_timeout: float | None = None,
+        was_up: bool = False,
     ) -> None:
         try:
             check_endpoint(endpoint, curve=curve is not None)
@@ -137,6 +149,9 @@ class AgentClient:
         self._curve = curve
         self._token: str | None = None  # the agent's token, sent in the handshake (tcp)
         self._next_id = 0
+        self.was_up = was_up
+        self._connected = False  # a handshake succeeded on the current socket
+        self._poller: zmq.Poller | None = None
         self._context: zmq.Context[zmq.Socket[bytes]] | None = zmq.Context()
         self._socket: zmq.Socket[bytes] | None = None
         self._monitor: zmq.Socket[bytes] | None = None  # handshake events, until one succeeds
@@ -161,8 +176,12 @@ class AgentClient:
             sock.plain_username = private.PLAIN_USER.encode()
             sock.plain_password = token.encode()
         self._socket = sock
+        self._connected = False
         try:
-            self._monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
+            self._monitor = sock.get_monitor_socket(_WATCHED_EVENTS)
+            self._poller = zmq.Poller()
+            self._poller.register(sock, zmq.POLLIN)
+            self._poller.register(self._monitor, zmq.POLLIN)
             sock.connect(self.endpoint)
         except zmq.ZMQError as exc:
             self._close_socket()
@@ -205,24 +224,47 @@ class AgentClient:
             self._socket = None
 
     def _stop_monitor(self) -> None:
+        self._poller = None
         monitor, self._monitor = self._monitor, None
         if monitor is not None:
             if self._socket is not None:
                 self._socket.disable_monitor()
             monitor.close(linger=0)
 
-    def _check_handshake(self) -> None:
-        """Read the monitor's events: stop watching after a handshake succeeded; a failed one
-        raises ``auth`` at once (zmq itself would only retry, silently)."""
+    def _check_events(self, op: Op) -> None:
+        """Read the monitor's events. A failed handshake raises ``auth`` at once (zmq itself
+        would only retry, silently); a closed connection, or a refused one to an agent that
+        was up, raises ``gone``.
+
+        The server ends a connection only by exiting or by dropping a peer that sent a frame
+        over its MAXMSGSIZE: either way no reply will come on it.
+        """
         monitor = self._monitor
         assert monitor is not None
         while monitor.poll(0):
             event, value = _monitor_event(monitor.recv_multipart())
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._stop_monitor()
-                return
-            self._close_socket()
-            raise AgentError(self.endpoint, "auth", self._handshake_failure(event, value))
+                self._connected = True
+            elif event == zmq.EVENT_DISCONNECTED and self._connected:
+                self._close_socket()
+                raise AgentError(
+                    self.endpoint,
+                    "gone",
+                    f"the agent closed the connection while {op.value} waited: it exited, or "
+                    "dropped a frame larger than its tiers can hold",
+                )
+            elif not self._connected and self.was_up and event in _GONE_BEFORE_HANDSHAKE:
+                # Refused, or cut during the handshake (zmq reports that as a handshake that
+                # failed without detail): the agent that answered this process is gone.
+                self._close_socket()
+                raise AgentError(
+                    self.endpoint,
+                    "gone",
+                    f"{op.value}: the agent answered before and now refuses connections: it exited",
+                )
+            elif event & (_HANDSHAKE_EVENTS & ~zmq.EVENT_HANDSHAKE_SUCCEEDED):
+                self._close_socket()
+                raise AgentError(self.endpoint, "auth", self._handshake_failure(event, value))
 
     def _handshake_failure(self, event: int, value: int) -> str:
         if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and self._token is not None:
@@ -323,11 +365,11 @@ class AgentClient:
             sock.send_multipart([header, *frames], copy=False, flags=zmq.NOBLOCK)
             while True:
                 now = time.monotonic()
-                if self._monitor is not None and now - started >= connect:
+                if not self._connected and now - started >= connect:
                     timeout = connect
                     break
                 remaining_ms = int((deadline - now) * 1000)
-                if self._monitor is not None:
+                if not self._connected:
                     remaining_ms = min(remaining_ms, int((started + connect - now) * 1000) + 1)
                 if remaining_ms <= 0:
                     break
@@ -336,12 +378,10 @@ class AgentClient:
                         self._close_socket()
                         raise AgentError(self.endpoint, "interrupted", f"{op.value} given up")
                     remaining_ms = min(remaining_ms, INTERRUPT_POLL_MS)
-                if self._monitor is not None:
-                    if not self._poll_with_monitor(sock, remaining_ms):
-                        continue
-                elif not sock.poll(remaining_ms, zmq.POLLIN):
+                if not self._poll_with_monitor(sock, remaining_ms, op):
                     continue
                 parts = sock.recv_multipart(copy=False)
+                self._connected = True  # (a reply proves it; its event is read later)
                 try:
                     reply = decode_reply(parts[0].buffer)
                 except ProtocolError as exc:
@@ -358,27 +398,28 @@ class AgentClient:
             self._close_socket()
             raise AgentError(self.endpoint, "zmq", f"{op.value}: {exc}") from None
         # Timed out: a fresh socket next time, so a late reply cannot be taken for another.
-        connected = self._monitor is None
+        connected = self._connected
         self._close_socket()
         hint = "" if connected else " (no connection made: is the agent running at this endpoint?)"
         raise AgentError(
             self.endpoint, "timeout", f"no reply to {op.value} within {timeout:g} s{hint}"
         )
 
-    def _poll_with_monitor(self, sock: zmq.Socket[bytes], timeout_ms: int) -> bool:
-        """Wait for a reply on ``sock`` while watching the handshake; True when one is there.
+    def _poll_with_monitor(self, sock: zmq.Socket[bytes], timeout_ms: int, op: Op) -> bool:
+        """Wait for a reply on ``sock`` while watching the connection; True when one is there
+        (a reply that arrived is taken even if the connection closed after it: SHUTDOWN).
 
-        :raises AgentError: ``auth`` as soon as the handshake fails.
+        :raises AgentError: ``auth`` as soon as the handshake fails, ``gone`` as soon as the
+            connection closes.
         """
-        monitor = self._monitor
-        assert monitor is not None
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(monitor, zmq.POLLIN)
+        poller, monitor = self._poller, self._monitor
+        assert poller is not None and monitor is not None
         events = dict(poller.poll(timeout_ms))
+        if sock in events:
+            return True
         if monitor in events:
-            self._check_handshake()
-        return sock in events
+            self._check_events(op)
+        return False
 
     # -- ops
 
@@ -394,8 +435,15 @@ class AgentClient:
         return None if tier is None else str(tier)
 
     def get(self, key: str) -> Fetched | None:
+        """The entry of ``key``, or None when no tier holds it.
+
+        :raises AgentError: ``corrupt`` when the agent found its stored value corrupt (and
+            deleted it: the next GET is a plain miss), naming the tier and the damage.
+        """
         reply, frames = self._request(Op.GET, {"key": key})
         if not reply["found"]:
+            if reply.get("corrupt"):
+                raise AgentError(self.endpoint, "corrupt", str(reply["corrupt"]))
             return None
         return Fetched(frames, dict(reply["meta"]), int(reply["version"]), str(reply["tier"]))
 

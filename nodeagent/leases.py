@@ -15,7 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Lease", "LeaseResult", "LeaseTable", "pid_alive"]
+from nodeagent.protocol import MAX_LEASES_PER_HOLDER
+
+__all__ = ["Lease", "LeaseResult", "LeaseTable", "TooManyLeases", "pid_alive"]
+
+
+class TooManyLeases(Exception):
+    """A holder asked for one lease more than it may hold at once."""
+
+    error = "too-many-leases"
 
 
 def pid_alive(pid: int, host: str | None = None) -> bool:
@@ -72,6 +80,8 @@ class LeaseTable:
     :param clock: monotonic seconds.
     :param is_alive: ``(pid, host) -> bool``; consulted only for holders on this machine.
     :param hostname: this machine's name (default ``socket.gethostname()``).
+    :param max_per_holder: live leases one holder may hold; one more is refused
+        (:class:`TooManyLeases`). A builder holds one lease per value it builds at once.
     """
 
     def __init__(
@@ -79,11 +89,14 @@ class LeaseTable:
         clock: Callable[[], float] = time.monotonic,
         is_alive: Callable[[int, str | None], bool] = pid_alive,
         hostname: str | None = None,
+        max_per_holder: int = MAX_LEASES_PER_HOLDER,
     ) -> None:
         self._clock = clock
         self._is_alive = is_alive
         self._hostname = socket.gethostname() if hostname is None else hostname
         self._leases: dict[str, Lease] = {}
+        self.max_per_holder = max_per_holder
+        self._held: dict[str, set[str]] = {}  # holder -> keys it holds (some maybe expired)
 
     def _live(self, key: str, now: float) -> Lease | None:
         lease = self._leases.get(key)
@@ -95,9 +108,28 @@ class LeaseTable:
             and not self._is_alive(lease.pid, lease.host)
         )
         if dead:
-            del self._leases[key]
+            self._remove(key)
             return None
         return lease
+
+    def _remove(self, key: str) -> Lease | None:
+        lease = self._leases.pop(key, None)
+        if lease is not None:
+            keys = self._held.get(lease.holder)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._held[lease.holder]
+        return lease
+
+    def _room(self, holder: str, now: float) -> bool:
+        """Whether ``holder`` may take one more lease (its expired ones are dropped first)."""
+        keys = self._held.get(holder)
+        if keys is None or len(keys) < self.max_per_holder:
+            return True
+        for key in list(keys):
+            self._live(key, now)
+        return len(self._held.get(holder, ())) < self.max_per_holder
 
     def acquire(
         self,
@@ -107,14 +139,23 @@ class LeaseTable:
         pid: int | None = None,
         host: str | None = None,
     ) -> LeaseResult:
-        """Take or renew the lease on ``key`` for ``ttl`` seconds."""
+        """Take or renew the lease on ``key`` for ``ttl`` seconds.
+
+        :raises TooManyLeases: ``holder`` holds ``max_per_holder`` other live leases.
+        """
         if ttl <= 0:
             raise ValueError("ttl must be positive")
         now = self._clock()
         lease = self._live(key, now)
         if lease is not None and lease.holder != holder:
             return LeaseResult(False, lease.holder, max(0.0, lease.expires_at - now))
+        if lease is None and not self._room(holder, now):
+            raise TooManyLeases(
+                f"lease: holder {holder[:80]!r} holds {self.max_per_holder} leases, the most "
+                "one holder may hold: release or PUT some first"
+            )
         self._leases[key] = Lease(holder, now + ttl, pid, host)
+        self._held.setdefault(holder, set()).add(key)
         return LeaseResult(True, holder, float(ttl))
 
     def release(self, key: str, holder: str) -> bool:
@@ -122,12 +163,12 @@ class LeaseTable:
         lease = self._live(key, self._clock())
         if lease is None or lease.holder != holder:
             return False
-        del self._leases[key]
+        self._remove(key)
         return True
 
     def drop(self, key: str) -> bool:
         """Remove any lease on ``key`` (a PUT of the key ends its build)."""
-        return self._leases.pop(key, None) is not None
+        return self._remove(key) is not None
 
     def holder(self, key: str) -> str | None:
         lease = self._live(key, self._clock())

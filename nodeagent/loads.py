@@ -191,7 +191,11 @@ class PeerReader:
         try:
             fetched = client.get(load.key)
         except AgentError as exc:
-            if exc.error in {"timeout", "zmq", "interrupted", "closed", "protocol"}:
+            if exc.error == "corrupt":  # the peer deleted its damaged copy: it lacks the key
+                load.found_in = "migrate"
+                load.error = f"{peer} held a corrupt copy: {exc}"
+                return
+            if exc.error in {"timeout", "zmq", "interrupted", "closed", "protocol", "gone"}:
                 self._forget(peer, dead=True)
             raise
         load.found_in = "migrate"

@@ -25,9 +25,12 @@ Reply header::
     {"v": PROTOCOL_VERSION, "id": ..., "ok": False, "error": "<short name>",
      "message": "<one human line>"}
 
-Error names: ``bad-header`` (frame 0 is not a msgpack map with ``v``/``op``/``id``),
-``bad-version``, ``unknown-op``, ``bad-field`` (the message names the field), ``not-found``,
-``version-conflict``, ``internal`` (a bug in the agent; the agent keeps serving).
+Error names (:data:`ERRORS`): ``bad-header`` (frame 0 is not a msgpack map with
+``v``/``op``/``id``), ``bad-version``, ``unknown-op``, ``bad-field`` (the message names the
+field), ``not-found``, ``version-conflict``, ``too-large`` (a PUT no tier can hold: refused,
+not stored), ``too-many-leases`` (the holder holds :data:`MAX_LEASES_PER_HOLDER` leases),
+``disk-full`` (the disk tier cannot take a write the op needs), ``internal`` (a bug in the
+agent; the agent keeps serving).
 
 Ops (request fields → reply fields; payload frames):
 
@@ -40,7 +43,8 @@ stats      -                                           pid, host, tiers, leases,
                                                        last_write_error, queued_loads,
                                                        queued_bytes, read_bandwidth, prefetch
 has        key                                         tier (str or None)
-get        key                                         found, tier, version, meta (entry frames)
+get        key                                         found, tier, version, meta, corrupt
+                                                       (entry frames)
 put        key, meta, expect_version? (entry frames)   version
 prefetch   keys, tier? ("ram" | "disk")                queued, present, missing
 migrate    keys, source (a peer agent's endpoint)      queued, present
@@ -55,7 +59,8 @@ shutdown   -                                           - (the agent then exits)
 =========  ==========================================  ==========================================
 
 PREFETCH and MIGRATE are answered at once; the agent loads in background threads. ``evict``
-takes exactly one of ``key`` and ``keys``.
+takes exactly one of ``key`` and ``keys``. A GET miss carries ``corrupt``, a one-line reason,
+when this GET found the key's stored value corrupt and deleted it (nil otherwise).
 
 RING, LOCATE and ANNOUNCE place keys over several agents (docs/placement.md): RING tells an
 agent the ring's agents and its own name among them (``me``, as clients spell it); LOCATE asks
@@ -89,11 +94,30 @@ MAX_KEYS: Final = 10_000  # keys in one PREFETCH, MIGRATE or EVICT (clients send
 MAX_ENDPOINT_CHARS: Final = 1024
 MAX_AGENTS: Final = 256  # agents in one RING
 MAX_REQUEST_ID: Final = 2**63 - 1
+MAX_LEASES_PER_HOLDER: Final = 1024  # live leases one holder may hold at once
+
+#: Every error name an error reply may carry (docs/protocol.md, "Errors").
+ERRORS: Final = frozenset(
+    {
+        "bad-header",
+        "bad-version",
+        "unknown-op",
+        "bad-field",
+        "not-found",
+        "version-conflict",
+        "too-large",
+        "too-many-leases",
+        "disk-full",
+        "internal",
+    }
+)
 
 __all__ = [
+    "ERRORS",
     "MAX_AGENTS",
     "MAX_KEYS",
     "MAX_KEY_CHARS",
+    "MAX_LEASES_PER_HOLDER",
     "PROTOCOL_VERSION",
     "BindRefused",
     "Fetched",
@@ -469,7 +493,12 @@ def encode_reply(req_id: int | None, ok: bool = True, **fields: Any) -> bytes:
 
 
 def encode_error(req_id: int | None, error: str, message: str) -> bytes:
-    """Encode an error reply: ``ok`` False, a short ``error`` name and a one-line ``message``."""
+    """Encode an error reply: ``ok`` False, a short ``error`` name and a one-line ``message``.
+
+    :raises ValueError: when ``error`` is not one of :data:`ERRORS` (names are vocabulary).
+    """
+    if error not in ERRORS:
+        raise ValueError(f"error name {error!r} is not in the protocol's vocabulary")
     line = " ".join(message.split())  # one line, whatever the exception text was
     return encode_reply(req_id, ok=False, error=error, message=line)
 

@@ -36,7 +36,7 @@ import zmq
 from nodeagent import __version__, private
 from nodeagent.announce import Announcer
 from nodeagent.curve import ClientKeys, KeysError, ServerKeys
-from nodeagent.leases import LeaseTable, pid_alive
+from nodeagent.leases import LeaseTable, TooManyLeases, pid_alive
 from nodeagent.loads import QUEUED, Load, Loader, PeerReader
 from nodeagent.placement import HashRing, LocationMap
 from nodeagent.protocol import (
@@ -49,13 +49,17 @@ from nodeagent.protocol import (
     encode_error,
     encode_reply,
 )
-from nodeagent.tiers import Entry, TieredStore, VersionConflict
+from nodeagent.tiers import DiskFull, Entry, TieredStore, TierError, TooLarge, VersionConflict
 
 __all__ = ["AgentServer", "BindRefused", "check_endpoint"]
 
 log = logging.getLogger("nodeagent")
 
 POLL_MS: Final = 200  # ms between checks of the parent process and the stop flag
+#: Bytes a message frame may have beyond the largest value a tier holds (its header, meta).
+FRAME_SLACK: Final = 2**20  # 1 MiB
+#: The frame cap (zmq MAXMSGSIZE) of an agent with a store, whose size nothing bounds.
+STORE_FRAME_BYTES: Final = 4 * 2**30  # 4 GiB
 
 Payload = Sequence[Any]  # buffers: bytes, memoryview, zmq.Frame
 Reply = tuple[dict[str, Any], Payload]
@@ -191,6 +195,7 @@ class AgentServer:
         self._context = zmq.Context()
         sock = self._context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes())  # (before bind: it is copied)
         self._socket = sock
         try:
             if self.curve is not None:
@@ -225,6 +230,14 @@ class AgentServer:
         self._auth.start()
         self._auth.configure_plain(domain="*", passwords={private.PLAIN_USER: self._token})
         sock.plain_server = True
+
+    def max_frame_bytes(self) -> int:
+        """The largest frame the agent reads: the largest value a tier can hold, plus
+        :data:`FRAME_SLACK`. zmq drops a peer that sends a larger frame before it is read
+        into memory (the client then fails at once: see AgentClient); a PUT whose frames
+        together exceed every tier is refused as ``too-large`` after it is read."""
+        largest = self.tiers.max_entry_bytes()
+        return (STORE_FRAME_BYTES if largest is None else largest) + FRAME_SLACK
 
     def _start_auth(self, sock: zmq.Socket[bytes]) -> None:
         """Start the ZAP authenticator and make ``sock`` a CURVE server (before it binds)."""
@@ -349,6 +362,9 @@ class AgentServer:
         except VersionConflict as exc:
             log.info("request %s: version conflict: %s", req_id, exc)
             out = [encode_error(req_id, VersionConflict.error, str(exc))]
+        except (TierError, TooManyLeases) as exc:
+            log.warning("request %s refused: %s: %s", req_id, exc.error, exc)
+            out = [encode_error(req_id, exc.error, str(exc))]
         except Exception as exc:
             log.error("request %s failed: %s: %s", req_id, type(exc).__name__, exc)
             log.debug("traceback", exc_info=True)
@@ -438,9 +454,12 @@ class AgentServer:
                 if not due and not (recheck and self._decided(k, parked.fields["holder"])):
                     still.append(parked)
                     continue
-                reply, _ = self._lease(parked.fields, [])
                 try:
+                    reply, _ = self._lease(parked.fields, [])
                     out = encode_reply(parked.req_id, **reply)
+                except TooManyLeases as exc:
+                    out = encode_error(parked.req_id, exc.error, str(exc))
+                try:
                     sock.send_multipart([*parked.envelope, out], copy=False)
                 except zmq.ZMQError as exc:
                     log.error("could not answer parked lease %s: %s", parked.req_id, exc)
@@ -671,6 +690,7 @@ class AgentServer:
             "host": socket.gethostname(),
             "tiers": self.tiers.stats(),
             "leases": len(self.leases),
+            "waiting": sum(len(parked) for parked in self._parked.values()),
             "mem_total": int(memory.total),
             "mem_available": int(memory.available),
             "cpu_load": cpu_load,
@@ -702,9 +722,13 @@ class AgentServer:
 
     def _get(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
         key = fields["key"]
-        found = self.tiers.get(key)
+        corrupt: list[str] = []
+        found = self.tiers.get(key, corrupt)
         if found is None:
-            return {"found": False, "tier": None, "version": None, "meta": None}, ()
+            if corrupt:
+                log.warning("get %.80r: %s", key, "; ".join(corrupt))
+            reply = {"found": False, "tier": None, "version": None, "meta": None}
+            return {**reply, "corrupt": "; ".join(corrupt) or None}, ()
         entry, tier = found
         if tier == "ram":
             self._note_use(key, entry)
@@ -716,9 +740,16 @@ class AgentServer:
 
     def _put(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:
         key = fields["key"]
-        version = self.tiers.put(
-            key, payload, fields["meta"], fields["expect_version"], defer=self._deferred
-        )
+        try:
+            version = self.tiers.put(
+                key, payload, fields["meta"], fields["expect_version"], defer=self._deferred
+            )
+        except TooLarge:
+            # Its builder is done with it: the lease goes, and whoever waits builds too.
+            self.leases.drop(key)
+            if key in self._parked:
+                self._woken.add(key)
+            raise
         self.leases.drop(key)
         self._prefetched.pop(key, None)
         if self.ring is not None:
@@ -785,9 +816,15 @@ class AgentServer:
                 self._prefetched.pop(key, None)
         self._drain()  # a pending write must not bring the entry back, nor be lost
         removed = 0
+        full: list[str] = []
         for key in keys:
             if demote:
-                if self.tiers.demote(key):
+                try:
+                    demoted = self.tiers.demote(key)
+                except DiskFull as exc:
+                    full.append(str(exc))
+                    continue
+                if demoted:
                     removed += 1
                     if self.ring is not None:
                         below = self.tiers.peek_below(key)
@@ -797,6 +834,11 @@ class AgentServer:
                 removed += 1
                 if self.ring is not None:
                     self._announce(key, None, 0)
+        if full:
+            raise DiskFull(
+                f"evict: {len(full)} of {len(keys)} key(s) stay in RAM, the only copy could "
+                f"not be written below ({full[0]}); {removed} demoted"
+            )
         return {"removed": removed if fields["key"] is None else bool(removed)}, ()
 
     def _clear(self, fields: dict[str, Any], payload: list[memoryview]) -> Reply:

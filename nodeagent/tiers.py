@@ -48,11 +48,15 @@ from nodeagent.storeurl import is_url, open_fs
 
 __all__ = [
     "DISK_ASIDE",
+    "ENTRY_OVERHEAD",
+    "DiskFull",
     "DiskTier",
     "Entry",
     "RamTier",
     "StoreTier",
+    "TierError",
     "TieredStore",
+    "TooLarge",
     "VersionConflict",
     "decode_entry",
     "encode_entry",
@@ -71,18 +75,36 @@ def _nbytes(frame: BufferLike) -> int:
     return memoryview(frame).nbytes
 
 
+#: Bytes of RAM an entry costs besides its payload and meta (its objects, its slot in the
+#: LRU map): counted in the RAM budget, so that many empty entries cannot fill memory unseen.
+ENTRY_OVERHEAD: Final = 512
+
+
 @dataclass(frozen=True)
 class Entry:
-    """One stored value: payload frames, opaque meta and version."""
+    """One stored value: payload frames, opaque meta and version.
+
+    ``nbytes`` is the payload's size; ``meta_bytes`` the meta's (msgpack); ``held_bytes``
+    what the entry costs the RAM budget.
+    """
 
     frames: tuple[BufferLike, ...]
     meta: Mapping[str, Any]
     version: int
     nbytes: int = field(default=-1)
+    meta_bytes: int = field(default=-1)
 
     def __post_init__(self) -> None:
         if self.nbytes < 0:
             object.__setattr__(self, "nbytes", sum(_nbytes(f) for f in self.frames))
+        if self.meta_bytes < 0:
+            packed = msgpack.packb(dict(self.meta), use_bin_type=True)
+            object.__setattr__(self, "meta_bytes", len(packed))
+
+    @property
+    def held_bytes(self) -> int:
+        """What keeping the entry in RAM costs the budget: payload, meta and overhead."""
+        return self.nbytes + self.meta_bytes + ENTRY_OVERHEAD
 
 
 class VersionConflict(Exception):
@@ -91,8 +113,37 @@ class VersionConflict(Exception):
     error: Final = "version-conflict"
 
 
+class TierError(OSError):
+    """A tier cannot hold what it is asked to; ``error`` is the protocol's name for it.
+
+    An OSError, so that a writer that survives a full disk survives these too."""
+
+    error: str = "internal"
+
+
+class TooLarge(TierError):
+    """A value larger than every tier that could hold it: refused, never half-kept."""
+
+    error = "too-large"
+
+
+class DiskFull(TierError):
+    """The disk tier's file system (or its database) has no room for a write."""
+
+    error = "disk-full"
+
+
+def _is_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk is full (a file write, or SQLite's own words)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+
+
 class CorruptEntry(ValueError):
     """Bytes that are not an entry in this module's framing."""
+
+    error: Final = "corrupt"  # (a reader's local name: it deleted the value, a miss)
 
 
 def _entry_parts(key: str, entry: Entry) -> list[BufferLike]:
@@ -244,7 +295,8 @@ class RamTier:
         if budget_bytes < 0:
             raise ValueError("budget_bytes must be >= 0")
         self.budget_bytes = budget_bytes
-        self.bytes = 0
+        self.bytes = 0  # payload bytes
+        self.meta_bytes = 0  # meta and per-entry overhead: the budget bounds the sum
         self._entries: OrderedDict[str, Entry] = OrderedDict()
         self.counters = _Counters()
 
@@ -270,40 +322,51 @@ class RamTier:
     def put(self, key: str, entry: Entry) -> list[tuple[str, Entry]]:
         """Keep ``entry``, evicting least recently used entries to fit the budget.
 
-        An entry larger than the whole budget is not kept (and evicts nothing).
+        An entry larger than the whole budget (payload, meta and :data:`ENTRY_OVERHEAD`) is
+        not kept (and evicts nothing).
 
         :returns: the evicted ``(key, entry)`` pairs, for the caller to spill.
         """
         self.remove(key)
-        if entry.nbytes > self.budget_bytes:
+        if not self.fits(entry):
             return []
         evicted: list[tuple[str, Entry]] = []
-        while self.bytes + entry.nbytes > self.budget_bytes:
+        while self.bytes + self.meta_bytes + entry.held_bytes > self.budget_bytes:
             old_key, old = self._entries.popitem(last=False)
-            self.bytes -= old.nbytes
+            self._uncount(old)
             evicted.append((old_key, old))
         self._entries[key] = entry
         self.bytes += entry.nbytes
+        self.meta_bytes += entry.held_bytes - entry.nbytes
         self.counters.evictions += len(evicted)
         return evicted
+
+    def fits(self, entry: Entry) -> bool:
+        """Whether ``entry`` alone fits the budget."""
+        return entry.held_bytes <= self.budget_bytes
+
+    def _uncount(self, entry: Entry) -> None:
+        self.bytes -= entry.nbytes
+        self.meta_bytes -= entry.held_bytes - entry.nbytes
 
     def remove(self, key: str) -> bool:
         old = self._entries.pop(key, None)
         if old is None:
             return False
-        self.bytes -= old.nbytes
+        self._uncount(old)
         return True
 
     def clear(self) -> int:
         count = len(self._entries)
         self._entries.clear()
-        self.bytes = 0
+        self.bytes = self.meta_bytes = 0
         return count
 
     def stats(self) -> dict[str, Any]:
         return {
             "entries": len(self._entries),
             "bytes": self.bytes,
+            "meta_bytes": self.meta_bytes,
             "budget": self.budget_bytes,
             **self.counters.as_dict(),
         }
@@ -455,6 +518,14 @@ def write_raw_disk_value(directory: str, key: str, raw: bytes) -> None:
 class DiskTier:
     """T2: a diskcache directory with an explicit size limit and LRU eviction.
 
+    Eviction is this class's, not diskcache's (``cull_limit=0``): diskcache culls after it
+    inserted, up to ten least recently used rows at once, the row just written among them
+    when it is one of the oldest ten (two large PUTs into an empty tier: both gone). Here a
+    write first evicts the least recently used *other* entries, one at a time, until the
+    incoming value fits, and a value larger than the whole limit is refused
+    (:class:`TooLarge`) before anything is evicted. Rejected alternative: check after the
+    write and put the value back; it still evicted ten rows for one.
+
     A directory whose database is not one (overwritten, truncated to garbage) is not an
     error: its database and entries are moved to :data:`DISK_ASIDE` in the directory, an
     empty tier starts, and :attr:`notice` says so in one line (the agent logs it; STATS
@@ -473,7 +544,10 @@ class DiskTier:
         self.size_limit_bytes = size_limit_bytes
         # size_limit is always explicit: diskcache's default silently evicts beyond 1 GiB.
         self._cache, self.notice = _open_or_move_aside(
-            directory, size_limit=size_limit_bytes, eviction_policy="least-recently-used"
+            directory,
+            size_limit=size_limit_bytes,
+            eviction_policy="least-recently-used",
+            cull_limit=0,  # never culls on its own: see _make_room
         )
         private_file(os.path.join(directory, "cache.db"))
         self.counters = _Counters()
@@ -486,7 +560,9 @@ class DiskTier:
     def __contains__(self, key: str) -> bool:
         return self.internal_key(key) in self._cache
 
-    def get(self, key: str) -> Entry | None:
+    def get(self, key: str, corrupt: list[str] | None = None) -> Entry | None:
+        """The entry of ``key``, or None. A corrupt value is deleted and is a miss; with
+        ``corrupt`` given, one line saying why is appended to it."""
         ikey = self.internal_key(key)
         try:
             blob = self._cache.get(ikey, default=None)
@@ -496,10 +572,12 @@ class DiskTier:
             if not isinstance(blob, bytes):
                 raise CorruptEntry("value is not bytes")
             entry = decode_entry(key, blob)
-        except CorruptEntry:
+        except CorruptEntry as exc:
             self.counters.corrupt += 1
             self.counters.misses += 1
             self._cache.delete(ikey)
+            if corrupt is not None:
+                corrupt.append(f"disk tier {self.directory}: corrupt value ({exc}), deleted")
             return None
         self.counters.hits += 1
         return entry
@@ -523,12 +601,64 @@ class DiskTier:
         except CorruptEntry:
             return None
 
+    def stored_size(self, key: str, entry: Entry) -> int:
+        """The bytes ``entry`` takes in this tier (its framing included)."""
+        return sum(_nbytes(p) for p in _entry_parts(key, entry))
+
+    def holds(self, key: str, entry: Entry) -> bool:
+        """Whether ``entry`` fits this tier's size limit at all."""
+        return self.stored_size(key, entry) <= self.size_limit_bytes
+
     def put(self, key: str, entry: Entry) -> None:
+        """Write ``entry``, evicting least recently used other entries to make room.
+
+        :raises TooLarge: when it is larger than the size limit (nothing is evicted).
+        :raises DiskFull: when the file system or the database has no room.
+        """
         parts = _entry_parts(key, entry)
-        if sum(_nbytes(p) for p in parts) < self._cache.disk.min_file_size:
-            self._cache.set(self.internal_key(key), b"".join(parts))
-        else:  # streamed to its file: no joined copy of a large payload
-            self._cache.set(self.internal_key(key), _PartsReader(parts), read=True)
+        size = sum(_nbytes(p) for p in parts)
+        if size > self.size_limit_bytes:
+            raise TooLarge(
+                f"disk tier {self.directory}: an entry of {size} bytes exceeds its size limit "
+                f"({self.size_limit_bytes} bytes)"
+            )
+        try:
+            self._make_room(key, size)
+            if size < self._cache.disk.min_file_size:
+                self._cache.set(self.internal_key(key), b"".join(parts))
+            else:  # streamed to its file: no joined copy of a large payload
+                self._cache.set(self.internal_key(key), _PartsReader(parts), read=True)
+        except (OSError, sqlite3.OperationalError) as exc:
+            if isinstance(exc, TierError) or not _is_full(exc):
+                raise
+            raise DiskFull(f"disk tier {self.directory} is full ({exc})") from None
+
+    #: Rows read at a time when looking for entries to evict.
+    _EVICT_BATCH: Final = 16
+
+    def _make_room(self, key: str, incoming: int) -> None:
+        """Evict least recently used entries other than ``key`` until ``incoming`` more bytes
+        fit the size limit (``key``'s own old value, replaced by the write, counts as free).
+
+        The rows are chosen with diskcache's own LRU order (its ``access_time`` index, which
+        reads update); deleting goes through its public ``delete``, which removes files too.
+        """
+        ikey = self.internal_key(key)
+        sql = self._cache._sql  # (diskcache's query helper: the LRU order has no public API)
+        rows = sql("SELECT size FROM Cache WHERE key = ? AND raw = 1", (ikey,)).fetchall()
+        freed = sum(int(size or 0) for (size,) in rows)
+        while self._cache.volume() + incoming - freed > self.size_limit_bytes:
+            victims = sql(
+                "SELECT key FROM Cache WHERE raw = 1 AND key != ? ORDER BY access_time LIMIT ?",
+                (ikey, self._EVICT_BATCH),
+            ).fetchall()
+            if not victims:
+                return  # only this key's own value is left: the write goes ahead
+            for (victim,) in victims:
+                if self._cache.delete(victim):
+                    self.counters.evictions += 1
+                if self._cache.volume() + incoming - freed <= self.size_limit_bytes:
+                    return
 
     def remove(self, key: str) -> bool:
         return bool(self._cache.delete(self.internal_key(key)))
@@ -801,7 +931,8 @@ class StoreTier:
             self._delay(until - time.monotonic())
         return blob
 
-    def get(self, key: str) -> Entry | None:
+    def get(self, key: str, corrupt: list[str] | None = None) -> Entry | None:
+        """The entry of ``key``, or None; a corrupt value is deleted (see DiskTier.get)."""
         name = self.file_name(key)
         try:
             blob = self._read(name)
@@ -810,10 +941,12 @@ class StoreTier:
             return None
         try:
             entry = decode_entry(key, blob)
-        except CorruptEntry:
+        except CorruptEntry as exc:
             self.counters.corrupt += 1
             self.counters.misses += 1
             self._files.delete(name)
+            if corrupt is not None:
+                corrupt.append(f"store {self.location}: corrupt value ({exc}), deleted")
             return None
         self.counters.hits += 1
         return entry
@@ -903,22 +1036,24 @@ class TieredStore:
 
     # -- reads
 
-    def read_below(self, key: str) -> tuple[Entry, str] | None:
+    def read_below(self, key: str, corrupt: list[str] | None = None) -> tuple[Entry, str] | None:
         """Read ``key`` from disk, else from the store, without promoting it.
 
         Safe from a loader thread: it touches neither RAM nor the pending writes.
+
+        :param corrupt: one line is appended for each corrupt value found (and deleted).
         """
         if self.disk is not None:
-            entry = self.disk.get(key)
+            entry = self.disk.get(key, corrupt)
             if entry is not None:
                 return entry, "disk"
         if self.store is not None:
-            entry = self.store.get(key)
+            entry = self.store.get(key, corrupt)
             if entry is not None:
                 return entry, "store"
         return None
 
-    def get(self, key: str) -> tuple[Entry, str] | None:
+    def get(self, key: str, corrupt: list[str] | None = None) -> tuple[Entry, str] | None:
         """Find ``key``; a disk or store hit is promoted into RAM.
 
         :returns: ``(entry, tier name)`` or None.
@@ -926,12 +1061,13 @@ class TieredStore:
         entry = self.ram.get(key) or self._pending.get(key)
         if entry is not None:
             return entry, "ram"
-        found = self.read_below(key)
+        found = self.read_below(key, corrupt)
         if found is None:
             return None
         entry, tier = found
         if tier == "store" and self.write_disk and self.disk is not None:
-            self.disk.put(key, entry)
+            with contextlib.suppress(TierError):  # (too large or full: served from the store)
+                self.disk.put(key, entry)
         self._spill(self.ram.put(key, entry))
         return entry, tier
 
@@ -1003,15 +1139,45 @@ class TieredStore:
         if expect_version is not None and current != expect_version:
             raise VersionConflict(f"key {key[:80]!r} is at version {current}, not {expect_version}")
         new = max(self._versions.get(key, 0), current or 0) + 1
+        entry = Entry(tuple(frames), dict(meta), new)
+        self._check_fits(key, entry)
         self._keep(
             key,
-            Entry(tuple(frames), dict(meta), new),
+            entry,
             ram=True,
             disk=self.write_disk,
             store=True,
             defer=defer,
         )
         return new
+
+    def _check_fits(self, key: str, entry: Entry) -> None:
+        """Refuse an entry no tier can hold, before anything is kept or evicted: a PUT is
+        acknowledged only when its entry is held somewhere.
+
+        :raises TooLarge: larger than the RAM budget and the disk limit, with no store.
+        """
+        if self.ram.fits(entry) or self.store is not None:
+            return
+        disk = self.disk if self.write_disk else None
+        if disk is not None and disk.holds(key, entry):
+            return
+        limits = f"the RAM budget ({self.ram.budget_bytes} bytes)"
+        if disk is not None:
+            limits += f" and the disk tier's limit ({disk.size_limit_bytes} bytes)"
+        raise TooLarge(
+            f"put: the value of {key[:80]!r} ({entry.nbytes} bytes, meta {entry.meta_bytes}) "
+            f"is larger than {limits}; not stored"
+        )
+
+    def max_entry_bytes(self) -> int | None:
+        """The largest payload some tier could hold; None with a store (no limit)."""
+        if self.store is not None:
+            return None
+        largest = self.ram.budget_bytes
+        if self.disk is not None and self.write_disk:
+            largest = max(largest, self.disk.size_limit_bytes)
+        return largest
 
     def install(
         self,
@@ -1042,8 +1208,8 @@ class TieredStore:
             held = max(held, below[1] if below is not None else 0)
         if entry.version < held or (entry.version == held and (migrated or in_memory is not None)):
             return False
-        disk = disk and self.disk is not None
-        if not disk and (not ram or entry.nbytes > self.ram.budget_bytes):
+        disk = disk and self.disk is not None and self.disk.holds(key, entry)
+        if not disk and (not ram or not self.ram.fits(entry)):
             return False  # nowhere to keep it
         self._keep(key, entry, ram=ram, disk=disk, store=False, defer=defer)
         return True
@@ -1067,9 +1233,10 @@ class TieredStore:
 
         def write_lower() -> None:
             try:
-                if to_disk and self.disk is not None:
+                if to_disk and self.disk is not None and self.disk.holds(key, entry):
                     self.disk.put(key, entry)
-                elif to_store and self.disk is not None:
+                elif (to_store or to_disk) and self.disk is not None:
+                    # (or the disk tier cannot hold it: it is held in RAM, or the store)
                     # Reads look at disk before the store: a copy a spill left there must not
                     # outlive this newer version (the entry is pending, so reads meanwhile
                     # are served from memory).
@@ -1097,12 +1264,15 @@ class TieredStore:
 
     def _keep_below(self, key: str, entry: Entry) -> bool:
         """Make sure a tier below RAM holds ``entry``'s version (or a newer one): write it to
-        disk when none does (the disk tier culled it, or its write failed). False when there
-        is no disk tier to write to."""
+        disk when none does (the disk tier evicted it, or its write failed). False when there
+        is no disk tier to write to, or it cannot hold the entry.
+
+        :raises DiskFull: the disk tier has no room for it.
+        """
         below = self.peek_below(key)
         if below is not None and below[1] >= entry.version:
             return True
-        if self.disk is None:
+        if self.disk is None or not self.disk.holds(key, entry):
             return False
         self.disk.put(key, entry)
         self.disk.counters.spills += 1
@@ -1112,10 +1282,11 @@ class TieredStore:
         """Drop ``key`` from RAM only, keeping a copy below; call with no write pending.
 
         When no lower tier holds this version (its write-behind failed, or the disk tier
-        culled it), it is written to disk first: a demotion never loses the only copy. Without
-        a disk tier such an entry stays in RAM.
+        evicted it), it is written to disk first: a demotion never loses the only copy.
+        Without a disk tier that can hold it, such an entry stays in RAM.
 
         :returns: whether RAM dropped the entry.
+        :raises DiskFull: the only copy could not be written (it stays in RAM).
         """
         entry = self.ram.peek(key)
         if entry is None or not self._keep_below(key, entry):

@@ -44,7 +44,15 @@ FIRST_PING_SECONDS: Final = 2.0  # longest wait for an agent's first answer in a
 
 #: AgentError names that mean the agent answered (and so is alive) but refused the operation.
 _AGENT_REPLIED: Final = frozenset(
-    {"internal", "bad-field", "bad-header", "unknown-op", "not-found", "version-conflict"}
+    {
+        "internal",
+        "bad-field",
+        "bad-header",
+        "unknown-op",
+        "not-found",
+        "version-conflict",
+        "too-many-leases",
+    }
 )
 
 
@@ -156,6 +164,9 @@ class AgentLink:
                     timeout=self._timeout,
                     curve=self._curve,
                     connect_timeout=self._connect_timeout,
+                    # It answered this run before: a refused connection now means it died
+                    # (every waiting request fails at once, not after the timeout).
+                    was_up=self.write_errors is not None,
                 )
                 if self.write_errors is None:
                     # First contact: an agent that is not there fails over in seconds, not
@@ -263,11 +274,14 @@ class StateProxy:
             return self.link.down is not None
         return self.home(key) is None
 
-    def call(self, what: Callable[[AgentClient], Any], link: AgentLink | None = None) -> Any:
+    def call(
+        self, what: Callable[[AgentClient], Any], link: AgentLink | None = None, name: str = ""
+    ) -> Any:
         """Run one agent call (on ``link``, default the first agent); None on failure.
 
         An error *reply* (say, the agent's disk is full) costs this one operation; a transport
-        failure (timeout, dead socket) marks the agent down for the rest of the run.
+        failure (timeout, dead socket, the agent gone) marks the agent down for the rest of
+        the run. ``name``: the fixture the call is for, named in the summary line.
         """
         link = self.link if link is None else link
         client = link.client()
@@ -280,18 +294,21 @@ class StateProxy:
             if error == "disk-full":
                 self.stats.fallback(f"{exc}: built again next run")
                 return None
+            if error == "corrupt":
+                self.stats.fallback(f"corrupt entry for {name or 'a value'}: {exc}; rebuilt")
+                return None
             if error in _AGENT_REPLIED:
                 self.stats.fallback(f"agent refused an operation ({exc}); built in-process")
                 return None
             link.fail(exc)
             return None
 
-    def call_home(self, key: str, what: Callable[[AgentClient], Any]) -> Any:
+    def call_home(self, key: str, what: Callable[[AgentClient], Any], name: str = "") -> Any:
         """:meth:`call` on ``key``'s home; when that agent fails now, on the next one."""
         if self.ring is None:
-            return self.call(what)
+            return self.call(what, name=name)
         while (link := self.home(key)) is not None:
-            reply = self.call(what, link)
+            reply = self.call(what, link, name)
             if reply is not None or link.down is None:
                 return reply
         return None
@@ -373,7 +390,9 @@ class StateProxy:
         start = time.perf_counter()
         try:
             fetched = self.link.local_get(key)
-        except Exception:  # a local read is an optimisation: the agent answers instead
+        except Exception as exc:  # a local read is an optimisation: the agent answers instead
+            if getattr(exc, "error", None) == "corrupt":  # (deleted: the agent misses too)
+                self.stats.fallback(f"corrupt entry for {name}: {exc}; rebuilt")
             fetched = None
         if fetched is None and self.ring is not None:
             start = time.perf_counter()
@@ -386,7 +405,7 @@ class StateProxy:
             if self.link.client() is None:
                 return None
             start = time.perf_counter()
-            fetched = self.call(lambda c: c.get(key))
+            fetched = self.call(lambda c: c.get(key), name=name)
             if fetched is None:
                 return None
         try:
@@ -629,11 +648,26 @@ class StateProxy:
         entry = meta["entry"] = uuid.uuid4().hex
         unsealed = codec.Unsealed(self.secret, key, meta, payload)
 
+        too_large: list[str] = []
+
         def put_to(client: Any) -> Any:
             frames = unsealed if getattr(client, "seals_later", False) else unsealed.frames()
-            return client.put(key, frames, {"fixture": name, "nbytes": nbytes})
+            try:
+                return client.put(key, frames, {"fixture": name, "nbytes": nbytes})
+            except Exception as exc:
+                if getattr(exc, "error", None) != "too-large":
+                    raise
+                too_large.append(str(exc))  # (the agent refused it before keeping anything)
+                return None
 
-        put = self.call_home(key, put_to)
+        put = self.call_home(key, put_to, name)
+        if too_large:
+            why = (
+                f"its value is {nbytes / 2**20:.1f} MiB, more than the agent's tiers can hold "
+                "(statemigrate_ram_bytes, statemigrate_disk_bytes)"
+            )
+            self._mark_build(key, name, why, record.fingerprints)
+            return nbytes
         if put is None:
             return nbytes
         self._fresh.add(key)

@@ -332,8 +332,13 @@ class EmbeddedAgent:
         self.open_disk()
         if self._disk is None:
             return None
-        entry = self._disk.get(key)
+        corrupt: list[str] = []
+        entry = self._disk.get(key, corrupt)
         if entry is None:
+            if corrupt:  # (deleted; the proxy's summary line names the fixture)
+                from nodeagent.tiers import CorruptEntry
+
+                raise CorruptEntry(corrupt[0])
             return None
         frames = [memoryview(f) for f in entry.frames]
         return Fetched(frames, dict(entry.meta), entry.version, "disk")

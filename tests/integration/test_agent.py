@@ -185,8 +185,11 @@ def test_corrupt_disk_entry_is_a_miss(start: StartAgent, tmp_path: Path) -> None
         client.stats()  # STATS waits for the write-behind of both PUTs
         assert client.has("victim") == "disk"
         write_raw_disk_value(str(tmp_path / "disk"), "victim", b"garbage")
-        assert client.get("victim") is None
-        assert client.has("victim") is None  # deleted
+        with pytest.raises(AgentError, match=r"corrupt value \(bad magic\), deleted") as exc:
+            client.get("victim")  # a miss that says why: the plugin's summary names it
+        assert exc.value.error == "corrupt"
+        assert client.get("victim") is None  # deleted: a plain miss now
+        assert client.has("victim") is None
         assert client.stats()["tiers"]["disk"]["corrupt"] == 1
         assert client.get("healthy") is not None
         assert client.ping()["ok"]

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from nodeagent import PROTOCOL_VERSION
 from nodeagent.protocol import (
+    ERRORS,
     FIELDS,
     MAX_KEYS,
     BindRefused,
@@ -125,11 +126,22 @@ def test_reply_round_trip(req_id: int | None, fields: dict[str, Any]) -> None:
 
 
 @settings(database=None)
-@given(req_id=st.one_of(st.none(), req_ids), error=st.text(max_size=20), message=st.text())
+@given(
+    req_id=st.one_of(st.none(), req_ids),
+    error=st.sampled_from(sorted(ERRORS)),
+    message=st.text(),
+)
 def test_error_round_trip_is_one_line(req_id: int | None, error: str, message: str) -> None:
     reply = decode_reply(encode_error(req_id, error, message))
     assert reply["ok"] is False and reply["id"] == req_id and reply["error"] == error
     assert "\n" not in reply["message"] and "\r" not in reply["message"]
+
+
+def test_error_names_outside_the_vocabulary_are_refused() -> None:
+    """New error names belong in the protocol's table, not invented by a handler."""
+    assert {"too-large", "too-many-leases", "disk-full"} <= ERRORS
+    with pytest.raises(ValueError, match="vocabulary"):
+        encode_error(1, "disk-is-full", "no")
 
 
 @settings(max_examples=500, database=None)

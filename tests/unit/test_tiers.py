@@ -25,12 +25,14 @@ from hypothesis.stateful import (
 
 from nodeagent.tiers import (
     DISK_ASIDE,
+    ENTRY_OVERHEAD,
     CorruptEntry,
     DiskTier,
     Entry,
     RamTier,
     StoreTier,
     TieredStore,
+    TooLarge,
     VersionConflict,
     decode_entry,
     encode_entry,
@@ -45,6 +47,10 @@ def entry(*frames: bytes | memoryview, version: int = 1, **meta: object) -> Entr
 
 def payload(e: Entry) -> list[bytes]:
     return [bytes(f) for f in e.frames]
+
+
+#: What an entry with empty meta costs the RAM budget besides its payload.
+HELD: int = ENTRY_OVERHEAD + 1  # (msgpack of {} is one byte)
 
 
 # --------------------------------------------------------------------------- framing
@@ -97,7 +103,7 @@ def test_decode_refuses_other_key() -> None:
 
 
 def test_ram_lru_eviction_and_budget() -> None:
-    ram = RamTier(10)
+    ram = RamTier(10 + 2 * HELD)
     assert ram.put("a", entry(b"1234")) == []
     assert ram.put("b", entry(b"1234")) == []
     assert ram.get("a") is not None  # a is now most recently used
@@ -110,14 +116,14 @@ def test_ram_lru_eviction_and_budget() -> None:
 
 
 def test_ram_replacing_a_key_does_not_evict_it() -> None:
-    ram = RamTier(10)
+    ram = RamTier(10 + HELD)
     ram.put("a", entry(b"12345678"))
     assert ram.put("a", entry(b"87654321")) == []
     assert ram.bytes == 8 and payload(ram.get("a") or entry()) == [b"87654321"]
 
 
 def test_ram_refuses_entry_larger_than_budget() -> None:
-    ram = RamTier(4)
+    ram = RamTier(4 + HELD)
     ram.put("a", entry(b"12"))
     assert ram.put("big", entry(b"12345")) == []
     assert "big" not in ram and "a" in ram and ram.bytes == 2
@@ -125,7 +131,7 @@ def test_ram_refuses_entry_larger_than_budget() -> None:
 
 def test_ram_keeps_frames_without_copy() -> None:
     buf = bytearray(b"abcd")
-    ram = RamTier(100)
+    ram = RamTier(100 + HELD)
     ram.put("a", entry(memoryview(buf)))
     buf[0] = ord("z")
     got = ram.get("a")
@@ -186,6 +192,88 @@ def test_disk_size_limit_is_explicit(disk: DiskTier) -> None:
     assert disk._cache.eviction_policy == "least-recently-used"
 
 
+MiB = 2**20
+
+
+def test_disk_eviction_never_removes_the_entry_it_makes_room_for(tmp_path: Path) -> None:
+    """Two values of 60% of the limit each: the second evicts the first, and stays. diskcache
+    culled both (ten least recently used rows after the insert, the new one among them)."""
+    disk = DiskTier(str(tmp_path / "disk"), 4 * MiB)
+    try:
+        big = int(2.4 * MiB)
+        disk.put("a", entry(b"a" * big))
+        disk.put("b", entry(b"b" * big))
+        got = disk.get("b")
+        assert got is not None and payload(got) == [b"b" * big]
+        assert "a" not in disk and disk.stats()["evictions"] == 1
+        assert disk.stats()["bytes"] <= 4 * MiB
+    finally:
+        disk.close()
+
+
+def test_disk_evicts_only_what_the_incoming_value_needs(tmp_path: Path) -> None:
+    """Twelve values of 1/8 of the limit: the tier keeps all but what one more cannot fit
+    beside, least recently used first (diskcache culled ten at a time: it kept far fewer)."""
+    limit, size = 8 * MiB, MiB
+    disk = DiskTier(str(tmp_path / "disk"), limit)
+    try:
+        for i in range(12):
+            disk.put(f"k{i}", entry(bytes([i]) * size))
+        kept = [i for i in range(12) if f"k{i}" in disk]
+        assert kept == list(range(12 - len(kept), 12))  # the most recent ones
+        volume = disk.stats()["bytes"]
+        assert volume <= limit
+        assert volume + size > limit  # one more would not fit: nothing was evicted for nothing
+    finally:
+        disk.close()
+
+
+def test_disk_refuses_a_value_larger_than_its_limit_and_evicts_nothing(tmp_path: Path) -> None:
+    disk = DiskTier(str(tmp_path / "disk"), MiB)
+    try:
+        disk.put("small", entry(b"s" * 1000))
+        with pytest.raises(TooLarge, match="exceeds its size limit"):
+            disk.put("big", entry(b"b" * (MiB + 1)))
+        assert "small" in disk and "big" not in disk
+    finally:
+        disk.close()
+
+
+def test_a_put_no_tier_can_hold_is_refused_before_anything_is_kept(tmp_path: Path) -> None:
+    ts = TieredStore(RamTier(64 * 1024), DiskTier(str(tmp_path / "disk"), MiB))
+    try:
+        ts.put("old", [b"o" * 1000], {})
+        with pytest.raises(TooLarge, match=r"larger than the RAM budget .* disk tier's limit"):
+            ts.put("big", [b"b" * (2 * MiB)], {})
+        assert ts.has("big") is None and ts.has("old") == "ram"
+        assert ts.put("fits-disk", [b"d" * (MiB // 2)], {}) == 1  # larger than RAM: disk only
+        assert ts.has("fits-disk") == "disk"
+    finally:
+        ts.close()
+    with_store = TieredStore(RamTier(0), None, StoreTier(str(tmp_path / "store")))
+    assert with_store.put("big", [b"b" * (2 * MiB)], {}) == 1  # the store has no limit
+    assert with_store.has("big") == "store"
+
+
+def test_ram_budget_counts_meta_and_overhead() -> None:
+    """Entries with no payload and a large meta cannot fill memory past the budget."""
+    ram = RamTier(MiB)
+    for i in range(200):
+        ram.put(f"k{i}", entry(blob="x" * 20_000))
+    assert len(ram) <= MiB // 20_000
+    assert ram.bytes + ram.meta_bytes <= MiB and ram.bytes == 0
+    ram.put("empty", entry())
+    assert ram.peek("empty") is not None and ram.peek("empty").held_bytes == HELD  # type: ignore[union-attr]
+
+
+def test_a_corrupt_value_says_why(disk: DiskTier) -> None:
+    disk.put("k", entry(b"abc"))
+    write_raw_disk_value(disk.directory, "k", b"garbage")
+    why: list[str] = []
+    assert disk.get("k", why) is None
+    assert len(why) == 1 and "corrupt value (bad magic), deleted" in why[0], why
+
+
 def test_a_disk_database_that_is_not_one_is_moved_aside(tmp_path: Path) -> None:
     d = tmp_path / "disk"
     tier = DiskTier(str(d), 1 << 24)
@@ -239,8 +327,9 @@ def test_store_round_trip_atomic_and_corrupt(tmp_path: Path) -> None:
 
 
 def make_store(tmp_path: Path, ram: int = 10, store: bool = False) -> TieredStore:
+    """``ram``: the payload bytes RAM holds (with room for one entry's meta and overhead)."""
     return TieredStore(
-        RamTier(ram),
+        RamTier(ram + HELD if ram else 0),
         DiskTier(str(tmp_path / "disk"), 1 << 24),
         StoreTier(str(tmp_path / "store")) if store else None,
     )
@@ -320,7 +409,9 @@ def test_other_device_store_writes_both(tmp_path: Path) -> None:
     if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
         pytest.skip("needs a second file system (/dev/shm)")
     store_dir = tempfile.mkdtemp(dir="/dev/shm", prefix="sm-test-")
-    ts = TieredStore(RamTier(4), DiskTier(str(tmp_path / "disk"), 1 << 24), StoreTier(store_dir))
+    ts = TieredStore(
+        RamTier(4 + HELD), DiskTier(str(tmp_path / "disk"), 1 << 24), StoreTier(store_dir)
+    )
     try:
         assert ts.write_disk is True
         ts.put("k", [b"12345"], {})
@@ -416,10 +507,10 @@ def test_spill_replaces_a_stale_lower_copy(tmp_path: Path) -> None:
 
 
 def test_demote_without_a_disk_tier_keeps_the_only_copy(tmp_path: Path) -> None:
-    ts = TieredStore(RamTier(100), None)
+    ts = TieredStore(RamTier(100 + HELD), None)
     ts.put("k", [b"abc"], {})
     assert ts.demote("k") is False and ts.has("k") == "ram"
-    with_store = TieredStore(RamTier(100), None, StoreTier(str(tmp_path / "store")))
+    with_store = TieredStore(RamTier(100 + HELD), None, StoreTier(str(tmp_path / "store")))
     with_store.put("k", [b"abc"], {})
     assert with_store.demote("k") is True and with_store.has("k") == "store"
 
@@ -508,7 +599,7 @@ class TieredStoreModel(RuleBasedStateMachine):
 
     keys = st.sampled_from(["a", "b", "c", "d", "e"])
 
-    @initialize(ram=st.integers(0, 30), with_store=st.booleans())
+    @initialize(ram=st.integers(0, 4 * HELD), with_store=st.booleans())
     def setup(self, ram: int, with_store: bool) -> None:
         self.dir = tempfile.mkdtemp(prefix="sm-model-")
         self.ts = TieredStore(
@@ -575,8 +666,9 @@ class TieredStoreModel(RuleBasedStateMachine):
     def ram_within_budget(self) -> None:
         if hasattr(self, "ts"):
             ram = self.ts.ram
-            assert ram.bytes <= ram.budget_bytes
+            assert ram.bytes + ram.meta_bytes <= ram.budget_bytes
             assert ram.bytes == sum(e.nbytes for e in ram._entries.values())
+            assert ram.bytes + ram.meta_bytes == sum(e.held_bytes for e in ram._entries.values())
 
 
 TieredStoreModel.TestCase.settings = settings(

@@ -139,7 +139,12 @@ def _esg(args: argparse.Namespace) -> int:
     with _open_esg(args) as store:
         sessions = store.sessions()
         elements = store.elements()
-    print(f"{len(sessions)} session(s) kept, {len(elements)} element(s)\n")
+        stale = _stale(store)
+    print(
+        f"{len(sessions)} session(s) kept, {len(elements)} element(s)"
+        + (f", {len(stale)} stale" if stale else "")
+        + "\n"
+    )
     print(
         _table(
             ["session", "started", "host", "tests", "elements"],
@@ -150,7 +155,17 @@ def _esg(args: argparse.Namespace) -> int:
     rows = sorted(elements, key=lambda e: (-e.accesses, e.fixture))
     print(
         _table(
-            ["fixture", "key", "size", "build s", "load s", "accesses", "writes", "tests"],
+            [
+                "fixture",
+                "key",
+                "size",
+                "build s",
+                "load s",
+                "accesses",
+                "writes",
+                "tests",
+                "status",
+            ],
             [
                 (
                     e.fixture,
@@ -161,12 +176,25 @@ def _esg(args: argparse.Namespace) -> int:
                     e.accesses,
                     e.writes,
                     e.tests,
+                    "stale" if e.key in stale else "current",
                 )
                 for e in rows
             ],
         )
     )
+    if stale:
+        print(
+            "\nstale: a later run built or loaded another key for the same fixture and param "
+            "(its code, a dependency or an input changed): no run uses these again"
+        )
     return 0
+
+
+def _stale(store: Any) -> set[str]:
+    """Keys of elements that the current code no longer makes: the last run that set up
+    their fixture (and param) used another key for it."""
+    latest = store.prediction().latest
+    return {e.key for e in store.elements() if latest.get(e.fixture, e.key) != e.key}
 
 
 def _partitions(args: argparse.Namespace) -> int:

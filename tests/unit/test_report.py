@@ -88,3 +88,31 @@ def test_workers_savings_are_build_time_not_wall_time() -> None:
     assert RunStats.from_json(controller.to_json()).worker_saved == [3.1, 2.88]
     single = RunStats(hits=Counter(disk=3), saved_seconds=3.10, load_seconds=0.1)
     assert single.lines()[2].endswith("saved ~3.10s")  # one process: wall time it is
+
+
+def test_no_prefetched_line_when_the_prefetch_served_nothing() -> None:
+    cold = RunStats(managed={"x"}, builds=3, prefetched=3)
+    assert not any(line.startswith("prefetched") for line in cold.lines())
+    warm = RunStats(managed={"x"}, hits=Counter(ram=3), prefetched=3)
+    assert "prefetched 3 value(s) before the tests that need them" in warm.lines()
+
+
+def test_per_fixture_counts_add_up_and_survive_workers() -> None:
+    a, b = RunStats(), RunStats()
+    a.count_build("c.py::x", 2.0)
+    a.count_store("c.py::x", 100, 0.1)
+    b.count_hit("c.py::x", "disk", 100, 0.5, 2.0)
+    b.count_hit("c.py::y", "ram", 10, 0.1, 1.0)
+    a.merge(RunStats.from_json(b.to_json()))
+    data = RunStats.from_json(a.to_json()).to_json()
+    assert data["per_fixture"]["c.py::x"] == {
+        "builds": 1,
+        "build_seconds": 2.0,
+        "hits": {"disk": 1},
+        "load_seconds": 0.5,
+        "saved_seconds": 1.5,
+        "bytes_loaded": 100,
+        "bytes_stored": 100,
+    }
+    assert data["hits"] == {"disk": 1, "ram": 1} and data["builds"] == 1
+    assert data["saved_seconds"] == 2.4 and data["bytes_loaded"] == 110

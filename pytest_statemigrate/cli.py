@@ -283,6 +283,8 @@ def _graph(args: argparse.Namespace) -> int:
             for key in part.elements:
                 if key in graph:
                     graph.nodes[key]["partition"] = part.id
+        for key in _stale(store):
+            graph.nodes[key]["stale"] = True
     export(graph, args.format, Path(args.output))
     print(f"wrote {args.output} ({graph.number_of_nodes()} elements, {args.format})")
     return 0

@@ -290,6 +290,29 @@ def _graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .runreport import read
+
+    store_dir = Path(args.dir)
+    if not store_dir.is_dir():
+        print(
+            f"statemigrate report: no store directory {store_dir}: run pytest with the plugin "
+            "first, or pass --dir",
+            file=sys.stderr,
+        )
+        return 1
+    stats = Path(args.stats) if args.stats else None
+    plan = Path(args.plan) if args.plan else None
+    page = read(store_dir, stats, plan)
+    try:
+        Path(args.output).write_text(page, encoding="utf-8")
+    except OSError as exc:
+        print(f"statemigrate report: cannot write {args.output} ({exc})", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output}")
+    return 0
+
+
 def _merge(args: argparse.Namespace) -> int:
     from .esg import ESGError, ESGStore
 
@@ -619,6 +642,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     graph = esg_command("graph", "write the ESG as a picture (html) or data")
     graph.add_argument("--format", choices=("html", "graphml", "json", "dot"), default="html")
     graph.add_argument("-o", "--output", required=True, help="file to write")
+    report = esg_command(
+        "report",
+        "write the last run's report as an HTML page: per fixture, the prefetch plan, the trend",
+    )
+    report.add_argument("-o", "--output", required=True, help="file to write")
+    report.add_argument(
+        "--stats", default=None, metavar="PATH", help="run stats (default: stats.json in --dir)"
+    )
+    report.add_argument(
+        "--plan", default=None, metavar="PATH", help="a plan file (default: plan.json in --dir)"
+    )
     merge = esg_command("merge", "merge ESG files (of CI shards) into this store's")
     merge.add_argument("files", nargs="+", metavar="FILE", help="esg.sqlite files")
     part = esg_command("partition", "re-partition the ESG now")
@@ -664,6 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "partitions": _partitions,
         "suggest": _suggest,
         "graph": _graph,
+        "report": _report,
         "merge": _merge,
         "partition": _partition,
         "shard": _shard,

@@ -91,13 +91,13 @@ class Rendered:
     stderr: str
 
 
-#: Appended to a page: every text in the picture (labels and titles), its bounding box as
-#: drawn, and the pairs of them that overlap (a sweep over the boxes sorted by their left
-#: edge), kept in body data attributes. Boxes that only touch do not overlap.
+#: Appended to a page: every text ``@@SELECTOR@@`` selects (labels and titles), its bounding
+#: box as drawn, and the pairs of them that overlap (a sweep over the boxes sorted by their
+#: left edge), kept in body data attributes. Boxes that only touch do not overlap.
 CHECK = """<script>
 (function () {
   var body = document.body;
-  var texts = Array.prototype.slice.call(document.querySelectorAll("#graph text"));
+  var texts = Array.prototype.slice.call(document.querySelectorAll("@@SELECTOR@@"));
   var boxes = texts.map(function (t) { return t.getBoundingClientRect(); });
   var order = boxes.map(function (b, i) { return i; });
   order.sort(function (i, j) { return boxes[i].left - boxes[j].left; });
@@ -124,10 +124,24 @@ CHECK = """<script>
 </body>"""
 
 
-def write_page(page: Path, text: str) -> Path:
-    """``text`` with :data:`CHECK` appended, written to ``page``."""
-    page.write_text(text.replace("</body>", CHECK), encoding="utf-8")
+def write_page(page: Path, text: str, selector: str = "#graph text") -> Path:
+    """``text`` with :data:`CHECK` for the texts ``selector`` selects appended, written to
+    ``page``."""
+    check = CHECK.replace("@@SELECTOR@@", selector)
+    page.write_text(text.replace("</body>", check), encoding="utf-8")
     return page
+
+
+def overlap_problems(body: dict[str, str | None]) -> list[str]:
+    """What :data:`CHECK` found: texts drawn blank, texts that overlap."""
+    found = []
+    if body.get("data-blank") != "0":
+        found.append(f"{body.get('data-blank')} labels drawn blank or empty")
+    if body.get("data-overlaps") != "0":
+        found.append(
+            f"labels overlap: {body.get('data-overlaps')} pairs ({body.get('data-overlapping')})"
+        )
+    return found
 
 
 def render(page: Path, tmp: Path) -> Rendered:
@@ -190,13 +204,7 @@ def problems(rendered: Rendered, graph: nx.Graph) -> list[str]:
         found.append(f"data-labels={body.get('data-labels')!r}")
     if graph.number_of_nodes() and body.get("data-titles") != str(len(partitions)):
         found.append(f"data-titles={body.get('data-titles')!r} for {len(partitions)} partitions")
-    if body.get("data-blank") != "0":
-        found.append(f"{body.get('data-blank')} labels drawn blank or empty")
-    if body.get("data-overlaps") != "0":
-        found.append(
-            f"labels overlap: {body.get('data-overlaps')} pairs ({body.get('data-overlapping')})"
-        )
-    return found
+    return found + overlap_problems(body)
 
 
 def suite_graph(elements: int = 300, partitions: int = 6, seed: int = 7) -> nx.Graph:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 from pytest_statemigrate.report import RunStats
@@ -116,3 +117,37 @@ def test_per_fixture_counts_add_up_and_survive_workers() -> None:
     }
     assert data["hits"] == {"disk": 1, "ram": 1} and data["builds"] == 1
     assert data["saved_seconds"] == 2.4 and data["bytes_loaded"] == 110
+
+
+def test_the_run_report_says_which_parts_have_no_data() -> None:
+    from pytest_statemigrate.runreport import render
+
+    page = render(None, None, None)
+    assert "No run statistics" in page and "no session recorded yet" in page
+    assert "No prefetch plan for this run. A cold run has none" in page
+    assert 'data-fixtures="0" data-loads="0" data-sessions="0"' in page
+    assert "<script src" not in page and "http" not in page  # self-contained
+
+
+def test_the_run_report_lists_each_fixture_with_its_reasons() -> None:
+    from pytest_statemigrate.runreport import Session, render
+
+    stats = RunStats()
+    built = stats.fixture("c.py::model", "model")
+    stats.managed.add(built)
+    stats.count_build(built, 2.5)
+    stats.stale[built] = "code changed"
+    served = stats.fixture("c.py::corpus", "corpus")
+    stats.managed.add(served)
+    stats.count_hit(served, "ram", 2048, 0.1, 3.0)
+    stats.count_hit(served, "disk", 2048, 0.2, 3.0)
+    refused = stats.fixture("c.py::conn", "<conn>")
+    stats.refused[refused] = "yield fixture"
+    page = render(stats.to_json(), None, [Session("a" * 32, 0.0, "h", 3, 2)])
+    rows = re.findall(r"<tr><td class=\"label\"[^>]*>(.*?)</td>(.*?)</tr>", page)
+    assert [name for name, _ in rows] == ["corpus", "model", "&lt;conn&gt;"]  # biggest first
+    corpus, model, conn = (cells for _, cells in rows)
+    assert "<td>2 <small>(disk 1, ram 1)</small></td>" in corpus and "5.700" in corpus
+    assert "<b>rebuilt</b>: code changed" in model and "<td>1</td>" in model
+    assert "<b>refused</b>: yield fixture" in conn
+    assert 'data-fixtures="3" data-loads="0" data-sessions="1"' in page

@@ -295,14 +295,17 @@ def shorten(text: str, limit: int = LABEL_CHARS) -> str:
 
 def _short_labels(nodes: list[tuple[Any, _Attrs]]) -> dict[Any, str]:
     """What each element's label on the picture says: the fixture's name and param without
-    where it is defined, unless two fixtures of that name are defined in different places."""
+    where it is defined, unless two fixtures of that name are defined in different places;
+    "(stale)" after it for a stale element."""
     full = {node: _label(node, attrs) for node, attrs in nodes}
     short = {node: label.rpartition("::")[2] or label for node, label in full.items()}
     places: dict[str, set[str]] = {}
     for node, name in short.items():
         places.setdefault(name.partition("[")[0], set()).add(full[node].rpartition("::")[0])
+    stale = {node for node, attrs in nodes if attrs.get("stale")}
     return {
         node: shorten(name if len(places[name.partition("[")[0]]) == 1 else full[node])
+        + (" (stale)" if node in stale else "")
         for node, name in short.items()
     }
 

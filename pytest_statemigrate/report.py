@@ -272,7 +272,7 @@ class RunStats:
             f"hits: {hits}"
             + (f" ({by_tier})" if by_tier else "")
             + f"; builds: {self.builds}"
-            + (f" ({len(self.stale)} rebuilt: an input changed)" if self.stale else "")
+            + (f" ({len(self.stale)} rebuilt: why below)" if self.stale else "")
             + (f"; waited for another worker's build: {self.waited}" if self.waited else ""),
             f"loaded {_size(self.bytes_loaded)} in {self.load_seconds:.2f}s; "
             f"stored {_size(self.bytes_stored)} in {self.store_seconds:.2f}s; "

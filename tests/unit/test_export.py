@@ -243,7 +243,7 @@ def test_layout_gives_every_label_and_title_a_box_of_its_own(elements: int) -> N
         assert card["x"] <= node["x"] - node["r"] and box[2] <= card["x"] + card["w"]
         assert card["y"] + ex.TITLE_ROW <= box[1] and box[3] <= card["y"] + card["h"]
         assert node["x"] + node["r"] < box[0]  # the disc beside its label, not under it
-        assert len(node["text"]) <= ex.LABEL_CHARS
+        assert len(node["text"].removesuffix(" (stale)")) <= ex.LABEL_CHARS
         assert node["lw"] >= len(node["text"]) * ex.CHAR_W * ex.FONT
     assert page_data(export(g, "html")) == data  # deterministic
 
@@ -259,7 +259,9 @@ def test_labels_name_the_fixture_and_param_and_sizes_go_by_bytes() -> None:
     nodes = {n["key"]: n for n in data["nodes"]}
     assert nodes[key(0)]["text"] == "corpus[en]"  # where it is defined: in the details
     assert nodes[key(1)]["text"] == "tests/a/conftest.py::model"  # two of that name
-    assert nodes[key(3)]["text"].endswith("at-the-end]") and "\u2026" in nodes[key(3)]["text"]
+    assert (
+        nodes[key(3)]["text"].endswith("at-the-end] (stale)") and "\u2026" in nodes[key(3)]["text"]
+    )
     assert [n["stale"] for n in data["nodes"]] == [False, False, True, False]
     radius = {n["bytes"]: n["r"] for n in data["nodes"]}
     assert radius[0] == ex.MIN_RADIUS and radius[100_000] == ex.MAX_RADIUS

@@ -139,7 +139,12 @@ def _esg(args: argparse.Namespace) -> int:
     with _open_esg(args) as store:
         sessions = store.sessions()
         elements = store.elements()
-    print(f"{len(sessions)} session(s) kept, {len(elements)} element(s)\n")
+        stale = _stale(store)
+    print(
+        f"{len(sessions)} session(s) kept, {len(elements)} element(s)"
+        + (f", {len(stale)} stale" if stale else "")
+        + "\n"
+    )
     print(
         _table(
             ["session", "started", "host", "tests", "elements"],
@@ -150,7 +155,17 @@ def _esg(args: argparse.Namespace) -> int:
     rows = sorted(elements, key=lambda e: (-e.accesses, e.fixture))
     print(
         _table(
-            ["fixture", "key", "size", "build s", "load s", "accesses", "writes", "tests"],
+            [
+                "fixture",
+                "key",
+                "size",
+                "build s",
+                "load s",
+                "accesses",
+                "writes",
+                "tests",
+                "status",
+            ],
             [
                 (
                     e.fixture,
@@ -161,12 +176,25 @@ def _esg(args: argparse.Namespace) -> int:
                     e.accesses,
                     e.writes,
                     e.tests,
+                    "stale" if e.key in stale else "current",
                 )
                 for e in rows
             ],
         )
     )
+    if stale:
+        print(
+            "\nstale: a later run built or loaded another key for the same fixture and param "
+            "(its code, a dependency or an input changed): no run uses these again"
+        )
     return 0
+
+
+def _stale(store: Any) -> set[str]:
+    """Keys of elements that the current code no longer makes: the last run that set up
+    their fixture (and param) used another key for it."""
+    latest = store.prediction().latest
+    return {e.key for e in store.elements() if latest.get(e.fixture, e.key) != e.key}
 
 
 def _partitions(args: argparse.Namespace) -> int:
@@ -263,8 +291,33 @@ def _graph(args: argparse.Namespace) -> int:
             for key in part.elements:
                 if key in graph:
                     graph.nodes[key]["partition"] = part.id
+        for key in _stale(store):
+            graph.nodes[key]["stale"] = True
     export(graph, args.format, Path(args.output))
     print(f"wrote {args.output} ({graph.number_of_nodes()} elements, {args.format})")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .runreport import read
+
+    store_dir = Path(args.dir)
+    if not store_dir.is_dir():
+        print(
+            f"statemigrate report: no store directory {store_dir}: run pytest with the plugin "
+            "first, or pass --dir",
+            file=sys.stderr,
+        )
+        return 1
+    stats = Path(args.stats) if args.stats else None
+    plan = Path(args.plan) if args.plan else None
+    page = read(store_dir, stats, plan)
+    try:
+        Path(args.output).write_text(page, encoding="utf-8")
+    except OSError as exc:
+        print(f"statemigrate report: cannot write {args.output} ({exc})", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output}")
     return 0
 
 
@@ -603,6 +656,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     graph = esg_command("graph", "write the ESG as a picture (html) or data")
     graph.add_argument("--format", choices=("html", "graphml", "json", "dot"), default="html")
     graph.add_argument("-o", "--output", required=True, help="file to write")
+    report = esg_command(
+        "report",
+        "write the last run's report as an HTML page: per fixture, the prefetch plan, the trend",
+    )
+    report.add_argument("-o", "--output", required=True, help="file to write")
+    report.add_argument(
+        "--stats", default=None, metavar="PATH", help="run stats (default: stats.json in --dir)"
+    )
+    report.add_argument(
+        "--plan", default=None, metavar="PATH", help="a plan file (default: plan.json in --dir)"
+    )
     merge = esg_command("merge", "merge ESG files (of CI shards) into this store's")
     merge.add_argument("files", nargs="+", metavar="FILE", help="esg.sqlite files")
     part = esg_command("partition", "re-partition the ESG now")
@@ -648,6 +712,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "partitions": _partitions,
         "suggest": _suggest,
         "graph": _graph,
+        "report": _report,
         "merge": _merge,
         "partition": _partition,
         "shard": _shard,

@@ -20,7 +20,6 @@ import io
 import json
 import math
 import re
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, get_args
@@ -33,10 +32,7 @@ FORMATS: Final[tuple[str, ...]] = get_args(Format)
 
 #: Circle radius in layout units: area is proportional to bytes, clamped to these bounds.
 MIN_RADIUS: Final = 3.0
-MAX_RADIUS: Final = 28.0
-#: Space between two elements, and between two partitions, in layout units.
-GAP: Final = 4.0
-GROUP_GAP: Final = 40.0
+MAX_RADIUS: Final = 16.0
 #: The page draws the heaviest edges only: browsers slow down beyond ~10k SVG lines.
 MAX_EDGES: Final = 5000
 
@@ -53,6 +49,7 @@ _NODE_TYPES: Final[Mapping[str, Callable[[Any], Scalar]]] = {
     "writes": int,
     "tests": int,
     "partition": int,
+    "stale": bool,
 }
 _EDGE_TYPES: Final[Mapping[str, Callable[[Any], Scalar]]] = {"weight": int}
 # Characters XML 1.0 cannot hold; they carry no meaning in a label anywhere else either.
@@ -250,14 +247,33 @@ def _dot(graph: nx.Graph) -> str:
 
 # -- HTML: layout ----------------------------------------------------------------------------
 #
-# Each partition is a disc: its elements on a sunflower spiral in breadth-first order (so
-# co-accessed elements sit near each other, the most co-accessed in the middle); the discs are
-# packed in rows by partition id. Deterministic and O(n + m log m): ~1 s for 3000 elements and
-# 43k edges on a 2-core machine. Rejected: networkx's spring_layout, per partition or whole. It
-# needs numpy, is O(n²) per iteration (0.5 s for 300 nodes, 10 s for 1000 here; partitions of
-# 75 elements made a 3000-element page take 4 s) and overlaps elements of different sizes.
+# Each partition is a card: a title row, then its elements in columns, each element a disc
+# (area by bytes) with its label beside it, the largest first. Every label has a box of its
+# own: rows are at least one label high, columns as wide as the card's longest label (a label
+# longer than LABEL_CHARS is shortened in the middle; the page squeezes any label the font
+# draws wider than its box into it), so no two labels or titles overlap at any element count.
+# The cards are packed in rows (shelves) by partition id. Deterministic and O(n log n + m log m).
+# Rejected: discs packed on a sunflower spiral per partition (the layout before this one): it
+# leaves no room for labels, and its partition titles ran into each other ("partition 2partition
+# 3"); networkx's spring_layout: it needs numpy, is O(n²) per iteration and overlaps elements
+# of different sizes; labels placed by a force/collision simulation in the browser: slow at 500
+# elements and never guaranteed to settle without an overlap.
 
 _Point = tuple[float, float]
+
+#: Label and title sizes in layout units (pixels at the page's initial scale). Labels are
+#: drawn in a monospace font, whose advance is about 0.6 em: CHAR_W estimates it generously.
+FONT: Final = 12.0
+TITLE_FONT: Final = 13.0
+CHAR_W: Final = 0.62
+LABEL_CHARS: Final = 40
+ROW: Final = 20.0  # the least row height: one label and room around it
+TITLE_ROW: Final = 28.0
+PAD: Final = 10.0  # inside a card
+COLUMN_GAP: Final = 18.0
+MAX_ROWS: Final = 20  # rows per column in a card before another column starts
+#: The width the shelves aim at: a card row fits a laptop screen at the initial scale.
+SHELF_WIDTH: Final = 1040.0
 
 
 def _radii(nodes: list[tuple[Any, _Attrs]]) -> dict[Any, float]:
@@ -268,125 +284,143 @@ def _radii(nodes: list[tuple[Any, _Attrs]]) -> dict[Any, float]:
     }
 
 
-def _cell(radius: float) -> float:
-    return (2 * radius + GAP) ** 2
+def shorten(text: str, limit: int = LABEL_CHARS) -> str:
+    """``text`` of at most ``limit`` characters: a longer one keeps its start and its end (the
+    param) around an ellipsis."""
+    if len(text) <= limit:
+        return text
+    tail = max(1, limit // 3)
+    return text[: limit - tail - 1] + "\u2026" + text[-tail:]
 
 
-def _bfs_order(members: list[Any], adjacency: Mapping[Any, Mapping[Any, int]]) -> list[Any]:
-    """Breadth-first from the most co-accessed element, heavier edges first: neighbours land
-    close together on the spiral."""
-
-    def strength(node: Any) -> int:
-        return sum(adjacency.get(node, {}).values())
-
-    order: list[Any] = []
-    seen: set[Any] = set()
-    for start in sorted(members, key=lambda n: (-strength(n), str(n))):
-        if start in seen:
-            continue
-        seen.add(start)
-        queue = deque([start])
-        while queue:
-            node = queue.popleft()
-            order.append(node)
-            near = adjacency.get(node, {})
-            for other in sorted(near, key=lambda m: (-near[m], str(m))):
-                if other not in seen:
-                    seen.add(other)
-                    queue.append(other)
-    return order
+def _short_labels(nodes: list[tuple[Any, _Attrs]]) -> dict[Any, str]:
+    """What each element's label on the picture says: the fixture's name and param without
+    where it is defined, unless two fixtures of that name are defined in different places;
+    "(stale)" after it for a stale element."""
+    full = {node: _label(node, attrs) for node, attrs in nodes}
+    short = {node: label.rpartition("::")[2] or label for node, label in full.items()}
+    places: dict[str, set[str]] = {}
+    for node, name in short.items():
+        places.setdefault(name.partition("[")[0], set()).add(full[node].rpartition("::")[0])
+    stale = {node for node, attrs in nodes if attrs.get("stale")}
+    return {
+        node: shorten(name if len(places[name.partition("[")[0]]) == 1 else full[node])
+        + (" (stale)" if node in stale else "")
+        for node, name in short.items()
+    }
 
 
-def _sunflower(order: list[Any], radius: Mapping[Any, float]) -> dict[Any, _Point]:
-    """Vogel's spiral with area-weighted steps: element i sits where the area enclosed so far
-    holds the cells of elements 0..i-1."""
-    golden_angle = math.pi * (3 - math.sqrt(5))
-    positions: dict[Any, _Point] = {}
-    area = 0.0
-    for i, node in enumerate(order):
-        rho = math.sqrt(area / math.pi)
-        positions[node] = (rho * math.cos(i * golden_angle), rho * math.sin(i * golden_angle))
-        area += _cell(radius[node])
-    return positions
+def _card(
+    members: list[Any], radius: Mapping[Any, float], text: Mapping[Any, str], title: str
+) -> tuple[float, float, dict[Any, _Point], float]:
+    """Lay out one card at the origin: (width, height, disc centres, label box width)."""
+    disc = 2 * max((radius[n] for n in members), default=MIN_RADIUS)
+    label_w = math.ceil(max((len(text[n]) for n in members), default=1) * CHAR_W * FONT) + 4
+    column_w = disc + 6 + label_w
+    # Columns of MAX_ROWS, as many as a shelf holds; then longer columns.
+    fit = max(1, math.floor((SHELF_WIDTH - 2 * PAD + COLUMN_GAP) / (column_w + COLUMN_GAP)))
+    cols = max(1, min(math.ceil(len(members) / MAX_ROWS), fit))
+    rows = math.ceil(len(members) / cols) if members else 0
+    heights = [ROW] * rows
+    for i, node in enumerate(members):
+        heights[i % rows] = max(heights[i % rows], 2 * radius[node] + 4)
+    tops = [TITLE_ROW + sum(heights[:r]) for r in range(rows)]
+    centres: dict[Any, _Point] = {}
+    for i, node in enumerate(members):  # down each column, then the next
+        col, row = divmod(i, rows)
+        x = PAD + col * (column_w + COLUMN_GAP) + disc / 2
+        centres[node] = (x, tops[row] + heights[row] / 2)
+    width = 2 * PAD + cols * column_w + (cols - 1) * COLUMN_GAP
+    width = max(width, 2 * PAD + len(title) * CHAR_W * TITLE_FONT)
+    height = TITLE_ROW + sum(heights) + PAD
+    return width, height, centres, label_w
 
 
-def _pack(radii: list[float]) -> list[_Point]:
-    """Centres for circles of these radii, left to right in rows about 1.6 x wider than tall."""
-    width = max(
-        max((2 * r for r in radii), default=0.0),
-        1.6 * math.sqrt(sum((2 * r + GROUP_GAP) ** 2 for r in radii)),
-    )
-    centres: list[_Point] = []
+def _shelves(sizes: list[tuple[float, float]], gap: float = 24.0) -> list[_Point]:
+    """Top-left corners for boxes of these (width, height), left to right in rows."""
+    width = max(SHELF_WIDTH, max((w for w, _ in sizes), default=0.0))
+    corners: list[_Point] = []
     x = y = row = 0.0
-    for r in radii:
-        if x > 0 and x + 2 * r > width:
-            x, y, row = 0.0, y + row, 0.0
-        centres.append((x + r, y + r))
-        x += 2 * r + GROUP_GAP
-        row = max(row, 2 * r + GROUP_GAP)
-    return centres
+    for w, h in sizes:
+        if x > 0 and x + w > width:
+            x, y, row = 0.0, y + row + gap, 0.0
+        corners.append((x, y))
+        x += w + gap
+        row = max(row, h)
+    return corners
 
 
 def _page_data(graph: nx.Graph) -> dict[str, Any]:
     nodes, edges = _cleaned(graph)
     radius = _radii(nodes)
+    text = _short_labels(nodes)
     weighted = [(u, v, _weight(attrs)) for u, v, attrs in edges if u != v]
-    adjacency: dict[Any, dict[Any, int]] = {}
-    partition_of = {node: _partition(attrs) for node, attrs in nodes}
-    for u, v, weight in weighted:
-        if partition_of[u] == partition_of[v]:
-            adjacency.setdefault(u, {})[v] = weight
-            adjacency.setdefault(v, {})[u] = weight
-
     groups = _groups(nodes)
-    local = [
-        _sunflower(_bfs_order([node for node, _ in members], adjacency), radius)
-        for members in groups.values()
-    ]
-    group_radius = [
-        max((math.hypot(*p) + radius[n] for n, p in pos.items()), default=0.0) for pos in local
-    ]
-    centres = _pack(group_radius)
+
+    cards = []
+    for partition, members in groups.items():
+        members = sorted(members, key=lambda m: (-_number(m[1], "bytes"), text[m[0]], str(m[0])))
+        size = sum(_number(attrs, "bytes") for _, attrs in members)
+        name = "not partitioned" if partition is None else f"partition {partition}"
+        title = f"{name} \u00b7 {len(members)} element{'s' * (len(members) != 1)}"
+        title += f" \u00b7 {human_bytes(size)}"
+        cards.append(
+            (partition, members, size, title, _card([n for n, _ in members], radius, text, title))
+        )
+    corners = _shelves([(w, h) for *_, (w, h, _, _) in cards])
 
     out_nodes: list[dict[str, Any]] = []
     index: dict[Any, int] = {}
     out_groups: list[dict[str, Any]] = []
-    for (partition, members), pos, (cx, cy), r in zip(
-        groups.items(), local, centres, group_radius, strict=True
+    for (partition, members, size, title, (w, h, centres, label_w)), (left, top) in zip(
+        cards, corners, strict=True
     ):
         colour = partition_colour(partition)
-        size = sum(_number(attrs, "bytes") for _, attrs in members)
+        disc = 2 * max(radius[n] for n, _ in members)
         out_groups.append(
             {
                 "id": partition,
-                "label": "not partitioned" if partition is None else f"partition {partition}",
+                "label": title,
                 "elements": len(members),
                 "bytes": size,
                 "size": human_bytes(size),
                 "colour": colour,
-                **_xyr(cx, cy, r),
+                "x": round(left, 1),
+                "y": round(top, 1),
+                "w": round(w, 1),
+                "h": round(h, 1),
+                "tx": round(left + PAD, 1),
+                "ty": round(top + TITLE_ROW - 10, 1),
+                "tw": round(w - 2 * PAD, 1),
             }
         )
         for node, attrs in members:
             index[node] = len(out_nodes)
-            x, y = pos[node]
+            x, y = centres[node]
             out_nodes.append(
                 {
                     "key": _CONTROL.sub("", str(node)),
                     "label": _label(node, attrs),
+                    "text": text[node],
                     "scope": str(attrs.get("scope", "")),
                     "partition": partition,
                     "colour": colour,
                     "size": human_bytes(_number(attrs, "bytes")),
+                    "stale": bool(attrs.get("stale", False)),
                     **{
                         name: _number(attrs, name)
                         for name in ("bytes", "build_s", "load_s", "accesses", "writes", "tests")
                     },
-                    **_xyr(cx + x, cy + y, radius[node]),
+                    "x": round(left + x, 1),
+                    "y": round(top + y, 1),
+                    "r": round(radius[node], 1),
+                    "lx": round(left + x + disc / 2 + 6, 1),
+                    "lw": label_w,
                 }
             )
 
     drawn = sorted(weighted, key=lambda e: -e[2])[:MAX_EDGES]
+    top_bytes = max((n["bytes"] for n in out_nodes), default=0.0)
     return {
         "nodes": out_nodes,
         "edges": [[index[u], index[v], weight] for u, v, weight in drawn],
@@ -394,23 +428,30 @@ def _page_data(graph: nx.Graph) -> dict[str, Any]:
         "max_weight": max((weight for *_, weight in weighted), default=1),
         "groups": out_groups,
         "view": _view(out_groups),
+        "font": FONT,
+        "title_font": TITLE_FONT,
+        "sizes": _size_legend(top_bytes),
     }
 
 
-def _xyr(x: float, y: float, r: float) -> dict[str, float]:
-    return {"x": round(x, 1), "y": round(y, 1), "r": round(r, 1)}
+def _size_legend(top: float) -> list[dict[str, Any]]:
+    """Discs for the legend: the largest element's size, a quarter and a hundredth of it."""
+    if top <= 0:
+        return []
+    out = []
+    for share in (1.0, 0.25, 0.01):
+        r = max(MIN_RADIUS, MAX_RADIUS * math.sqrt(share))
+        out.append({"r": round(r, 1), "size": human_bytes(top * share)})
+    return out
 
 
 def _view(groups: list[dict[str, Any]]) -> list[float]:
+    """The whole picture with a margin: what a double-click shows."""
     if not groups:
         return [0.0, 0.0, 100.0, 100.0]
-    left = min(g["x"] - g["r"] for g in groups)
-    top = min(g["y"] - g["r"] for g in groups)
-    right = max(g["x"] + g["r"] for g in groups)
-    bottom = max(g["y"] + g["r"] for g in groups)
-    margin = 30 + 0.02 * max(right - left, bottom - top)  # room for the partition labels
-    left, top, right, bottom = left - margin, top - margin, right + margin, bottom + margin
-    return [round(left, 1), round(top, 1), round(right - left, 1), round(bottom - top, 1)]
+    right = max(g["x"] + g["w"] for g in groups)
+    bottom = max(g["y"] + g["h"] for g in groups)
+    return [-12.0, -12.0, round(right + 24, 1), round(bottom + 24, 1)]
 
 
 # -- HTML: page ------------------------------------------------------------------------------
@@ -430,7 +471,7 @@ def _summary(data: Mapping[str, Any]) -> str:
             " tests use managed state."
         )
     total = human_bytes(sum(n["bytes"] for n in nodes))
-    edges = f"{data['edges_total']} co-access edges"
+    edges = _count(data["edges_total"], "co-access edge")
     if data["edges_total"] > len(data["edges"]):
         edges += f" (the {len(data['edges'])} heaviest drawn)"
     partitions = sum(1 for g in data["groups"] if g["id"] is not None)
@@ -438,8 +479,15 @@ def _summary(data: Mapping[str, Any]) -> str:
     if not partitions:
         grouping = "not partitioned yet"
     else:
-        grouping = f"{partitions} partitions" + (f", {loose} not partitioned" if loose else "")
-    return f"{len(nodes)} elements, {total}; {edges}; {grouping}."
+        grouping = _count(partitions, "partition") + (f", {loose} not partitioned" if loose else "")
+    stale = sum(1 for n in nodes if n["stale"])
+    return f"{_count(len(nodes), 'element')}, {total}; {edges}; {grouping}" + (
+        f"; {stale} stale." if stale else "."
+    )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _html(graph: nx.Graph) -> str:
@@ -465,32 +513,40 @@ _PAGE: Final = """\
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>statemigrate: execution state graph</title>
 <style>
-  body { margin: 0; height: 100vh; display: grid; grid-template: auto 1fr / 1fr 320px;
+  body { margin: 0; height: 100vh; display: grid; grid-template: auto 1fr / 1fr 330px;
          font: 13px/1.4 system-ui, sans-serif; color: #222; }
   header { grid-column: 1 / 3; padding: 6px 12px; border-bottom: 1px solid #ddd; }
   h1 { display: inline; font-size: 15px; margin-right: 10px; }
-  h2 { font-size: 13px; margin: 10px 0 4px; }
-  #graph { width: 100%; height: 100%; background: #fafafa; cursor: grab; touch-action: none; }
+  h2 { font-size: 13px; margin: 12px 0 4px; }
+  #graph { width: 100%; height: 100%; background: #fafafa; cursor: grab; touch-action: none;
+           display: block; }
   aside { border-left: 1px solid #ddd; padding: 4px 12px; overflow: auto; }
   table { border-collapse: collapse; width: 100%; }
   th, td { padding: 1px 4px; text-align: right; }
   th:first-child, td:first-child { text-align: left; }
   #legend tr { cursor: pointer; }
-  #legend tr:hover { background: #eee; }
+  #legend tbody tr:hover { background: #eee; }
   .swatch { display: inline-block; width: 10px; height: 10px; border-radius: 50%;
             margin-right: 4px; vertical-align: -1px; }
-  .group { fill: none; stroke: #ccc; stroke-dasharray: 4 3; }
-  .glabel { fill: #777; }
-  .edge { stroke: #555; stroke-opacity: 0.3; }
+  .group { fill: #fff; stroke: #d0d0d0; }
+  .glabel { fill: #444; font-weight: 600; }
+  .edge { stroke: #445; pointer-events: none; }
   .node { stroke: #fff; stroke-width: 1; cursor: pointer; }
-  .node.sel { stroke: #000; stroke-width: 2; }
-  .dim { opacity: 0.1; }
+  .node.stale { stroke: #222; stroke-dasharray: 2 2; fill-opacity: 0.45; }
+  .node.sel { stroke: #000; stroke-width: 2; stroke-dasharray: none; }
+  .label { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace;
+           fill: #222; cursor: pointer; paint-order: stroke; stroke: #fff; stroke-width: 2px;
+           stroke-linejoin: round; }
+  .label.stale { fill: #888; font-style: italic; }
+  .dim { opacity: 0.12; }
   dl { margin: 0; display: grid; grid-template-columns: auto 1fr; gap: 0 8px; }
   dt { color: #666; }
   dd { margin: 0; word-break: break-all; }
   #tip { position: fixed; display: none; pointer-events: none; background: #fff;
          border: 1px solid #999; padding: 4px 6px; box-shadow: 0 1px 4px #0003; }
   .hint { color: #777; }
+  .key svg { vertical-align: middle; }
+  .key td { text-align: left; padding: 2px 4px; }
 </style>
 </head>
 <body>
@@ -508,16 +564,20 @@ _PAGE: Final = """\
   })();
 </script>
 <header><h1>Execution state graph</h1><span id="summary">@@SUMMARY@@</span></header>
-<svg id="graph" role="img" aria-label="execution state graph"></svg>
+<svg id="graph" role="img" aria-label="execution state graph"
+     preserveAspectRatio="xMinYMin meet"></svg>
 <aside>
+  <h2>Legend</h2>
+  <table class="key"><tbody id="key"></tbody></table>
   <h2>Partitions</h2>
   <table id="legend"><thead><tr><th>partition</th><th>elements</th><th>bytes</th></tr></thead>
   <tbody></tbody></table>
   <h2>Element</h2>
   <dl id="details"></dl>
-  <p class="hint">Hover an element for its details, click to pin it and show its co-access
-  neighbours, click a partition to single it out. Wheel zooms, drag pans, double-click resets.
-  </p>
+  <p class="hint">Each card is a partition: elements that tests use together, moved together.
+  Hover an element (disc or label) for its details, click to pin it and show its co-access
+  neighbours, click a partition to single it out. Wheel zooms, drag pans, double-click shows
+  the whole graph.</p>
 </aside>
 <div id="tip"></div>
 <noscript>This page draws the graph with JavaScript.</noscript>
@@ -544,33 +604,67 @@ _PAGE: Final = """\
     return e;
   }
 
+  // At first one layout unit is one pixel (labels at their size), from the top left; a
+  // double-click shows the whole picture.
   var view = data.view.slice();
+  var box = svg.getBoundingClientRect();
+  if (box.width > 0 && box.height > 0) view = [view[0], view[1], box.width, box.height];
   function setView() { svg.setAttribute("viewBox", view.join(" ")); }
   setView();
   var groupLayer = svgEl("g", {}, svg);
   var edgeLayer = svgEl("g", {}, svg);
   var nodeLayer = svgEl("g", {}, svg);
+  var labelLayer = svgEl("g", {}, svg);
 
-  var font = Math.max(12, view[2] / 100);
+  // A text that the font draws wider than its box is squeezed into it: labels never overlap.
+  var boxed = [];
+  function fitted(text, width) { boxed.push([text, width]); return text; }
+
   data.groups.forEach(function (g) {
-    svgEl("circle", {"class": "group", cx: g.x, cy: g.y, r: g.r}, groupLayer);
-    svgEl("text", {"class": "glabel", x: g.x, y: g.y - g.r - font / 2, "font-size": font,
-                   "text-anchor": "middle"}, groupLayer).textContent = g.label;
+    svgEl("rect", {"class": "group", x: g.x, y: g.y, width: g.w, height: g.h, rx: 6,
+                   "data-partition": g.id === null ? "" : g.id}, groupLayer);
+    svgEl("rect", {x: g.x, y: g.y, width: 5, height: g.h, rx: 2, fill: g.colour},
+          groupLayer);
+    fitted(svgEl("text", {"class": "glabel", x: g.tx, y: g.ty, "font-size": data.title_font},
+                 groupLayer), g.tw).textContent = g.label;
   });
   var neighbours = data.nodes.map(function () { return []; });
+  // Edges are arcs, bent to the left of their direction downwards: the edges along a column
+  // of elements fan out beside it instead of lying on top of each other. The more edges, the
+  // fainter each one.
+  var faint = Math.min(0.25, Math.max(0.04, 3 / Math.sqrt(data.edges.length || 1)));
   var lines = data.edges.map(function (e) {
     var a = data.nodes[e[0]], b = data.nodes[e[1]];
     neighbours[e[0]].push(e[1]);
     neighbours[e[1]].push(e[0]);
-    return svgEl("line", {"class": "edge", x1: a.x, y1: a.y, x2: b.x, y2: b.y,
-                          "stroke-width": 0.5 + 3 * e[2] / data.max_weight}, edgeLayer);
+    if (a.y > b.y) { var t = a; a = b; b = t; }
+    var dx = b.x - a.x, dy = b.y - a.y, bend = Math.min(0.2, 60 / (Math.hypot(dx, dy) || 1));
+    var cx = (a.x + b.x) / 2 - dy * bend, cy = (a.y + b.y) / 2 + dx * bend;
+    var share = e[2] / data.max_weight;
+    return svgEl("path", {"class": "edge", d: "M" + a.x + " " + a.y + "Q" + cx + " " + cy +
+                          " " + b.x + " " + b.y, fill: "none",
+                          "stroke-width": 0.5 + 2.5 * share,
+                          "stroke-opacity": faint + 0.5 * share * share}, edgeLayer);
   });
   var circles = data.nodes.map(function (n, i) {
-    return svgEl("circle", {"class": "node", cx: n.x, cy: n.y, r: n.r, fill: n.colour,
-                            "data-index": i, "data-key": n.key,
+    return svgEl("circle", {"class": n.stale ? "node stale" : "node", cx: n.x, cy: n.y,
+                            r: n.r, fill: n.colour, "data-index": i, "data-key": n.key,
                             "data-partition": n.partition === null ? "" : n.partition},
                  nodeLayer);
   });
+  var labels = data.nodes.map(function (n, i) {
+    var t = svgEl("text", {"class": n.stale ? "label stale" : "label", x: n.lx,
+                           y: n.y + data.font * 0.35, "font-size": data.font,
+                           "data-index": i}, labelLayer);
+    t.textContent = n.text;
+    return fitted(t, n.lw);
+  });
+  boxed.map(function (b) { return b[0].getComputedTextLength() > b[1]; })
+    .forEach(function (wide, k) {
+      if (!wide) return;
+      boxed[k][0].setAttribute("textLength", boxed[k][1]);
+      boxed[k][0].setAttribute("lengthAdjust", "spacingAndGlyphs");
+    });
 
   function rows(n) {
     return [["fixture", n.label], ["key", n.key.slice(0, 16)],
@@ -578,7 +672,8 @@ _PAGE: Final = """\
             ["scope", n.scope || "?"], ["bytes", n.size],
             ["build", n.build_s.toFixed(3) + " s"], ["load", n.load_s.toFixed(3) + " s"],
             ["accesses", String(n.accesses)], ["writes", String(n.writes)],
-            ["tests", String(n.tests)]];
+            ["tests", String(n.tests)]].concat(n.stale ? [["stale", "yes: the code that " +
+            "made it changed since"]] : []);
   }
   function fill(list, n) {
     list.replaceChildren();
@@ -589,22 +684,26 @@ _PAGE: Final = """\
     return i === null || i === undefined ? null : Number(i);
   }
 
-  nodeLayer.addEventListener("mousemove", function (e) {
+  function hover(e) {
     var i = nodeOf(e.target);
     if (i === null) return;
     var n = data.nodes[i];
     tip.replaceChildren();
     htmlEl("strong", n.label, tip);
     htmlEl("div", n.size + ", built in " + n.build_s.toFixed(3) + " s, " + n.accesses +
-           " accesses", tip);
+           " accesses" + (n.stale ? " (stale)" : ""), tip);
     tip.style.left = e.clientX + 14 + "px";
     tip.style.top = e.clientY + 14 + "px";
     tip.style.display = "block";
+  }
+  [nodeLayer, labelLayer].forEach(function (layer) {
+    layer.addEventListener("mousemove", hover);
+    layer.addEventListener("mouseout", function () { tip.style.display = "none"; });
   });
-  nodeLayer.addEventListener("mouseout", function () { tip.style.display = "none"; });
 
   function highlight(keep) {
     circles.forEach(function (c, i) { c.classList.toggle("dim", keep !== null && !keep[i]); });
+    labels.forEach(function (t, i) { t.classList.toggle("dim", keep !== null && !keep[i]); });
     lines.forEach(function (l, k) {
       var e = data.edges[k];
       l.classList.toggle("dim", keep !== null && !(keep[e[0]] && keep[e[1]]));
@@ -639,6 +738,43 @@ _PAGE: Final = """\
       highlight(keep);
     });
   });
+
+  // The key: what size, colour, edges (and a dashed outline) mean.
+  var key = document.getElementById("key");
+  function keyRow(draw, width, height, text) {
+    var tr = htmlEl("tr", null, key);
+    var pic = document.createElementNS(NS, "svg");
+    pic.setAttribute("width", width);
+    pic.setAttribute("height", height);
+    draw(pic, width, height);
+    htmlEl("td", null, tr).appendChild(pic);
+    htmlEl("td", text, tr);
+  }
+  if (data.nodes.length) {
+    data.sizes.forEach(function (s, k) {
+      keyRow(function (pic, w, h) {
+        svgEl("circle", {cx: w / 2, cy: h / 2, r: s.r, fill: "#bbb"}, pic);
+      }, 36, Math.max(10, 2 * s.r + 2), s.size + (k ? "" : ": a disc's area is its bytes"));
+    });
+    keyRow(function (pic, w, h) {
+      data.groups.slice(0, 5).forEach(function (g, k) {
+        svgEl("circle", {cx: 5 + k * 6.5, cy: h / 2, r: 4, fill: g.colour}, pic);
+      });
+    }, 36, 12, "colour: partition (table below)");
+    if (data.edges.length) keyRow(function (pic, w, h) {
+      svgEl("line", {x1: 2, y1: h / 2, x2: w - 2, y2: h / 2, stroke: "#445",
+                     "stroke-width": 0.5, "stroke-opacity": 0.3}, pic);
+    }, 36, 8, "arc: a test used both elements");
+    if (data.max_weight > 1) keyRow(function (pic, w, h) {
+      svgEl("line", {x1: 2, y1: h / 2, x2: w - 2, y2: h / 2, stroke: "#445",
+                     "stroke-width": 3, "stroke-opacity": 0.55}, pic);
+    }, 36, 8, "thicker, darker: more tests (" + data.max_weight + " at most)");
+    if (data.nodes.some(function (n) { return n.stale; })) {
+      keyRow(function (pic, w, h) {
+        svgEl("circle", {"class": "node stale", cx: w / 2, cy: h / 2, r: 5, fill: "#bbb"}, pic);
+      }, 36, 12, "dashed, grey label: stale (its code changed since)");
+    }
+  }
 
   // Zoom around the pointer, pan by dragging; a drag is not a click.
   function toSvg(e) {

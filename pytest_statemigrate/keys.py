@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import inspect
+import json
 import os
 import pickle
 import platform
@@ -22,6 +23,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+
+#: In the store directory: the parts of the key each fixture's value last had when built
+#: (:func:`part_digests` by variant), so that a rebuild can say what changed.
+PARTS_FILE: Final = "key-parts.json"
 
 #: Bumped whenever the stored format or the key recipe changes: old entries then miss.
 #: 2: entries record their dependencies' states; 3: builds with side effects are refused.
@@ -196,3 +201,67 @@ class FileDigests:
         value = h.hexdigest()
         self._memo[path] = (st.st_size, st.st_mtime_ns, value)
         return value
+
+
+def part_digests(parts: KeyParts) -> dict[str, Any]:
+    """What :func:`make_key` hashes, part by part and short, for :func:`what_changed` to tell
+    a later key's parts apart from (short digests only: no value of an input is kept)."""
+    return {
+        "code": parts.code[:16],
+        "deps": {name: digest(token)[:16] for name, token in parts.deps},
+        "inputs": (parts.inputs or "")[:16],
+        "env": (parts.env or "")[:16],
+        "environment": parts.environment,
+    }
+
+
+def what_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """Why a fixture's key differs from the one its last build had, as a short phrase, from
+    the two :func:`part_digests`."""
+    if old.get("environment") != new.get("environment"):
+        return f"the interpreter or platform changed (was {old.get('environment')})"
+    if old.get("code") != new.get("code"):
+        return "code changed"
+    old_deps, new_deps = dict(old.get("deps") or {}), dict(new.get("deps") or {})
+    if set(old_deps) != set(new_deps):
+        return "code changed (its dependencies are not the same)"
+    for name, token in new_deps.items():
+        if old_deps[name] != token:
+            return f"its dependency {name} changed"
+    if old.get("inputs") != new.get("inputs"):
+        return "a declared input changed"
+    if old.get("env") != new.get("env"):
+        return "a declared environment variable changed"
+    return "its key changed"
+
+
+def load_parts(path: Path) -> dict[str, dict[str, Any]]:
+    """The :data:`PARTS_FILE` at ``path``; empty when missing or unreadable (it only words a
+    rebuild's reason)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): v for k, v in data.items() if isinstance(v, dict)}
+
+
+def save_parts(path: Path, parts: Mapping[str, Mapping[str, Any]]) -> None:
+    """Add ``parts`` (variant → parts of its key) to the file at ``path``, under an exclusive
+    lock (xdist workers finish together), replacing it atomically.
+
+    :raises OSError: when it cannot be written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover (Windows: the last writer wins)
+            pass
+        else:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        merged = {**load_parts(path), **parts}
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(merged, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, path)

@@ -122,6 +122,17 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         arg={"metavar": "PATH"},
     ),
     Setting(
+        "--sm-report",
+        None,
+        "write the run report (an HTML page: per fixture, the prefetch plan, the trend) to PATH",
+        doc="write the run report, one self-contained HTML page, at the end of the run: per "
+        "fixture builds, hits, seconds saved, bytes, refusals and rebuilds; the prefetch plan "
+        "against the test order; the trend over the kept sessions (`statemigrate report` "
+        "writes it from the last run's files; [esg.md](docs/esg.md#the-run-report))",
+        usage="--sm-report=PATH",
+        arg={"metavar": "PATH"},
+    ),
+    Setting(
         "--sm-dir",
         "statemigrate_dir",
         "store directory, relative to the rootdir",

@@ -453,6 +453,13 @@ class _Hooks:
                     f"--sm-stats-json={path}: cannot write it ({exc.strerror or exc}); name a "
                     "file in a directory that can be made"
                 )
+        keep = self._session is not None and not stats.is_empty()
+        report = self.settings.report_html
+        if (keep or report) and getattr(self.config, "workerinput", None) is None:
+            from .runreport import after_run
+
+            for line in after_run(stats, self.settings.store_dir, report, keep=keep):
+                stats.fallback(line)
         if stats.is_empty():
             return
         terminalreporter.write_sep("-", "statemigrate")

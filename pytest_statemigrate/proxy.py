@@ -467,10 +467,7 @@ class StateProxy:
         load_s = time.perf_counter() - start
         build_s = float(meta.get("build_s", 0.0))
         nbytes = sum(memoryview(f).nbytes for f in opened.payload)
-        self.stats.hits[str(getattr(fetched, "tier", "agent"))] += 1
-        self.stats.bytes_loaded += nbytes
-        self.stats.load_seconds += load_s
-        self.stats.saved_seconds += build_s - load_s
+        self.stats.count_hit(name, str(getattr(fetched, "tier", "agent")), nbytes, load_s, build_s)
         if load_s > build_s * LOAD_MARGIN:
             load_s = self._reload_seconds(payload, wanted.resolve, load_s, unpickling)
         if load_s > build_s * LOAD_MARGIN:
@@ -605,8 +602,7 @@ class StateProxy:
         :param states: the states of the dependencies it was built from (for ``deps_valid``
             of :meth:`lookup`).
         Returns the size of its pickle, 0 when it was not pickled."""
-        self.stats.builds += 1
-        self.stats.build_seconds += record.seconds
+        self.stats.count_build(name, record.seconds)
         if not miss.store:
             return 0
         if value is None:
@@ -672,8 +668,7 @@ class StateProxy:
             return nbytes
         self._fresh.add(key)
         self.entries[key] = entry
-        self.stats.bytes_stored += nbytes
-        self.stats.store_seconds += time.perf_counter() - start
+        self.stats.count_store(name, nbytes, time.perf_counter() - start)
         return nbytes
 
     def rebuild(self, key: str) -> Miss:
@@ -738,8 +733,7 @@ class StateProxy:
 
     def refuse(self, key: str, name: str, why: str, record: BuildRecord) -> None:
         """A built value that must not be stored (and is built from now on): say why."""
-        self.stats.builds += 1
-        self.stats.build_seconds += record.seconds
+        self.stats.count_build(name, record.seconds)
         self._mark_build(key, name, why, record.fingerprints, refused=True)
 
     def _mark_build(

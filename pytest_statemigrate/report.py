@@ -20,6 +20,51 @@ GROUP_NAMES: Final = 4
 
 
 @dataclass
+class FixtureCounts:
+    """One fixture's share of a run's counters (what the run report shows per fixture)."""
+
+    builds: int = 0
+    build_seconds: float = 0.0
+    hits: Counter[str] = field(default_factory=Counter)  # by tier
+    load_seconds: float = 0.0
+    saved_seconds: float = 0.0  # sum over its hits of (build seconds - load seconds)
+    bytes_loaded: int = 0
+    bytes_stored: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "builds": self.builds,
+            "build_seconds": round(self.build_seconds, 6),
+            "hits": dict(sorted(self.hits.items())),
+            "load_seconds": round(self.load_seconds, 6),
+            "saved_seconds": round(self.saved_seconds, 6),
+            "bytes_loaded": self.bytes_loaded,
+            "bytes_stored": self.bytes_stored,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FixtureCounts:
+        return cls(
+            builds=int(data.get("builds", 0)),
+            build_seconds=float(data.get("build_seconds", 0.0)),
+            hits=Counter({str(t): int(n) for t, n in dict(data.get("hits", {})).items()}),
+            load_seconds=float(data.get("load_seconds", 0.0)),
+            saved_seconds=float(data.get("saved_seconds", 0.0)),
+            bytes_loaded=int(data.get("bytes_loaded", 0)),
+            bytes_stored=int(data.get("bytes_stored", 0)),
+        )
+
+    def merge(self, other: FixtureCounts) -> None:
+        self.builds += other.builds
+        self.build_seconds += other.build_seconds
+        self.hits.update(other.hits)
+        self.load_seconds += other.load_seconds
+        self.saved_seconds += other.saved_seconds
+        self.bytes_loaded += other.bytes_loaded
+        self.bytes_stored += other.bytes_stored
+
+
+@dataclass
 class RunStats:
     """Counters of one run (or of one xdist worker, before merging)."""
 
@@ -50,11 +95,45 @@ class RunStats:
     #: xdist's controller: each worker's net saving, as merged (they ran side by side, so
     #: the sum is build time saved, not wall time)
     worker_saved: list[float] = field(default_factory=list)
+    #: fixture id → its share of the counters above
+    per_fixture: dict[str, FixtureCounts] = field(default_factory=dict)
 
     def fixture(self, ident: str, name: str) -> str:
         """Note a fixture's name; returns ``ident`` for chaining."""
         self.names[ident] = name
         return ident
+
+    def _counts(self, ident: str) -> FixtureCounts:
+        counts = self.per_fixture.get(ident)
+        if counts is None:
+            counts = self.per_fixture[ident] = FixtureCounts()
+        return counts
+
+    def count_hit(self, ident: str, tier: str, nbytes: int, load_s: float, build_s: float) -> None:
+        """A value of fixture ``ident`` was served from ``tier``."""
+        counts = self._counts(ident)
+        self.hits[tier] += 1
+        counts.hits[tier] += 1
+        self.bytes_loaded += nbytes
+        counts.bytes_loaded += nbytes
+        self.load_seconds += load_s
+        counts.load_seconds += load_s
+        self.saved_seconds += build_s - load_s
+        counts.saved_seconds += build_s - load_s
+
+    def count_build(self, ident: str, seconds: float) -> None:
+        """A value of fixture ``ident`` was built, in ``seconds``."""
+        counts = self._counts(ident)
+        self.builds += 1
+        counts.builds += 1
+        self.build_seconds += seconds
+        counts.build_seconds += seconds
+
+    def count_store(self, ident: str, nbytes: int, seconds: float) -> None:
+        """A built value of fixture ``ident`` was stored."""
+        self.bytes_stored += nbytes
+        self._counts(ident).bytes_stored += nbytes
+        self.store_seconds += seconds
 
     def fallback(self, message: str) -> None:
         self.fallbacks[message] = self.fallbacks.get(message, 0) + 1
@@ -109,6 +188,7 @@ class RunStats:
             "planned": dict(self.planned),
             "notes": list(self.notes),
             "worker_saved_seconds": [round(w, 6) for w in self.worker_saved],
+            "per_fixture": {i: c.to_json() for i, c in sorted(self.per_fixture.items())},
         }
 
     @classmethod
@@ -136,6 +216,10 @@ class RunStats:
             planned=dict(data.get("planned", {})),
             notes=list(data.get("notes", [])),
             worker_saved=[float(w) for w in data.get("worker_saved_seconds", [])],
+            per_fixture={
+                str(i): FixtureCounts.from_json(c)
+                for i, c in dict(data.get("per_fixture", {})).items()
+            },
         )
 
     def merge(self, other: RunStats) -> None:
@@ -162,6 +246,8 @@ class RunStats:
         for line in other.notes:
             self.note(line)
         self.worker_saved.extend(other.worker_saved or [other.net_saved()])
+        for ident, counts in other.per_fixture.items():
+            self._counts(ident).merge(counts)
 
     def net_saved(self) -> float:
         """Seconds of building the hits saved, less what the plugin's work in managed setups
@@ -186,14 +272,16 @@ class RunStats:
             f"hits: {hits}"
             + (f" ({by_tier})" if by_tier else "")
             + f"; builds: {self.builds}"
-            + (f" ({len(self.stale)} rebuilt: an input changed)" if self.stale else "")
+            + (f" ({len(self.stale)} rebuilt: why below)" if self.stale else "")
             + (f"; waited for another worker's build: {self.waited}" if self.waited else ""),
             f"loaded {_size(self.bytes_loaded)} in {self.load_seconds:.2f}s; "
             f"stored {_size(self.bytes_stored)} in {self.store_seconds:.2f}s; "
             f"built in {self.build_seconds:.2f}s; "
             + _saving(saved, hits, self.plugin_seconds, len(self.worker_saved)),
         ]
-        if self.prefetched:
+        # A prefetch that loaded nothing ahead on a run that loaded nothing (a cold run: the
+        # agent had none of the values asked) made no difference: no line for it.
+        if self.prefetched and (hits or self.prefetch_bytes):
             line = f"prefetched {self.prefetched} value(s) before the tests that need them"
             if self.prefetch_bytes:
                 used = self.prefetch_used_bytes / self.prefetch_bytes

@@ -32,14 +32,19 @@ from .codec import IMMUTABLE, Unpicklable, load_secret, state_digest
 from .esg import ESGStore, Prediction, SessionRecord
 from .inputs import BuildRecorder, fingerprint, restore_random, static_paths, value_digest
 from .keys import (
+    PARTS_FILE,
     KeyParts,
     Unkeyable,
     code_digest,
     digest,
     env_digest,
     inputs_digest,
+    load_parts,
     make_key,
     param_token,
+    part_digests,
+    save_parts,
+    what_changed,
 )
 from .proxy import (
     FIRST_PING_SECONDS,
@@ -536,6 +541,10 @@ class StateMigrateSession:
         self._on_disk = True  # the agent keeps values in its disk tier (else only its store)
         self._predicted: Prediction | None = None
         self._early: set[str] = set()  # keys prefetched before collection
+        #: key → (its variant, its parts' digests), for the keys made in this run
+        self._key_parts: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._parts_then: dict[str, dict[str, Any]] | None = None  # PARTS_FILE, once read
+        self._parts_now: dict[str, dict[str, Any]] = {}  # variant → parts of the key it built
         self.esg = SessionRecord.new()
         #: seconds the managed setups took since the last test report (builds, loads, stores):
         #: not the test's own time, which the shard plan needs apart from the state's
@@ -636,19 +645,49 @@ class StateMigrateSession:
         if spec is not None and spec.env:
             env = env_digest(spec.env)
         node = request.node.nodeid if analysis.uses_node else None
-        return make_key(
-            KeyParts(
-                # Where it is registered too: one function may serve under several names, or
-                # under one name in several modules (a factory's fixtures).
-                fixture=f"{analysis.fixture_id}|{fixturedef.argname}|{fixturedef.baseid}",
-                code=analysis.code,
-                param=param,
-                deps=deps,
-                inputs=inputs,
-                env=env,
-                node=node,
-            )
+        parts = KeyParts(
+            # Where it is registered too: one function may serve under several names, or
+            # under one name in several modules (a factory's fixtures).
+            fixture=f"{analysis.fixture_id}|{fixturedef.argname}|{fixturedef.baseid}",
+            code=analysis.code,
+            param=param,
+            deps=deps,
+            inputs=inputs,
+            env=env,
+            node=node,
         )
+        key = make_key(parts)
+        if node is None:  # (a key per test: no value of it is rebuilt for another reason)
+            self._key_parts[key] = (self._variant(request, parts), part_digests(parts))
+        return key
+
+    def _variant(self, request: Any, parts: KeyParts) -> str:
+        """Which value of the fixture ``parts`` names, the same from run to run whatever the
+        code: where it is defined, its param, and which value each dependency gave (a
+        dependency's param), so that a changed key is told from another value's."""
+        given = []
+        for name, token in parts.deps:
+            if token in self._key_parts:  # a managed dependency: its own variant
+                given.append(self._key_parts[token][0])
+                continue
+            cached = request._get_active_fixturedef(name).cached_result
+            given.append("" if cached is None else param_token(cached[1]))
+        return digest(parts.fixture, parts.param or "", *given)[:24]
+
+    def _why_rebuilt(self, key: str) -> str | None:
+        """Why ``key`` is built when its fixture's last build had another key (its code
+        changed, a dependency's...), from the parts of the keys last built (PARTS_FILE in the
+        store directory); None when nothing is known or it is the same key."""
+        if key not in self._key_parts or self.settings.refresh:
+            return None
+        if self._parts_then is None:
+            self._parts_then = load_parts(self.settings.store_dir / PARTS_FILE)
+        variant, now = self._key_parts[key]
+        self._parts_now[variant] = {**now, "key": key}
+        then = self._parts_then.get(variant)
+        if then is None or then.get("key") == key:
+            return None
+        return what_changed(then, now)
 
     # -- the setup of one managed fixture --------------------------------------------------
     def setup(self, fixturedef: Any, request: Any) -> Generator[None, Any, Any]:
@@ -735,6 +774,10 @@ class StateMigrateSession:
                     self.stats.built_instead[name] = f"depends on {dep_name}, built in-process"
             self._entry.pop(fixturedef, None)
             self._owned.pop(fixturedef, None)
+            if isinstance(found, Miss) and name not in self.stats.stale:
+                why = self._why_rebuilt(key)
+                if why is not None:
+                    self.stats.stale[name] = why
             if isinstance(found, Hit):
                 self.stats.managed.add(name)
                 _replay(found.warnings)
@@ -1498,6 +1541,11 @@ class StateMigrateSession:
         """At the end of the session, before the summary: what the agent failed to keep."""
         self._note_refusals()
         self._prefetch_report()
+        if self._parts_now:
+            try:
+                save_parts(self.settings.store_dir / PARTS_FILE, self._parts_now)
+            except OSError as exc:  # only the reason a later rebuild is given depends on it
+                self.stats.fallback(f"could not write {PARTS_FILE} ({exc})")
         self.proxy.check_writes()
         self.proxy.close_link()
         if self.embedded is not None:

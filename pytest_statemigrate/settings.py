@@ -182,6 +182,7 @@ class Settings:
     lookahead_tests: int = DEFAULTS["lookahead_tests"]
     lookahead_bytes: int = DEFAULTS["lookahead_bytes"]
     plan_json: Path | None = None  # --sm-plan: where the run's migration plan is written
+    report_html: Path | None = None  # --sm-report: where the run report is written
     shard: ShardSpec | str = DEFAULTS["shard"]  # a spec, "auto" or "off"
     #: --sm-keys / statemigrate_keys, loaded: CURVE keys for talking to ``agent``
     curve: ClientKeys | None = None
@@ -278,6 +279,7 @@ def build(
         lookahead_tests=ini_or_default("lookahead_tests", _positive(int)),
         lookahead_bytes=ini_or_default("lookahead_bytes", parse_size),
         plan_json=Path(option("sm_plan")) if option("sm_plan") else None,
+        report_html=Path(option("sm_report")) if option("sm_report") else None,
         shard=option("sm_shard") or ini_or_default("shard", parse_shard),
         curve=curve,
         affinity=ini_or_default("affinity", _choice(SWITCHES)) == "on",

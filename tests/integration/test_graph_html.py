@@ -1,9 +1,12 @@
-"""The HTML graph page in a real browser: headless Chromium draws every element, no script error.
+"""The HTML graph page in a real browser: headless Chromium draws every element and its label,
+no two labels or partition titles overlap, no script error.
 
 Chromium loads the page from a file, runs its script and dumps the resulting DOM. The page sets
 ``body[data-rendered]`` to the number of elements it drew and keeps script errors in
-``body[data-errors]``; Chromium's console log (stderr) is checked for "Uncaught" too. The
-negative cases run the same checks on broken pages, so the harness cannot pass vacuously.
+``body[data-errors]``; Chromium's console log (stderr) is checked for "Uncaught" too. A script
+appended to the page (:data:`CHECK`) reads every label's and title's bounding box from the
+rendered DOM (``getBoundingClientRect``) and notes the pairs that overlap. The negative cases
+run the same checks on broken pages, so the harness cannot pass vacuously.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class Dom(HTMLParser):
         self.edges = 0
         self.legend_rows = 0
         self._in_legend = False
+        self._in_body = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         attributes = dict(attrs)
@@ -65,16 +69,20 @@ class Dom(HTMLParser):
             self.body = attributes
         elif tag == "circle" and "data-key" in attributes:
             self.circles.append(attributes)
-        elif tag == "line" and "edge" in str(attributes.get("class")).split():
+        elif tag in ("line", "path") and "edge" in str(attributes.get("class")).split():
             self.edges += 1
+        elif tag == "table":
+            self._in_legend = attributes.get("id") == "legend"
         elif tag == "tbody":
-            self._in_legend = True
-        elif tag == "tr" and self._in_legend:
+            self._in_body = True
+        elif tag == "tr" and self._in_legend and self._in_body:
             self.legend_rows += 1
 
     def handle_endtag(self, tag: str) -> None:
-        if tag == "tbody":
+        if tag == "table":
             self._in_legend = False
+        elif tag == "tbody":
+            self._in_body = False
 
 
 @dataclass
@@ -83,12 +91,66 @@ class Rendered:
     stderr: str
 
 
+#: Appended to a page: every text ``@@SELECTOR@@`` selects (labels and titles), its bounding
+#: box as drawn, and the pairs of them that overlap (a sweep over the boxes sorted by their
+#: left edge), kept in body data attributes. Boxes that only touch do not overlap.
+CHECK = """<script>
+(function () {
+  var body = document.body;
+  var texts = Array.prototype.slice.call(document.querySelectorAll("@@SELECTOR@@"));
+  var boxes = texts.map(function (t) { return t.getBoundingClientRect(); });
+  var order = boxes.map(function (b, i) { return i; });
+  order.sort(function (i, j) { return boxes[i].left - boxes[j].left; });
+  var overlaps = [];
+  for (var a = 0; a < order.length; a++) {
+    var p = boxes[order[a]];
+    for (var b = a + 1; b < order.length && boxes[order[b]].left < p.right; b++) {
+      var q = boxes[order[b]];
+      if (q.top < p.bottom && p.top < q.bottom) {
+        overlaps.push(texts[order[a]].textContent + " / " + texts[order[b]].textContent);
+      }
+    }
+  }
+  function count(selector) { return String(document.querySelectorAll(selector).length); }
+  body.dataset.labels = count("#graph text.label");
+  body.dataset.titles = count("#graph text.glabel");
+  body.dataset.blank = String(boxes.filter(function (b, i) {
+    return !(b.width > 0 && b.height > 0 && texts[i].textContent);
+  }).length);
+  body.dataset.overlaps = String(overlaps.length);
+  body.dataset.overlapping = overlaps.slice(0, 5).join(" | ");
+})();
+</script>
+</body>"""
+
+
+def write_page(page: Path, text: str, selector: str = "#graph text") -> Path:
+    """``text`` with :data:`CHECK` for the texts ``selector`` selects appended, written to
+    ``page``."""
+    check = CHECK.replace("@@SELECTOR@@", selector)
+    page.write_text(text.replace("</body>", check), encoding="utf-8")
+    return page
+
+
+def overlap_problems(body: dict[str, str | None]) -> list[str]:
+    """What :data:`CHECK` found: texts drawn blank, texts that overlap."""
+    found = []
+    if body.get("data-blank") != "0":
+        found.append(f"{body.get('data-blank')} labels drawn blank or empty")
+    if body.get("data-overlaps") != "0":
+        found.append(
+            f"labels overlap: {body.get('data-overlaps')} pairs ({body.get('data-overlapping')})"
+        )
+    return found
+
+
 def render(page: Path, tmp: Path) -> Rendered:
     """Load ``page`` in headless Chromium and return its DOM after the scripts ran."""
     command = [
         str(CHROMIUM),
         *FLAGS,
         f"--user-data-dir={tmp / 'chromium-profile'}",
+        "--window-size=1400,1000",
         "--dump-dom",
         page.as_uri(),
     ]
@@ -138,7 +200,11 @@ def problems(rendered: Rendered, graph: nx.Graph) -> list[str]:
         found.append(f"{rendered.dom.edges} edges drawn")
     if "data-pwned" in body:
         found.append("a label ran as a script")
-    return found
+    if body.get("data-labels") != str(graph.number_of_nodes()):
+        found.append(f"data-labels={body.get('data-labels')!r}")
+    if graph.number_of_nodes() and body.get("data-titles") != str(len(partitions)):
+        found.append(f"data-titles={body.get('data-titles')!r} for {len(partitions)} partitions")
+    return found + overlap_problems(body)
 
 
 def suite_graph(elements: int = 300, partitions: int = 6, seed: int = 7) -> nx.Graph:
@@ -146,6 +212,7 @@ def suite_graph(elements: int = 300, partitions: int = 6, seed: int = 7) -> nx.G
     elements co-accessed by tests that mostly stay within one partition."""
     rng = random.Random(seed)
     g = nx.Graph()
+    loose = elements // 15  # not partitioned yet
     keys = [hashlib.sha256(f"{seed}-{i}".encode()).hexdigest() for i in range(elements)]
     for i, key in enumerate(keys):
         g.add_node(
@@ -158,11 +225,12 @@ def suite_graph(elements: int = 300, partitions: int = 6, seed: int = 7) -> nx.G
             accesses=rng.randrange(1, 40),
             writes=rng.randrange(3),
             tests=rng.randrange(1, 30),
-            partition=None if i >= elements - 20 else i % partitions,
+            partition=None if i >= elements - loose else i % partitions,
         )
     for _ in range(elements):
         home = rng.randrange(partitions)
-        used = [*rng.sample(keys[home : elements - 20 : partitions], 4), rng.choice(keys)]
+        members = keys[home : elements - loose : partitions]
+        used = [*rng.sample(members, min(4, len(members))), rng.choice(keys)]
         for a in used:
             for b in used:
                 if a < b:
@@ -170,10 +238,20 @@ def suite_graph(elements: int = 300, partitions: int = 6, seed: int = 7) -> nx.G
     return g
 
 
-@pytest.mark.parametrize("graph", [suite_graph(), nx.Graph()], ids=["300-elements", "empty"])
-def test_chromium_draws_every_element(tmp_path: Path, graph: nx.Graph) -> None:
-    page = tmp_path / "esg.html"
-    export(graph, "html", page)
+@pytest.mark.parametrize(
+    "graph",
+    [
+        suite_graph(elements=1, partitions=1),
+        suite_graph(elements=20, partitions=4),
+        suite_graph(elements=500, partitions=6),
+        nx.Graph(),
+    ],
+    ids=["1-element", "20-elements", "500-elements", "empty"],
+)
+def test_chromium_draws_every_element_and_no_labels_overlap(
+    tmp_path: Path, graph: nx.Graph
+) -> None:
+    page = write_page(tmp_path / "esg.html", export(graph, "html"))
     rendered = render(page, tmp_path)
     assert problems(rendered, graph) == []
 
@@ -197,6 +275,18 @@ BREAKAGES: dict[str, tuple[Callable[[str], str], str]] = {
         lambda page: page.replace("\\u003c", "<").replace("\\u003e", ">"),
         "a label ran as a script",
     ),
+    "labels-too-big": (
+        lambda page: page.replace('"font-size": data.font,', '"font-size": data.font * 2,'),
+        "labels overlap",
+    ),
+    "titles-on-one-spot": (
+        lambda page: page.replace("x: g.tx, y: g.ty,", "x: 0, y: 0,"),
+        "labels overlap",
+    ),
+    "a-label-missing": (
+        lambda page: page.replace("t.textContent = n.text;", "t.textContent = i ? n.text : '';"),
+        "1 labels drawn blank",
+    ),
 }
 
 
@@ -207,8 +297,7 @@ def test_the_harness_sees_a_broken_page(tmp_path: Path, name: str) -> None:
     text = export(graph, "html")
     broken = breakage(text)
     assert broken != text
-    page = tmp_path / "broken.html"
-    page.write_text(broken, encoding="utf-8")
+    page = write_page(tmp_path / "broken.html", broken)
     found = problems(render(page, tmp_path), graph)
     assert any(problem.startswith(symptom) for problem in found), found
 
@@ -234,13 +323,14 @@ INTERACT = """<script>
   body.dataset.zoomed = String(svg.getAttribute("viewBox") !== before);
 })();
 </script>
-</body>"""
+"""
 
 
 def test_hover_click_legend_and_zoom(tmp_path: Path) -> None:
     graph = suite_graph(elements=60, partitions=3)
-    page = tmp_path / "esg.html"
-    page.write_text(export(graph, "html").replace("</body>", INTERACT), encoding="utf-8")
+    page = write_page(
+        tmp_path / "esg.html", export(graph, "html").replace("</body>", INTERACT + "</body>")
+    )
     rendered = render(page, tmp_path)
     assert problems(rendered, graph) == []
     body = rendered.dom.body

@@ -204,24 +204,70 @@ def test_missing_and_unreadable_attributes() -> None:
     assert sorted(e[2] for e in data["edges"]) == [1, 1]
 
 
-def test_layout_keeps_partitions_apart_and_sizes_by_bytes() -> None:
+Box = tuple[float, float, float, float]  # left, top, right, bottom
+
+
+def overlap(a: Box, b: Box) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def label_box(node: dict[str, Any]) -> Box:
+    """The room the layout gives a label: its box, a row's height around its middle."""
+    return (node["lx"], node["y"] - ex.ROW / 2, node["lx"] + node["lw"], node["y"] + ex.ROW / 2)
+
+
+@pytest.mark.parametrize("elements", [1, 20, 500])
+def test_layout_gives_every_label_and_title_a_box_of_its_own(elements: int) -> None:
     g = nx.Graph()
-    for i in range(60):
-        g.add_node(key(i), bytes=[0, 25, 100][i % 3] * 1000, partition=i % 4)
-    for i in range(56):
+    for i in range(elements):
+        name = "x" * (i % 70) if i % 7 == 0 else f"fixture_{i % 9}"
+        g.add_node(
+            key(i),
+            fixture=f"tests/conftest.py::{name}[p{i}]",
+            bytes=[0, 25, 100][i % 3] * 1000,
+            partition=None if i % 11 == 5 else i % 4,
+        )
+    for i in range(elements - 4):
         g.add_edge(key(i), key(i + 4), weight=1 + i % 5)
     data = page_data(export(g, "html"))
-    groups = {grp["id"]: grp for grp in data["groups"]}
-    for a in groups.values():
-        for b in groups.values():
-            if a is not b:
-                assert math.dist((a["x"], a["y"]), (b["x"], b["y"])) >= a["r"] + b["r"]
-    for node in data["nodes"]:
-        grp = groups[node["partition"]]
-        assert math.dist((node["x"], node["y"]), (grp["x"], grp["y"])) + node["r"] <= grp["r"] + 0.2
-    radius = {n["bytes"]: n["r"] for n in data["nodes"]}
-    assert radius == {0: ex.MIN_RADIUS, 25000: ex.MAX_RADIUS / 2, 100000: ex.MAX_RADIUS}
+    cards = {grp["id"]: grp for grp in data["groups"]}
+    boxes = [(c["x"], c["y"], c["x"] + c["w"], c["y"] + c["h"]) for c in cards.values()]
+    assert not any(overlap(a, b) for i, a in enumerate(boxes) for b in boxes[:i])
+    for card in cards.values():  # the title stays in its card's title row
+        assert card["tx"] + card["tw"] <= card["x"] + card["w"]
+        assert card["y"] < card["ty"] <= card["y"] + ex.TITLE_ROW
+    labels = [label_box(n) for n in data["nodes"]]
+    assert not any(overlap(a, b) for i, a in enumerate(labels) for b in labels[:i])
+    for node, box in zip(data["nodes"], labels, strict=True):
+        card = cards[node["partition"]]
+        assert card["x"] <= node["x"] - node["r"] and box[2] <= card["x"] + card["w"]
+        assert card["y"] + ex.TITLE_ROW <= box[1] and box[3] <= card["y"] + card["h"]
+        assert node["x"] + node["r"] < box[0]  # the disc beside its label, not under it
+        assert len(node["text"].removesuffix(" (stale)")) <= ex.LABEL_CHARS
+        assert node["lw"] >= len(node["text"]) * ex.CHAR_W * ex.FONT
     assert page_data(export(g, "html")) == data  # deterministic
+
+
+def test_labels_name_the_fixture_and_param_and_sizes_go_by_bytes() -> None:
+    g = nx.Graph()
+    g.add_node(key(0), fixture="tests/conftest.py::corpus[en]", bytes=100_000, partition=0)
+    g.add_node(key(1), fixture="tests/a/conftest.py::model", bytes=25_000, partition=0)
+    g.add_node(key(2), fixture="tests/b/conftest.py::model", bytes=0, partition=0)
+    long = "tests/conftest.py::" + "v" * 60 + "[param-at-the-end]"
+    g.add_node(key(3), fixture=long, bytes=1000, partition=0, stale=True)
+    data = page_data(export(g, "html"))
+    nodes = {n["key"]: n for n in data["nodes"]}
+    assert nodes[key(0)]["text"] == "corpus[en]"  # where it is defined: in the details
+    assert nodes[key(1)]["text"] == "tests/a/conftest.py::model"  # two of that name
+    assert (
+        nodes[key(3)]["text"].endswith("at-the-end] (stale)") and "\u2026" in nodes[key(3)]["text"]
+    )
+    assert [n["stale"] for n in data["nodes"]] == [False, False, True, False]
+    radius = {n["bytes"]: n["r"] for n in data["nodes"]}
+    assert radius[0] == ex.MIN_RADIUS and radius[100_000] == ex.MAX_RADIUS
+    assert radius[25_000] == ex.MAX_RADIUS / 2
+    assert [s["size"] for s in data["sizes"]] == ["97.7 KiB", "24.4 KiB", "1000 B"]
+    assert "4 elements, 123.0 KiB; 0 co-access edges; 1 partition; 1 stale." in export(g, "html")
 
 
 def test_html_draws_the_heaviest_edges_only(monkeypatch: pytest.MonkeyPatch) -> None:

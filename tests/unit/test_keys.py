@@ -100,3 +100,17 @@ def test_bad_size_says_how() -> None:
 
 def test_patterns() -> None:
     assert parse_patterns(" a, b* ,,") == ("a", "b*")
+
+
+def test_what_changed_names_the_part_of_the_key() -> None:
+    part_digests, what_changed = keys.part_digests, keys.what_changed
+    base = keys.KeyParts("c.py::model", "code1", deps=(("data", "data-k1"),), inputs="i1")
+    then = part_digests(base)
+    assert what_changed(then, part_digests(replace(base, code="code2"))) == "code changed"
+    changed_dep = replace(base, deps=(("data", "data-k2"),))
+    assert what_changed(then, part_digests(changed_dep)) == "its dependency data changed"
+    assert what_changed(then, part_digests(replace(base, inputs="i2"))) == (
+        "a declared input changed"
+    )
+    moved = replace(base, environment="fmt2|cpython|3.14.0|linux|x86_64")
+    assert what_changed(then, part_digests(moved)).startswith("the interpreter or platform")

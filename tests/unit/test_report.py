@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 from pytest_statemigrate.report import RunStats
@@ -88,3 +89,65 @@ def test_workers_savings_are_build_time_not_wall_time() -> None:
     assert RunStats.from_json(controller.to_json()).worker_saved == [3.1, 2.88]
     single = RunStats(hits=Counter(disk=3), saved_seconds=3.10, load_seconds=0.1)
     assert single.lines()[2].endswith("saved ~3.10s")  # one process: wall time it is
+
+
+def test_no_prefetched_line_when_the_prefetch_served_nothing() -> None:
+    cold = RunStats(managed={"x"}, builds=3, prefetched=3)
+    assert not any(line.startswith("prefetched") for line in cold.lines())
+    warm = RunStats(managed={"x"}, hits=Counter(ram=3), prefetched=3)
+    assert "prefetched 3 value(s) before the tests that need them" in warm.lines()
+
+
+def test_per_fixture_counts_add_up_and_survive_workers() -> None:
+    a, b = RunStats(), RunStats()
+    a.count_build("c.py::x", 2.0)
+    a.count_store("c.py::x", 100, 0.1)
+    b.count_hit("c.py::x", "disk", 100, 0.5, 2.0)
+    b.count_hit("c.py::y", "ram", 10, 0.1, 1.0)
+    a.merge(RunStats.from_json(b.to_json()))
+    data = RunStats.from_json(a.to_json()).to_json()
+    assert data["per_fixture"]["c.py::x"] == {
+        "builds": 1,
+        "build_seconds": 2.0,
+        "hits": {"disk": 1},
+        "load_seconds": 0.5,
+        "saved_seconds": 1.5,
+        "bytes_loaded": 100,
+        "bytes_stored": 100,
+    }
+    assert data["hits"] == {"disk": 1, "ram": 1} and data["builds"] == 1
+    assert data["saved_seconds"] == 2.4 and data["bytes_loaded"] == 110
+
+
+def test_the_run_report_says_which_parts_have_no_data() -> None:
+    from pytest_statemigrate.runreport import render
+
+    page = render(None, None, None)
+    assert "No run statistics" in page and "no session recorded yet" in page
+    assert "No prefetch plan for this run. A cold run has none" in page
+    assert 'data-fixtures="0" data-loads="0" data-sessions="0"' in page
+    assert "<script src" not in page and "http" not in page  # self-contained
+
+
+def test_the_run_report_lists_each_fixture_with_its_reasons() -> None:
+    from pytest_statemigrate.runreport import Session, render
+
+    stats = RunStats()
+    built = stats.fixture("c.py::model", "model")
+    stats.managed.add(built)
+    stats.count_build(built, 2.5)
+    stats.stale[built] = "code changed"
+    served = stats.fixture("c.py::corpus", "corpus")
+    stats.managed.add(served)
+    stats.count_hit(served, "ram", 2048, 0.1, 3.0)
+    stats.count_hit(served, "disk", 2048, 0.2, 3.0)
+    refused = stats.fixture("c.py::conn", "<conn>")
+    stats.refused[refused] = "yield fixture"
+    page = render(stats.to_json(), None, [Session("a" * 32, 0.0, "h", 3, 2)])
+    rows = re.findall(r"<tr><td class=\"label\"[^>]*>(.*?)</td>(.*?)</tr>", page)
+    assert [name for name, _ in rows] == ["corpus", "model", "&lt;conn&gt;"]  # biggest first
+    corpus, model, conn = (cells for _, cells in rows)
+    assert "<td>2 <small>(disk 1, ram 1)</small></td>" in corpus and "5.700" in corpus
+    assert "<b>rebuilt</b>: code changed" in model and "<td>1</td>" in model
+    assert "<b>refused</b>: yield fixture" in conn
+    assert 'data-fixtures="3" data-loads="0" data-sessions="1"' in page

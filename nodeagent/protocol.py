@@ -108,6 +108,7 @@ ERRORS: Final = frozenset(
         "too-large",
         "too-many-leases",
         "disk-full",
+        "auth",  # the connection's CURVE key is no longer authorized (a reload removed it)
         "internal",
     }
 )

@@ -210,10 +210,12 @@ def test_an_agent_on_a_full_disk_exits_with_one_line(tmpfs: Path) -> None:
 # --------------------------------------------------------------------------- through the plugin
 
 CONFTEST = """
+import time
 import pytest
 
 @pytest.fixture(scope="session")
 def dataset():
+    time.sleep(0.2)  # (loading must pay: a value of no cost is built, not loaded)
     return list(range(5000))
 """
 

@@ -63,7 +63,8 @@ def _fsspec_protocols(location: str) -> tuple[Mapping[str, Any], Mapping[str, An
         from fsspec.registry import known_implementations, registry
     except ImportError:
         raise StoreError(
-            f"store {location!r} is a URL, which needs fsspec: pip install fsspec"
+            f"store {location!r} is a URL, which needs fsspec, the url extra: "
+            "pip install 'pytest-statemigrate[url]'"
         ) from None
     return registry, known_implementations
 

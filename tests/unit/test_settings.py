@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,19 @@ def test_a_bad_store_url_is_one_line_naming_it_and_the_fix(url: str, says: str) 
     message = str(info.value)
     assert message.startswith("statemigrate: bad value for statemigrate_store:")
     assert url in message and says in message and "\n" not in message
+
+
+def test_a_store_url_without_fsspec_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fsspec is the ``url`` extra: where it is missing (its import fails, as without the
+    extra), a URL store is one line naming what to install."""
+    monkeypatch.setitem(sys.modules, "fsspec", None)
+    monkeypatch.setitem(sys.modules, "fsspec.registry", None)
+    with pytest.raises(st.SettingsError) as info:
+        build({"statemigrate_store": "s3://bucket/x"})
+    assert str(info.value) == (
+        "statemigrate: bad value for statemigrate_store: store 's3://bucket/x' is a URL, which "
+        "needs fsspec, the url extra: pip install 'pytest-statemigrate[url]'"
+    )
 
 
 def test_a_store_directory_or_known_url_is_kept() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from nodeagent.launcher import AgentProcess, start_agent
 from nodeagent.protocol import MAX_LEASES_PER_HOLDER
 from nodeagent.tiers import _open_cache
 from tests.conftest import Suite
-from tests.integration.conftest import StartAgent
+from tests.integration.conftest import StartAgent, mounted_tmpfs
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,20 +34,8 @@ def _killed(agent: AgentProcess) -> None:
 @pytest.fixture
 def tmpfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A 2 MiB tmpfs: a disk that really fills up (needs root and mount)."""
-    path = tmp_path_factory.mktemp("tmpfs")
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path_factory.mktemp("tmpfs"), "2m") as path:
         yield path
-    finally:
-        subprocess.run(["umount", "--lazy", str(path)], check=False)
 
 
 def _fill(directory: Path) -> None:

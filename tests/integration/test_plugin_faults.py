@@ -15,7 +15,7 @@ import pytest
 
 from nodeagent.tiers import _open_cache
 from tests.conftest import Suite
-from tests.integration.conftest import StartAgent
+from tests.integration.conftest import StartAgent, mounted_tmpfs
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -184,20 +184,8 @@ def test_unknown_secret_is_not_trusted(suite: Suite) -> None:
 @pytest.fixture
 def tiny_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A 1 MiB tmpfs: a real full disk (needs root and mount)."""
-    path = tmp_path_factory.mktemp("tiny")
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path_factory.mktemp("tiny"), "1m") as path:
         yield str(path)
-    finally:
-        subprocess.run(["umount", "--lazy", str(path)], check=False)
 
 
 def test_full_disk_costs_a_rebuild_not_an_outcome(

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -246,6 +247,18 @@ def _check(key: str, got: Fetched) -> None:
     assert msgpack.unpackb(head)[0] == key, f"{key}: another key's value"
 
 
+@contextlib.contextmanager
+def _threaded(client: AgentClient) -> Iterator[AgentClient]:
+    """A client of one of several threads: closed without stopping pyzmq's process-wide
+    garbage-collector thread, through which the other threads' clients may be sending
+    zero-copy at that moment (stopping it then blocks in its context's term, and later sends
+    in this process fail with "Context was terminated")."""
+    try:
+        yield client
+    finally:
+        client.close(stop_zmq_gc=False)
+
+
 def test_concurrent_get_put_lease_keep_single_flight_and_limits(tmp_path: Path) -> None:
     agent = start_agent(
         disk_dir=str(tmp_path / "disk"),
@@ -263,7 +276,7 @@ def test_concurrent_get_put_lease_keep_single_flight_and_limits(tmp_path: Path) 
         me = f"thread{index}"
         seen: dict[str, int] = {}
         try:
-            with AgentClient(agent.endpoint, timeout=30) as client:
+            with _threaded(AgentClient(agent.endpoint, timeout=30)) as client:
                 deadline = time.monotonic() + SECONDS
                 n = 0
                 while time.monotonic() < deadline:
@@ -299,7 +312,7 @@ def test_concurrent_get_put_lease_keep_single_flight_and_limits(tmp_path: Path) 
         except Exception as exc:
             problems.append(f"{me}: {type(exc).__name__}: {exc}")
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(THREADS)]
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(THREADS)]
     try:
         for thread in threads:
             thread.start()

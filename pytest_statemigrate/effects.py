@@ -231,7 +231,7 @@ def _logger_state(logger: logging.Logger) -> tuple[Any, ...]:
 
 @dataclass
 class Snapshot:
-    env: dict[str, str]
+    env: dict[Any, Any]  # os.environ's own encoded mapping (a C-level copy)
     cwd: str
     path: list[str]
     filters: list[Any]
@@ -250,7 +250,7 @@ class Snapshot:
         }
         loggers[""] = _logger_state(logging.root)
         return cls(
-            env=dict(os.environ),
+            env=_environ_data(),
             cwd=_cwd(),
             path=list(sys.path),
             filters=list(warnings.filters),
@@ -272,7 +272,8 @@ class Snapshot:
         filters_changed = now.filters != self.filters
         disabled = now.disable != self.disable
         if made is not None:
-            env, env_now = _only(env, made.env), _only(env_now, made.env)
+            names = {_encode_key(n) for n in made.env}
+            env, env_now = _only(env, names), _only(env_now, names)
             signals, signals_now = _only(signals, made.signals), _only(signals_now, made.signals)
             loggers, loggers_now = _only(loggers, made.loggers), _only(loggers_now, made.loggers)
             filters_changed = bool(_moved(self.filters, now.filters) & made.filters)
@@ -316,13 +317,32 @@ def _signals() -> list[int]:
     return sorted(int(s) for s in valid()) if valid is not None else []
 
 
-def _env(before: Mapping[str, str], after: Mapping[str, str]) -> str | None:
-    for name in sorted(before.keys() | after.keys()):
-        if before.get(name) == after.get(name):
+def _environ_data() -> dict[Any, Any]:
+    """The environment as ``os.environ`` keeps it (encoded keys and values), copied in C:
+    iterating ``os.environ`` decodes every item in Python."""
+    data = getattr(os.environ, "_data", None)
+    return dict(data) if isinstance(data, dict) else dict(os.environ)
+
+
+def _encode_key(name: str) -> Any:
+    encode = getattr(os.environ, "encodekey", None)
+    try:
+        return encode(name) if encode is not None else name
+    except Exception:  # (a name the platform cannot encode: compared as it is)
+        return name
+
+
+def _decode_key(key: Any) -> str:
+    return os.fsdecode(key) if isinstance(key, bytes) else str(key)
+
+
+def _env(before: Mapping[Any, Any], after: Mapping[Any, Any]) -> str | None:
+    for key in sorted(before.keys() | after.keys(), key=_decode_key):
+        if before.get(key) == after.get(key):
             continue
-        if name not in after:
-            return f"unsets the environment variable {name}"
-        return f"sets the environment variable {name}"
+        if key not in after:
+            return f"unsets the environment variable {_decode_key(key)}"
+        return f"sets the environment variable {_decode_key(key)}"
     return None
 
 

@@ -17,6 +17,7 @@ agent none of this runs: no LOCATE, no ring, the same round trips as before.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import time
@@ -451,15 +452,22 @@ class StateProxy:
                 return None
             payload, owned = restored
         unpickling = time.perf_counter()
+        lost: str | None = None
+        unplaced = False
         try:
             value = codec.load(payload, wanted.resolve, self.paths)
-        except trees.Unplaced:
-            return None  # it points into files this session does not have: build it
         except Exception as exc:
+            unplaced = isinstance(exc, trees.Unplaced)
+            lost = codec.lost(exc)
+        if lost is not None:
+            # What it loaded half-way is collected now, silently: a build makes none of it.
+            with codec.quietly_collected():
+                pass
+            if unplaced:
+                return None  # it points into files this session does not have: build it
             # Signed and intact, yet it does not load: the value does not survive pickling
             # (a __getattr__ or __reduce__ that misbehaves). Refuse it from now on.
-            why = codec.lost(exc)
-            self._mark_build(key, name, why, prints, refused=True)
+            self._mark_build(key, name, lost, prints, refused=True)
             return Miss(store=False)
         if value is None:  # stored before None values were refused
             self._mark_build(key, name, NONE_VALUE, prints, refused=True)
@@ -516,12 +524,15 @@ class StateProxy:
         imported them too); once imported, a load costs what every later one will. One more
         unpickling, only for a value about to be built from now on."""
         first = time.perf_counter() - unpickling
-        again = time.perf_counter()
-        try:
-            codec.load(payload, resolve, self.paths)
-        except Exception:
-            return load_s
-        return load_s - first + min(first, time.perf_counter() - again)
+        gc.collect()  # (then only the copy is collected quietly, below)
+        with codec.quietly_collected():
+            again = time.perf_counter()
+            try:
+                codec.load(payload, resolve, self.paths)
+            except Exception:
+                return load_s
+            seconds = time.perf_counter() - again
+        return load_s - first + min(first, seconds)
 
     def _fetch_placed(self, key: str) -> Any:
         """Several agents: LOCATE at the key's directory, then GET from the holders, nearest

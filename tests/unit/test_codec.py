@@ -207,3 +207,39 @@ def test_values_that_would_unpickle_wrongly_are_refused() -> None:
         codec.dump({"x": Swallows()}, {})
     loaded = codec.load(codec.dump(Careful(), {}), {}.__getitem__)
     assert loaded.items == [1]
+
+
+class _Raising:
+    """In a cycle, so only the collector frees it; its finalizer raises and warns."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+    def __del__(self) -> None:
+        import warnings
+
+        warnings.warn("unclosed", ResourceWarning, stacklevel=1)
+        raise RuntimeError("half-built")
+
+
+def test_what_a_thrown_away_load_left_is_collected_silently() -> None:
+    import gc
+    import sys
+    import weakref
+
+    seen: list[Any] = []
+    hook = sys.unraisablehook
+    sys.unraisablehook = seen.append
+    try:
+        with codec.quietly_collected():
+            leftover = _Raising()
+            gone = weakref.ref(leftover)
+            del leftover
+        assert gone() is None  # collected when the block ended, not at some later test
+        assert seen == []
+        assert sys.unraisablehook == seen.append  # the hook is the caller's again
+        _Raising()
+        gc.collect()  # outside the block: reported as usual
+        assert len(seen) == 1
+    finally:
+        sys.unraisablehook = hook

@@ -239,6 +239,8 @@ class Snapshot:
     loggers: dict[str, tuple[Any, ...]]
     disable: int
     modules: dict[str, tuple[ModuleType, dict[str, Any]]]
+    #: the project's module-level containers, class dicts and instance dicts, shallow
+    contents: list[tuple[str, Any, Any]]
 
     @classmethod
     def take(cls, modules: Callable[[], Sequence[ModuleType]] | None = None) -> Snapshot:
@@ -249,6 +251,7 @@ class Snapshot:
             if isinstance(lg, logging.Logger)
         }
         loggers[""] = _logger_state(logging.root)
+        found = list(modules()) if modules else []
         return cls(
             env=_environ_data(),
             cwd=_cwd(),
@@ -257,7 +260,8 @@ class Snapshot:
             signals={s: signal.getsignal(s) for s in _signals()},
             loggers=loggers,
             disable=manager.disable,
-            modules={m.__name__: (m, dict(vars(m))) for m in (modules() if modules else ())},
+            modules={m.__name__: (m, dict(vars(m))) for m in found},
+            contents=_contents(found),
         )
 
     def changed(self, made: Made | None = None) -> str | None:
@@ -287,7 +291,92 @@ class Snapshot:
             or _logging(loggers, loggers_now)
             or ("calls logging.disable" if disabled else None)
             or _globals(self.modules)
+            or _in_place(self.contents)
         )
+
+
+_CONTAINERS: Final = (dict, list, set, bytearray)
+
+
+def _contents(modules: Sequence[ModuleType]) -> list[tuple[str, Any, Any]]:
+    """What a build may change in place without rebinding a global: the containers at module
+    level, the attributes of the classes the project defines (and the containers among them),
+    and those of module-level instances of its classes. A shallow copy of each, by name."""
+    own = {m.__name__ for m in modules}
+    found: list[tuple[str, Any, Any]] = []
+    seen: set[int] = set()
+
+    def add(shown: str, obj: Any, depth: int) -> None:
+        if id(obj) in seen:
+            return
+        if isinstance(obj, _CONTAINERS):
+            seen.add(id(obj))
+            found.append((shown, obj, _shallow(obj)))
+            return
+        if depth == 0:
+            return
+        if isinstance(obj, type):
+            if obj.__module__ not in own:
+                return
+            attrs: Any = obj.__dict__
+        elif type(obj).__module__ in own and not isinstance(obj, ModuleType):
+            attrs = getattr(obj, "__dict__", None)
+            if not isinstance(attrs, dict):
+                return
+        else:
+            return
+        seen.add(id(obj))
+        found.append((shown, obj, dict(attrs)))
+        for attr, member in list(attrs.items()):
+            if not attr.startswith("__"):
+                add(f"{shown}.{attr}", member, depth - 1)
+
+    for module in modules:
+        for attr, obj in list(vars(module).items()):
+            if not attr.startswith("__"):
+                add(f"{module.__name__}.{attr}", obj, 1)
+    return found
+
+
+def _shallow(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return dict(obj)
+    if isinstance(obj, list):
+        return list(obj)
+    if isinstance(obj, set):
+        return frozenset(obj)
+    return bytes(obj)
+
+
+def _same(before: Any, now: Any) -> bool:
+    """A container holds the very members it held (values by identity)."""
+    if isinstance(before, dict):
+        return len(before) == len(now) and all(k in now and now[k] is v for k, v in before.items())
+    if isinstance(before, list):
+        return len(before) == len(now) and all(a is b for a, b in zip(before, now, strict=True))
+    return bool(before == now)
+
+
+def _in_place(contents: Sequence[tuple[str, Any, Any]]) -> str | None:
+    for shown, obj, before in contents:
+        try:
+            if isinstance(obj, _CONTAINERS):
+                if not _same(before, obj):
+                    return f"changes {shown} in place"
+                continue
+            now = obj.__dict__
+            for attr in sorted(before.keys() | now.keys()):
+                if attr.startswith("__"):
+                    continue
+                if attr not in now:
+                    return f"deletes {shown}.{attr}"
+                if attr not in before:
+                    return f"sets {shown}.{attr}"
+                if now[attr] is not before[attr]:
+                    return f"rebinds {shown}.{attr}"
+        except Exception:  # (a set member whose __eq__ raises: taken as changed)
+            return f"changes {shown} in place"
+    return None
 
 
 def _moved(before: Sequence[Any], after: Sequence[Any]) -> set[Any]:

@@ -231,14 +231,35 @@ def unmanaged_dependency_refusal(dep_name: str, func: Any, rootdir: Path) -> str
 
 
 _IMMUTABLE: Final = (int, float, complex, str, bytes, bool, tuple, frozenset, type(None), range)
+_ATOMS: Final = (int, float, complex, str, bytes, bool, type(None))
+_MEMBERS_SEARCHED: Final = 10_000  # members of one module-level list or dict looked through
+
+#: :func:`identity_refusal`'s ``param`` when the fixture is not parametrized
+NO_PARAM: Final[Any] = object()
+
+
+def identity_refusal(func: Any, value: Any, param: Any = NO_PARAM) -> str | None:
+    """Why a loaded copy may not stand in for ``value`` because others hold the very object,
+    or None: it is the request's param object itself (tests may find it again by identity,
+    as geopandas's do by ``id()``), or a module-level object (:func:`global_alias`)."""
+    if param is not NO_PARAM and value is param and not isinstance(value, _ATOMS):
+        return "returns its param object itself: a loaded copy would be another object"
+    alias = global_alias(func, value)
+    if alias is not None:
+        return (
+            f"returns the module-level object {alias}: a loaded value would skip what "
+            "building does to it"
+        )
+    return None
 
 
 def global_alias(func: Any, value: Any) -> str | None:
-    """The module-level name (``STATE`` or ``app.STATE``) under which the fixture's code reaches
-    the very object it returned, or None.
+    """The module-level name (``STATE``, ``app.STATE`` or ``app.FRAMES[0]``) under which the
+    fixture's code reaches the very object it returned, or None.
 
     Such a fixture works on shared state (say, it resets a registry and returns it): a loaded
-    copy would skip what the build does to the real object. Immutable values do not count.
+    copy would skip what the build does to the real object. Members of a module-level list,
+    tuple or dict count as well. Immutable values do not count.
     """
     if isinstance(value, _IMMUTABLE):
         return None
@@ -250,12 +271,29 @@ def global_alias(func: Any, value: Any) -> str | None:
     names = code.co_names
     for name in names:
         obj = namespace.get(name)
-        if obj is value:
-            return str(name)
+        found = _holding(obj, value, str(name))
+        if found is not None:
+            return found
         if inspect.ismodule(obj):
             for attr in names:
-                if getattr(obj, attr, None) is value:
-                    return f"{name}.{attr}"
+                found = _holding(getattr(obj, attr, None), value, f"{name}.{attr}")
+                if found is not None:
+                    return found
+    return None
+
+
+def _holding(obj: Any, value: Any, shown: str) -> str | None:
+    """``shown`` when ``obj`` is ``value``, ``shown[i]`` when one of its first members is."""
+    if obj is value:
+        return shown
+    if isinstance(obj, (list, tuple)):
+        for index, member in enumerate(obj[:_MEMBERS_SEARCHED]):
+            if member is value:
+                return f"{shown}[{index}]"
+    elif isinstance(obj, dict) and len(obj) <= _MEMBERS_SEARCHED:
+        for key, member in obj.items():
+            if member is value:
+                return f"{shown}[{key!r}]"
     return None
 
 
@@ -283,11 +321,13 @@ def param_part(request: Any, fixturedef: Any) -> str | None:
 
 
 __all__ = [
+    "NO_PARAM",
     "Analysis",
     "Unkeyable",
     "analyse",
     "given_id",
     "global_alias",
+    "identity_refusal",
     "is_direct_param",
     "is_selected",
     "param_part",

@@ -793,8 +793,9 @@ class StateMigrateSession:
                 self._element(key, label, fixturedef.scope, found.nbytes, load_s=found.load_s)
                 self._fresh.add(fixturedef)
                 return (yield)
+            param = getattr(request, "param", fx.NO_PARAM)
             value = yield from self._build(
-                fixturedef, key, name, deps, defs, found, analysis, label
+                fixturedef, key, name, deps, defs, found, analysis, label, param
             )
             stored = isinstance(found, Miss) and found.store and self.proxy.stored_now(key)
             self._origin[fixturedef] = "stored" if stored else "built"
@@ -1188,6 +1189,7 @@ class StateMigrateSession:
         miss: Miss,
         analysis: fx.Analysis,
         label: str,
+        param: Any,
     ) -> Generator[None, Any, Any]:
         factory = _factory(deps)
         files = trees.Capture(factory) if factory is not None else None
@@ -1252,13 +1254,13 @@ class StateMigrateSession:
         )
         if covered.trouble is not None:
             self.stats.fallback(covered.trouble)
-        alias = fx.global_alias(fixturedef.func, value)
-        if alias is not None:
-            why = (
-                f"returns the module-level object {alias}: a loaded value would skip what "
-                "building does to it"
-            )
-            self.proxy.refuse(key, name, why, record)
+        shared = fx.identity_refusal(fixturedef.func, value, param)
+        if shared is not None:
+            self.proxy.refuse(key, name, shared, record)
+            return value
+        held = trees.kept_open(files) if files is not None else None
+        if held is not None:  # the more telling reason than the container holding the file
+            self.proxy.refuse(key, name, held, record)
             return value
         if recorder.effect is not None:  # (effects.py) a hit would not do it
             self.proxy.refuse(key, name, f"its build {recorder.effect}: a hit would not", record)

@@ -192,13 +192,21 @@ def capture(cap: Capture, exclude: Sequence[str], max_bytes: int) -> Tree:
     why = side_effect(cap, exclude)
     if why is not None:
         raise Refused(why)
-    held = still_open([m.path for m in cap.made])
+    held = kept_open(cap)
     if held is not None:
-        raise Refused(
-            f"keeps {held} open when it returns: what it writes later would be missing from "
-            "a loaded copy"
-        )
+        raise Refused(held)
     return _read(cap.made, max_bytes)
+
+
+def kept_open(cap: Capture) -> str | None:
+    """Why the directories a build made cannot be stored yet: a file of them still open."""
+    held = still_open([m.path for m in cap.made])
+    if held is None:
+        return None
+    return (
+        f"keeps {held} open when it returns: what it writes later would be missing from "
+        "a loaded copy"
+    )
 
 
 def content_digest(made: Sequence[Made]) -> str:

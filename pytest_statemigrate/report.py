@@ -267,12 +267,14 @@ class RunStats:
         by_tier = ", ".join(f"{tier} {n}" for tier, n in sorted(self.hits.items()))
         managed = self._labels(self.managed)
         saved = self.net_saved()
+        # A rebuild whose value was then refused is said once, as the refusal.
+        stale = {i: why for i, why in self.stale.items() if i not in self.refused}
         out = [
             f"managed fixtures: {len(managed)}" + (f" ({', '.join(managed)})" if managed else ""),
             f"hits: {hits}"
             + (f" ({by_tier})" if by_tier else "")
             + f"; builds: {self.builds}"
-            + (f" ({len(self.stale)} rebuilt: why below)" if self.stale else "")
+            + (f" ({len(stale)} rebuilt: why below)" if stale else "")
             + (f"; waited for another worker's build: {self.waited}" if self.waited else ""),
             f"loaded {_size(self.bytes_loaded)} in {self.load_seconds:.2f}s; "
             f"stored {_size(self.bytes_stored)} in {self.store_seconds:.2f}s; "
@@ -287,7 +289,7 @@ class RunStats:
                 used = self.prefetch_used_bytes / self.prefetch_bytes
                 line += f": {_size(self.prefetch_bytes)} loaded ahead, {used:.0%} of it used"
             out.append(line)
-        out += [f"rebuilt {names}: {why}" for why, names, _ in self._grouped(self.stale)]
+        out += [f"rebuilt {names}: {why}" for why, names, _ in self._grouped(stale)]
         out += [
             f"refused {names}: {why}; {'they run' if n > 1 else 'it runs'} unmanaged"
             for why, names, n in self._grouped(self.refused)

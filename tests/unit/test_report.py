@@ -151,3 +151,13 @@ def test_the_run_report_lists_each_fixture_with_its_reasons() -> None:
     assert "<b>rebuilt</b>: code changed" in model and "<td>1</td>" in model
     assert "<b>refused</b>: yield fixture" in conn
     assert 'data-fixtures="3" data-loads="0" data-sessions="1"' in page
+
+
+def test_a_rebuild_that_was_then_refused_is_said_once_as_refused() -> None:
+    stats = RunStats(builds=2, stale={"a": "its source changed", "b": "its source changed"})
+    stats.refused["a"] = "returns None"
+    lines = stats.lines()
+    assert "rebuilt b: its source changed" in lines
+    assert "refused a: returns None; it runs unmanaged" in lines
+    assert not any(line.startswith("rebuilt a") for line in lines)
+    assert "(1 rebuilt: why below)" in lines[1]

@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from nodeagent.client import AgentClient, AgentError
 from nodeagent.curve import ClientKeys
+from nodeagent.protocol import OPERATION_ERRORS
 
 __all__ = ["Announcer"]
 
@@ -30,8 +31,6 @@ log = logging.getLogger("nodeagent")
 ANNOUNCE_TIMEOUT: Final = 0.5  # s: one ANNOUNCE; a directory slower than that is skipped
 DEAD_SECONDS: Final = 5.0  # s: a directory that did not answer is skipped this long
 BATCH: Final = 1000  # entries sent per round, at most (the queue is drained in rounds)
-#: AgentError names meaning the directory answered (it is alive) but refused the batch.
-_REPLIED: Final = frozenset({"bad-field", "bad-header", "unknown-op", "internal", "bad-version"})
 
 Item = tuple[str, str, list[Any]]  # (directory, holder, [key, tier or None, version])
 
@@ -102,7 +101,7 @@ class Announcer:
             self._dead_until.pop(directory, None)
         except AgentError as exc:
             self.dropped += len(entries)
-            if exc.error in _REPLIED:
+            if exc.error in OPERATION_ERRORS:  # it is alive, and refused the batch
                 log.error("directory %s refused announcements: %s", directory, exc)
                 return
             log.warning("directory %s does not answer; announcements dropped: %s", directory, exc)

@@ -24,6 +24,7 @@ from typing import Any, Final
 
 from nodeagent.client import AgentClient, AgentError
 from nodeagent.curve import ClientKeys
+from nodeagent.protocol import LINK_ERRORS
 from nodeagent.tiers import Entry
 
 __all__ = ["Load", "Loader", "PeerReader"]
@@ -195,7 +196,7 @@ class PeerReader:
                 load.found_in = "migrate"
                 load.error = f"{peer} held a corrupt copy: {exc}"
                 return
-            if exc.error in {"timeout", "zmq", "interrupted", "closed", "protocol", "gone"}:
+            if exc.error in LINK_ERRORS:
                 self._forget(peer, dead=True)
             raise
         load.found_in = "migrate"

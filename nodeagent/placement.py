@@ -31,15 +31,14 @@ import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final, NamedTuple
 
+from nodeagent.protocol import TIER_RANK, TIERS
+
 __all__ = ["TIERS", "VNODES", "HashRing", "Location", "LocationMap", "point"]
 
 #: Points per agent on the ring. 128 keeps the largest agent's share of keys within about
 #: +-30% of the mean for up to ~16 agents (tests/unit/test_placement.py checks a bound), at
 #: a ring of 128 * agents ints: built once per run, searched with one bisect per key.
 VNODES: Final = 128
-#: Tier names in order of preference for a reader (RAM first).
-TIERS: Final = ("ram", "disk", "store")
-_RANK: Final = {tier: rank for rank, tier in enumerate(TIERS)}
 
 
 def point(text: str) -> int:
@@ -168,7 +167,7 @@ class LocationMap:
             if not holders:
                 del self._records[key]
             return True
-        if tier not in _RANK:
+        if tier not in TIER_RANK:
             raise ValueError(f"unknown tier {tier!r}")
         newest = self._newest.get(key, 0)
         if version < newest:
@@ -188,7 +187,7 @@ class LocationMap:
         """Holders of ``key``: RAM before disk before store, then by name."""
         holders = self._records.get(key, {})
         found = [Location(agent, tier, version) for agent, (tier, version) in holders.items()]
-        found.sort(key=lambda loc: (_RANK[loc.tier], loc.agent))
+        found.sort(key=lambda loc: (TIER_RANK[loc.tier], loc.agent))
         return found
 
     def forget(self, agent: str) -> int:

@@ -80,7 +80,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import msgpack
 
@@ -112,19 +112,54 @@ ERRORS: Final = frozenset(
         "internal",
     }
 )
+#: The names :class:`nodeagent.client.AgentError` gives failures of its own, beside
+#: :data:`ERRORS`: no reply came (``timeout``, ``zmq``, ``refused`` to connect, ``closed``,
+#: ``interrupted``, ``gone``: the connection closed, ``dead``: it did not answer earlier in a
+#: batch), the reply was not the protocol (``protocol``), the handshake failed (``auth``), or
+#: a GET found the stored value corrupt and the agent deleted it (``corrupt``: a miss).
+LOCAL_ERRORS: Final = frozenset(
+    {
+        "timeout",
+        "zmq",
+        "refused",
+        "closed",
+        "interrupted",
+        "gone",
+        "dead",
+        "protocol",
+        "auth",
+        "corrupt",
+    }
+)
+#: Errors that say the agent cannot be talked to (or should not be: a foreign protocol, a key
+#: it no longer authorizes): whoever holds the connection treats the agent as down.
+LINK_ERRORS: Final = frozenset((LOCAL_ERRORS - {"corrupt"}) | {"bad-version"})
+#: Error replies of an agent that is alive and refused one operation: only it fails.
+OPERATION_ERRORS: Final = frozenset(ERRORS - LINK_ERRORS)
+
+Tier = Literal["ram", "disk", "store"]
+#: Tier names in order of preference for a reader (RAM first), and each one's rank.
+TIERS: Final[tuple[Tier, ...]] = ("ram", "disk", "store")
+TIER_RANK: Final[Mapping[str, int]] = {tier: rank for rank, tier in enumerate(TIERS)}
 
 __all__ = [
     "ERRORS",
+    "LINK_ERRORS",
+    "LOCAL_ERRORS",
     "MAX_AGENTS",
     "MAX_KEYS",
     "MAX_KEY_CHARS",
     "MAX_LEASES_PER_HOLDER",
+    "OPERATION_ERRORS",
     "PROTOCOL_VERSION",
+    "TIERS",
+    "TIER_RANK",
     "BindRefused",
     "Fetched",
     "LeaseReply",
     "Op",
     "ProtocolError",
+    "Tier",
     "check_endpoint",
     "decode_reply",
     "decode_request",
@@ -331,7 +366,7 @@ def _agents_field(value: Any) -> str | None:
     return reason
 
 
-_TIER = _choice("ram", "disk", "store")
+_TIER = _choice(*TIERS)
 
 
 def _entries_field(value: Any) -> str | None:

@@ -34,13 +34,13 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Final, Literal, Protocol
 
-Tier = Literal["ram", "disk", "store"]
+from nodeagent.protocol import TIERS
+
 Source = Literal["disk", "store", "migrate"]
 
 POLICIES: Final = ("belady", "lru")  # demand paging; prefetch only moves their loads earlier
 #: Next-use eviction that also evicts to prefetch early (see :func:`_aggressive`).
 PREFETCHING_POLICIES: Final = ("aggressive",)
-TIERS: Final = ("ram", "disk", "store")
 DEFAULT_LOOKAHEAD_TESTS: Final = 16  # tests ahead that a load may be issued
 DEFAULT_READ_BANDWIDTH: Final = 2**30  # B/s assumed for queued loads when an agent has no figure
 PLAN_FORMAT: Final = 1  # the version of Plan.to_json()'s layout

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from nodeagent.protocol import TIER_RANK
+
 from . import engine
 from .esg import Prediction
 from .placement import Location
@@ -56,12 +58,11 @@ def holders(located: Mapping[str, Sequence[Location]]) -> dict[str, dict[str, st
     """Key -> agent -> tier, from the directories' records: only holders of each key's newest
     located version (an older copy is never read, so it is no copy to plan with); an agent
     with several records keeps its fastest tier."""
-    rank = {tier: i for i, tier in enumerate(engine.TIERS)}
     out: dict[str, dict[str, str]] = {}
     for key, locs in located.items():
         newest = max((loc.version for loc in locs), default=0)
         where: dict[str, str] = {}
-        for loc in sorted(locs, key=lambda loc: -rank[loc.tier]):  # the fastest last
+        for loc in sorted(locs, key=lambda loc: -TIER_RANK[loc.tier]):  # the fastest last
             if loc.version == newest:
                 where[loc.agent] = loc.tier
         if where:
@@ -75,7 +76,6 @@ def partition_locations(
     """Partition -> agent -> tier for :func:`engine.plan`: an agent has a partition when it
     holds every live element of it, in the slowest of their tiers (a partition is loaded as
     a whole; one element missing makes a load anyway)."""
-    rank = {tier: i for i, tier in enumerate(engine.TIERS)}
     out: dict[int, dict[str, str]] = {}
     for p, keys in members.items():
         if not keys:
@@ -85,7 +85,7 @@ def partition_locations(
             common &= set(where.get(key, {}))
         if common:
             out[p] = {
-                agent: max((where[k][agent] for k in keys), key=rank.__getitem__)
+                agent: max((where[k][agent] for k in keys), key=TIER_RANK.__getitem__)
                 for agent in sorted(common)
             }
     return out

@@ -19,10 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from nodeagent.placement import TIERS, VNODES, HashRing, Location, LocationMap
+from nodeagent.protocol import TIER_RANK
 
 __all__ = ["TIERS", "VNODES", "HashRing", "Location", "LocationMap", "fetch_order", "parse"]
-
-_RANK = {tier: rank for rank, tier in enumerate(TIERS)}
 
 
 def parse(located: Sequence[Sequence[object]]) -> list[Location]:
@@ -33,7 +32,7 @@ def parse(located: Sequence[Sequence[object]]) -> list[Location]:
         if len(item) != 3:
             continue
         agent, tier, version = item
-        if isinstance(agent, str) and tier in _RANK and isinstance(version, int):
+        if isinstance(agent, str) and tier in TIER_RANK and isinstance(version, int):
             out.append(Location(agent, str(tier), version))
     return out
 
@@ -64,7 +63,7 @@ def fetch_order(
     newest = max((loc.version for loc in located), default=0)
     holders = sorted(
         (loc for loc in known if loc.version == newest),
-        key=lambda loc: (_RANK[loc.tier], rtt.get(loc.agent, float("inf")), loc.agent),
+        key=lambda loc: (TIER_RANK[loc.tier], rtt.get(loc.agent, float("inf")), loc.agent),
     )
     order: list[tuple[str, int]] = [(loc.agent, newest) for loc in holders]
     asked = {agent for agent, _ in order}

@@ -27,34 +27,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from nodeagent.protocol import OPERATION_ERRORS
+
 from . import codec, placement, trees
+from .agents.link import AgentLink
 from .inputs import Distributions, Fingerprints
 from .keys import FileDigests
 from .report import RunStats
 
 if TYPE_CHECKING:
     from nodeagent.client import AgentClient
-    from nodeagent.curve import ClientKeys
 
 
 NONE_VALUE: Final = "returns None: it runs for its side effects, which a loaded value would skip"
 LOAD_MARGIN: Final = 1.25  # build in-process when loading took this many times the build
 LEASE_WAIT: Final = 1.0  # s: one LEASE waits this long for the holder; then it is asked again
 LEASE_POLL: Final = 0.02  # s: pause between LEASEs when the agent answered without waiting
-FIRST_PING_SECONDS: Final = 2.0  # longest wait for an agent's first answer in a run
-
-#: AgentError names that mean the agent answered (and so is alive) but refused the operation.
-_AGENT_REPLIED: Final = frozenset(
-    {
-        "internal",
-        "bad-field",
-        "bad-header",
-        "unknown-op",
-        "not-found",
-        "version-conflict",
-        "too-many-leases",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -100,104 +88,6 @@ class BuildRecord:
     #: them so: inputs.restore_random)
     random_after: dict[str, Any] = field(default_factory=dict)
     coverage: dict[str, Any] | None = None  # what it ran, when coverage measured the build
-
-
-class AgentLink:
-    """A lazily opened client to the agent; once the agent fails, it stays down for the run.
-
-    :param name: the agent's name on the ring (its endpoint), for a link among several.
-    :param curve: CURVE keys for long-lived agents (settings.curve).
-    :param connect_timeout: seconds a request waits for a connection to be made before the
-        agent counts as down (a host that cannot be reached); None: the whole ``timeout``.
-    """
-
-    def __init__(
-        self,
-        endpoint: Callable[[], str],
-        timeout: float,
-        name: str = "",
-        curve: ClientKeys | None = None,
-        connect_timeout: float | None = None,
-    ) -> None:
-        self.endpoint = endpoint
-        self.name = name
-        self._timeout = timeout
-        self._curve = curve
-        self._connect_timeout = connect_timeout
-        #: Several agents: the first contact is a RING (the agents, and this one's name)
-        #: instead of a PING; it answers the same fields.
-        self.ring: tuple[str, ...] = ()
-        self.rtt: float | None = None  # s: the first contact's round trip
-        self._client: AgentClient | Any = None  # or the in-process stand-in
-        self.write_errors: int | None = None  # the agent's failed writes at first contact
-        self.down: str | None = None
-        self.on_down: Callable[[str], None] | None = None
-        #: True when looking up a key this process has not stored is pointless: an embedded
-        #: agent that started on an empty store and serves this process alone (a cold run).
-        self.cold_start: Callable[[], bool] = lambda: False
-        #: A reader of this machine's disk tier to use instead of the agent, or None.
-        self.local_get: Callable[[str], Any] = lambda key: None
-        #: Asked when ``local_get`` found nothing: True when that is a miss without asking an
-        #: agent (none has started yet, and one would serve that same disk tier); it then
-        #: starts one, which boots while the value builds.
-        self.local_miss: Callable[[], bool] = lambda: False
-        #: An in-process stand-in for the agent (same methods), or None to connect to one.
-        self.local_client: Callable[[], Any] = lambda: None
-
-    def client(self) -> AgentClient | Any:
-        if self.down is not None:
-            return None
-        if self._client is None:
-            try:
-                local = self.local_client()
-            except Exception as exc:  # the disk tier or agent could not start: build here
-                self.fail(exc)
-                return None
-            if local is not None:
-                self._client = local
-                self.write_errors = 0
-                return local
-            from nodeagent.client import AgentClient
-
-            try:
-                self._client = AgentClient(
-                    self.endpoint(),
-                    timeout=self._timeout,
-                    curve=self._curve,
-                    connect_timeout=self._connect_timeout,
-                    # It answered this run before: a refused connection now means it died
-                    # (every waiting request fails at once, not after the timeout).
-                    was_up=self.write_errors is not None,
-                )
-                if self.write_errors is None:
-                    # First contact: an agent that is not there fails over in seconds, not
-                    # after a whole request timeout.
-                    wait = min(FIRST_PING_SECONDS, self._timeout)
-                    started = time.perf_counter()
-                    if self.ring:
-                        reply = self._client.ring(self.ring, self.name, timeout=wait)
-                    else:
-                        reply = self._client.ping(timeout=wait)
-                    self.rtt = time.perf_counter() - started
-                    self.write_errors = int(reply.get("write_errors") or 0)
-            except Exception as exc:
-                self.fail(exc)
-                return None
-        return self._client
-
-    def fail(self, exc: BaseException) -> None:
-        if self.ring:
-            self.down = f"agent {self.name} down ({exc}); its keys went to the other agents"
-        else:
-            self.down = f"agent unavailable ({exc}); values were built in-process"
-        self.close()
-        if self.on_down is not None:
-            self.on_down(self.down)
-
-    def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
 
 
 class StateProxy:
@@ -298,7 +188,7 @@ class StateProxy:
             if error == "corrupt":
                 self.stats.fallback(f"corrupt entry for {name or 'a value'}: {exc}; rebuilt")
                 return None
-            if error in _AGENT_REPLIED:
+            if error in OPERATION_ERRORS:
                 self.stats.fallback(f"agent refused an operation ({exc}); built in-process")
                 return None
             link.fail(exc)

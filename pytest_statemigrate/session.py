@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gc
 import itertools
 import json
 import os
-import queue
-import select
 import socket
-import threading
 import time
 import warnings
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
@@ -24,10 +20,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from nodeagent.protocol import Fetched, LeaseReply
-
 from . import codec, coverage_replay, depstate, effects, trees
 from . import fixtures as fx
+from .agents.embedded import EmbeddedAgent
+from .agents.link import FIRST_PING_SECONDS, AgentLink
 from .codec import IMMUTABLE, Unpicklable, load_secret, state_digest
 from .esg import ESGStore, Prediction, SessionRecord
 from .inputs import BuildRecorder, fingerprint, restore_random, static_paths, value_digest
@@ -47,8 +43,6 @@ from .keys import (
     what_changed,
 )
 from .proxy import (
-    FIRST_PING_SECONDS,
-    AgentLink,
     BuildRecord,
     Hit,
     Miss,
@@ -69,370 +63,6 @@ _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 _NOTHING = object()
 #: --dist statemigrate: seconds the controller spends at most asking which values are stored
 STORED_QUERY_S = 0.5
-
-
-class DiskClient:
-    """The disk tier of this machine, written and read in-process with the agent's entry
-    format: the subset of ``AgentClient`` the proxy uses, for a run with no agent (see
-    :meth:`EmbeddedAgent.local_client`). Leases are always granted: nobody else builds.
-
-    One thread opens the disk tier (creating it is ~15 ms of SQLite) while pytest collects,
-    and writes behind, as the agent does: an entry whose frames nothing can change (bytes, the
-    pickle body) is sealed (its payload hashed, :class:`codec.Unsealed`) and written while the
-    tests run, and read from memory until then; one holding an array's live memory is written
-    at once. A write that fails is counted, and the run's summary says so (:meth:`stats` waits
-    for the writes first).
-    """
-
-    seals_later = True  # put takes a codec.Unsealed
-
-    def __init__(self, opener: Callable[[], Any], directory: str) -> None:
-        """:param opener: opens the disk tier at ``directory`` (called on the writer thread)."""
-        self.write_errors = 0
-        self._last_error: str | None = None
-        self._pending: dict[str, tuple[Any, Any, int]] = {}  # key → (frames, meta, version)
-        self._lock = threading.Lock()
-        self._opener = opener
-        self._disk: Any = None
-        self._opened = threading.Event()
-        self._failure: BaseException | None = None  # why it could not be opened
-        self._directory = directory
-        self._queue: queue.SimpleQueue[Any] | None = None
-        self._writer: threading.Thread | None = None
-        self._start()
-
-    @property
-    def disk(self) -> Any:
-        """The disk tier, once the writer opened it (on the tests' thread only).
-
-        :raises OSError: when it could not be opened."""
-        self._opened.wait()
-        if self._disk is None:
-            self._collect_failure()
-            raise OSError(self._last_error)
-        return self._disk
-
-    def _collect_failure(self) -> None:
-        """diskcache opens its SQLite database before it fails: the half-built cache (held by
-        the failure's traceback) is collected here, on the tests' thread, with its
-        ResourceWarning silenced (warning filters are process-wide: a thread must not change
-        them), so that the warning does not surface later inside a test (Python 3.13 warns on
-        unclosed connections, and suites run with warnings as errors)."""
-        if self._failure is None:
-            return
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)
-            self._failure = None
-            gc.collect()
-
-    def ping(self, timeout: float | None = None) -> dict[str, Any]:
-        return {"write_errors": 0}
-
-    def stats(self) -> dict[str, Any]:
-        self.flush()
-        reply: dict[str, Any] = {"write_errors": self.write_errors}
-        if self._last_error is not None:
-            reply["last_write_error"] = self._last_error
-            reply["writer"] = f"disk tier {self._directory}"
-        return reply
-
-    def get(self, key: str) -> Fetched | None:
-        with self._lock:
-            pending = self._pending.get(key)
-        if pending is not None:
-            frames, meta, version = pending
-            frames = _frames(frames)
-        else:
-            try:
-                entry = self.disk.get(key)
-            except OSError:  # it could not be opened: nothing is stored
-                return None
-            if entry is None:
-                return None
-            frames, meta, version = entry.frames, entry.meta, entry.version
-        return Fetched([memoryview(f) for f in frames], dict(meta), version, "disk")
-
-    def put(self, key: str, frames: Any, meta: Any, expect_version: int | None = None) -> int:
-        with self._lock:
-            pending = self._pending.get(key)
-        if pending is not None:
-            version = pending[2] + 1
-        else:
-            try:
-                old = self.disk.peek(key)
-            except OSError as exc:  # it could not be opened: this run builds
-                raise _DiskFull(f"disk tier {self._directory}: cannot write ({exc})") from None
-            version = 1 if old is None else old[0] + 1
-        if not _settled(frames.payload[1:] if isinstance(frames, codec.Unsealed) else frames[3:]):
-            self.flush()  # (in order with what is queued)
-            try:
-                self.disk.put(key, self._entry(frames, meta, version))
-            except OSError as exc:  # a full disk: this run builds; it never fails a test
-                raise _DiskFull(f"disk tier {self._directory}: cannot write ({exc})") from None
-            return version
-        pending = (frames, meta, version)
-        with self._lock:
-            self._pending[key] = pending
-        if self._queue is None:
-            self._start()
-        assert self._queue is not None
-        self._queue.put((key, pending))
-        return version
-
-    @staticmethod
-    def _entry(frames: Any, meta: Any, version: int) -> Any:
-        from nodeagent.tiers import Entry
-
-        return Entry(tuple(_frames(frames)), dict(meta), version)
-
-    def _start(self) -> None:
-        self._queue = queue.SimpleQueue()
-        self._writer = threading.Thread(
-            target=self._write, args=(self._queue,), name="statemigrate-disk", daemon=True
-        )
-        self._writer.start()
-
-    def _write(self, jobs: queue.SimpleQueue[Any]) -> None:
-        if not self._opened.is_set():
-            try:
-                self._disk = self._opener()
-            except Exception as exc:  # (OSError: a full disk) every write then fails
-                self._last_error = f"cannot open it ({exc})"
-                self._failure = exc
-            finally:
-                self._opened.set()
-        try:
-            while (job := jobs.get()) is not None:
-                key, pending = job
-                try:
-                    if self._disk is None:
-                        raise OSError(self._last_error)
-                    self._disk.put(key, self._entry(*pending))
-                except Exception as exc:  # (OSError: a full disk) counted, reported at the end
-                    self.write_errors += 1
-                    self._last_error = str(exc)
-                finally:
-                    with self._lock:
-                        if self._pending.get(key) is pending:
-                            del self._pending[key]
-        finally:
-            if self._disk is not None:
-                self._disk.close()  # this thread's connection (diskcache keeps one per thread)
-
-    def flush(self) -> None:
-        """Wait for the queued writes."""
-        jobs, writer = self._queue, self._writer
-        if jobs is None or writer is None:
-            return
-        self._queue = self._writer = None
-        jobs.put(None)
-        writer.join()
-
-    def lease(self, key: str, holder: str, ttl: float, **_: Any) -> LeaseReply:
-        return LeaseReply(granted=True, present=False, holder=holder, expires_in=ttl)
-
-    def release(self, key: str, holder: str) -> bool:
-        return True
-
-    def close(self) -> None:
-        pass  # the disk tier stays open for the run; EmbeddedAgent closes it
-
-    def shut(self) -> None:
-        """Write what is queued and close the disk tier (the end of the run)."""
-        self.flush()
-        if self._disk is not None:
-            self._disk.close()
-        self._collect_failure()
-
-
-def _frames(frames: Any) -> Sequence[Any]:
-    return frames.frames() if isinstance(frames, codec.Unsealed) else frames
-
-
-def _settled(buffers: Sequence[Any]) -> bool:
-    """Whether no code can change these frames (a payload's after its pickle body, which is
-    the plugin's own, as meta and signature are) before a later write: they must be ``bytes``
-    (an out-of-band buffer is a view of a live array a test may write)."""
-    return all(
-        isinstance(f, bytes) or (isinstance(f, memoryview) and isinstance(f.obj, bytes))
-        for f in buffers
-    )
-
-
-class _DiskFull(Exception):
-    error = "disk-full"  # as the agent's error replies: this operation fails, not the link
-
-
-class EmbeddedAgent:
-    """An agent for this run: spawned early (it boots while pytest collects), waited for on
-    first use, stopped at the end; in a single-process run on a stored disk tier, spawned at
-    the first miss (:attr:`deferred`)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.process: Any = None
-        #: Nothing was stored when the agent was spawned: no disk tier yet and no tier 3.
-        self.empty = False
-        self._disk: Any = None  # the disk tier, opened in this process by local_get
-        self._no_local = False  # opening it here failed: always ask the agent
-        #: This process is the run's only client (not xdist's controller): on an empty store
-        #: it writes the disk tier itself (:class:`DiskClient`) and no agent is started.
-        self.single = True
-        self.direct: DiskClient | None = None
-        #: A single-process run on a stored disk tier and no tier 3: the agent starts only when
-        #: a key misses (:meth:`local_miss`); until then this process reads the disk tier
-        #: itself. A run whose values are all stored starts none.
-        self.deferred = False
-        #: Why the agent could not start (its log cannot be opened, Python cannot run): raised
-        #: again to every later user, which reports it and builds in-process, without retrying.
-        self.failed: Exception | None = None
-        #: One line each: what opening the disk tier here had to repair (a corrupt database
-        #: moved aside), for the summary.
-        self.notices: list[str] = []
-
-    def started_empty(self) -> bool:
-        """This run's agent started on an empty store, and this process is its only client
-        (a single-process run): a key it did not store itself can only miss."""
-        return self.empty and (self.process is not None or self.direct is not None)
-
-    def up(self) -> bool:
-        """The agent has booted (answers now): True without waiting for it."""
-        process = self.process
-        if process is None:
-            return False
-        if not process.ready:
-            out = process.process.stdout
-            try:
-                if out is None or out.closed or not select.select([out], [], [], 0)[0]:
-                    return False
-                process.wait_ready(self.settings.timeout)  # its ready line is there: fast
-            except Exception:  # (select on a pipe is POSIX-only) the proxy finds out later
-                return False
-        return bool(process.ready)
-
-    def local_client(self) -> DiskClient | None:
-        """The disk tier as this run's client, when this process alone uses a store that was
-        empty at the start (a cold single-process run): then an agent could serve nothing
-        (nothing is stored, nobody else asks), and starting one and shipping every value to
-        it costs CPU the tests need. The next run starts an agent on what this one wrote."""
-        if self.direct is None and self.process is None and self.single:
-            self.spawn(direct=True)
-        return self.direct
-
-    def local_get(self, key: str) -> Any:
-        """Read ``key`` straight from the disk tier while the agent boots; None otherwise.
-
-        The disk tier is a diskcache directory on this machine, safe to read from several
-        processes: a warm run's hits need not wait for the agent (it is waited for only when
-        something must be written or leased). An agent started at a miss (:attr:`deferred`)
-        holds in RAM only what this process stored since, so hits go on reading the disk tier
-        here. Returns a Fetched, or None to ask the agent.
-        """
-        process = self.process
-        booted = process is not None and process.ready and not self.deferred
-        if self.empty or self._no_local or booted:
-            return None
-        if process is None and not self.deferred:
-            return None
-        self.open_disk()
-        if self._disk is None:
-            return None
-        corrupt: list[str] = []
-        entry = self._disk.get(key, corrupt)
-        if entry is None:
-            if corrupt:  # (deleted; the proxy's summary line names the fixture)
-                from nodeagent.tiers import CorruptEntry
-
-                raise CorruptEntry(corrupt[0])
-            return None
-        frames = [memoryview(f) for f in entry.frames]
-        return Fetched(frames, dict(entry.meta), entry.version, "disk")
-
-    def local_miss(self) -> bool:
-        """A key :meth:`local_get` did not find is a miss when no agent has started yet: one
-        would serve the same disk tier, with nothing in RAM but what this process stores. The
-        agent starts now, so that it boots while the value builds; the PUT waits for it."""
-        if not self.deferred or self.process is not None or self._disk is None:
-            return False
-        try:
-            self.spawn()
-        except Exception:  # the link finds out, and the run builds in-process
-            return False
-        return True
-
-    def open_disk(self) -> None:
-        """Open the disk tier in this process (for warm runs, before the first lookup, so that
-        opening it is not counted as the cost of loading a value)."""
-        if self._disk is None and not self.empty and not self._no_local:
-            self._disk = _open_disk_tier(self.settings)
-            # Reading locally is an optimisation: when it cannot open, the agent serves.
-            self._no_local = self._disk is None
-            if self._disk is not None and getattr(self._disk, "notice", None):
-                self.notices.append(str(self._disk.notice))
-
-    def close_disk(self) -> None:
-        disk, self._disk = self._disk, None
-        if disk is not None:
-            disk.close()
-        direct, self.direct = self.direct, None
-        if direct is not None:
-            direct.shut()
-
-    def spawn(self, direct: bool = False) -> None:
-        """Start the agent, or with ``direct`` on an empty store, open the disk tier here."""
-        if self.process is None and self.direct is None:
-            s = self.settings
-            self.empty = s.store is None and not s.disk_dir.exists()
-            s.store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if direct and self.empty and self.single:
-                from nodeagent.tiers import DiskTier  # (imported here: not on a thread)
-
-                self.direct = DiskClient(
-                    functools.partial(DiskTier, str(s.disk_dir), s.disk_bytes), str(s.disk_dir)
-                )
-                return
-            if direct and self.single and s.store is None and not s.refresh and not self.deferred:
-                self.deferred = True  # started by local_miss, or when a link connects
-                return
-            if self.failed is not None:
-                raise self.failed
-            from nodeagent.launcher import spawn_agent
-
-            try:
-                self.process = spawn_agent(
-                    disk_dir=str(s.disk_dir),
-                    ram_bytes=s.ram_bytes,
-                    disk_bytes=s.disk_bytes,
-                    store=s.store,
-                    parent_pid=os.getpid(),
-                    log_file=str(s.store_dir / "agent.log"),
-                )
-            except Exception as exc:
-                self.failed = exc
-                raise
-
-    def endpoint(self) -> str:
-        self.spawn()
-        if self.process is None:  # writing the disk tier directly: there is no agent
-            raise RuntimeError("no agent in a direct run")
-        return str(self.process.wait_ready(self.settings.timeout).endpoint)
-
-    def planned_endpoint(self) -> str:
-        """The endpoint without waiting for the agent, when it is known in advance (ipc).
-
-        Clients may connect before the agent binds: zmq connects when it can, and the first
-        request waits for the reply within the client's timeout.
-        """
-        self.single = False
-        self.spawn()
-        planned = str(self.process.endpoint)
-        return planned if planned.startswith("ipc://") else self.endpoint()
-
-    def stop(self) -> None:
-        self.close_disk()
-        process, self.process = self.process, None
-        if process is not None:
-            process.stop()
 
 
 _P = ParamSpec("_P")
@@ -466,8 +96,7 @@ class StateMigrateSession:
         peers: list[AgentLink] = []
         if agent_endpoint is None:
             self.embedded = EmbeddedAgent(settings)
-            endpoint = self.embedded.endpoint
-            link = AgentLink(endpoint, settings.timeout)
+            link = AgentLink(self.embedded.endpoint, settings.timeout, local=self.embedded)
         else:
             # Several endpoints: one link each, placed by a hash ring (placement.py). One:
             # the link as it always was (no ring, no LOCATE).
@@ -503,11 +132,6 @@ class StateMigrateSession:
             max_value_bytes=settings.max_value_bytes,
             lease_seconds=settings.lease_seconds,
         )
-        if self.embedded is not None:
-            self.proxy.link.cold_start = self.embedded.started_empty
-            self.proxy.link.local_get = self.embedded.local_get
-            self.proxy.link.local_client = self.embedded.local_client
-            self.proxy.link.local_miss = self.embedded.local_miss
         self._analysis: dict[Any, fx.Analysis | None] = {}
         self._keys: dict[Any, str] = {}  # fixturedef → key of its current value
         self._unmanaged: dict[Any, tuple[str | None, str]] = {}  # fixturedef → (refusal, code)
@@ -1594,25 +1218,6 @@ def _recording_warnings() -> Iterator[list[warnings.WarningMessage]]:
                     break
         for w in log:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
-
-
-def _open_disk_tier(settings: Settings) -> Any:
-    """The disk tier opened in this process, or None when it cannot be (a full disk).
-
-    diskcache opens its SQLite database before it fails; the half-built cache is collected
-    here, with its ResourceWarning silenced, so that the warning does not surface later inside
-    a test (Python 3.13 warns on unclosed connections, and suites run with warnings as errors).
-    """
-    from nodeagent.tiers import DiskTier
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        try:
-            return DiskTier(str(settings.disk_dir), settings.disk_bytes)
-        except Exception:
-            pass
-        gc.collect()
-    return None
 
 
 def _prefetch_counters(replies: list[dict[str, Any]]) -> tuple[int, int]:

@@ -346,7 +346,7 @@ def test_cut_link():
 
 #: Longest the managed run with a partition may take: the default statemigrate_timeout
 #: (30 s) is not paid for a host that cannot be reached (no connection is made), only the
-#: connection's own deadline (proxy.FIRST_PING_SECONDS, 2 s) is.
+#: connection's own deadline (agents.link.FIRST_PING_SECONDS, 2 s) is.
 CUT_RUN_SECONDS = 15
 
 

@@ -17,7 +17,8 @@ import pytest
 from nodeagent.client import AgentClient, AgentError
 from nodeagent.launcher import AgentProcess
 from nodeagent.placement import HashRing
-from pytest_statemigrate.proxy import AgentLink, BuildRecord, Hit, Miss, StateProxy
+from pytest_statemigrate.agents.link import AgentLink
+from pytest_statemigrate.proxy import BuildRecord, Hit, Miss, StateProxy
 from pytest_statemigrate.report import RunStats
 from tests.conftest import Suite
 from tests.integration.conftest import StartAgent, wait_until
@@ -164,12 +165,36 @@ class Recorder:
         return call
 
 
+class Recording:
+    """The link's local access handing it a :class:`Recorder` client (no first contact)."""
+
+    def __init__(self, endpoint: str, log: list[tuple[str, str]], name: str) -> None:
+        self._endpoint, self._log, self._name = endpoint, log, name
+
+    def started_empty(self) -> bool:
+        return False
+
+    def local_get(self, key: str) -> None:
+        return None
+
+    def local_miss(self) -> bool:
+        return False
+
+    def local_client(self) -> Recorder:
+        return Recorder(AgentClient(self._endpoint, 10.0), self._log, self._name)
+
+
 def _proxy(endpoints: list[str], log: list[tuple[str, str]], tmp_path: Path) -> StateProxy:
     many = len(endpoints) > 1
-    links = [AgentLink(lambda e=e: e, 10.0, name=e if many else "") for e in endpoints]
-    for link, endpoint in zip(links, endpoints, strict=True):
-        name = f"agent{endpoints.index(endpoint)}"
-        link.local_client = lambda e=endpoint, n=name: Recorder(AgentClient(e, 10.0), log, n)
+    links = [
+        AgentLink(
+            lambda e=e: e,
+            10.0,
+            name=e if many else "",
+            local=Recording(e, log, f"agent{endpoints.index(e)}"),
+        )
+        for e in endpoints
+    ]
     (tmp_path / "secret").write_bytes(b"s" * 32)
     return StateProxy(
         link=links[0],
@@ -210,7 +235,7 @@ def test_three_agents_locate_then_get_from_the_holder(start: StartAgent, tmp_pat
     endpoints = [a.endpoint for a in agents]
     log: list[tuple[str, str]] = []
     proxy = _proxy(endpoints, log, tmp_path)
-    ring = tell_ring(agents)  # (local_client skips the first contact that would send it)
+    ring = tell_ring(agents)  # (Recording.local_client skips the first contact that would send it)
     key = "k-multi"
     home = f"agent{endpoints.index(ring.home(key))}"
     _, hit = _cold_then_warm(proxy, key)

@@ -1,4 +1,4 @@
-"""session.DiskClient: a cold single-process run writes its disk tier behind the tests."""
+"""agents.disk.DiskClient: a cold single-process run writes its disk tier behind the tests."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from nodeagent.tiers import DiskTier
 from pytest_statemigrate import codec
-from pytest_statemigrate.session import DiskClient
+from pytest_statemigrate.agents.disk import DiskClient
 
 
 class SlowDisk(DiskTier):

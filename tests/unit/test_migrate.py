@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pytest_statemigrate import engine
+from pytest_statemigrate.agents.link import AgentLink
 from pytest_statemigrate.esg import ESGStore, Prediction
 from pytest_statemigrate.migrate import (
     HOME,
@@ -18,7 +19,7 @@ from pytest_statemigrate.migrate import (
     partition_locations,
 )
 from pytest_statemigrate.placement import Location
-from pytest_statemigrate.proxy import AgentLink, StateProxy
+from pytest_statemigrate.proxy import StateProxy
 from pytest_statemigrate.report import RunStats
 from tests.unit.test_esg import rec
 

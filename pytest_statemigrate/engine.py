@@ -7,7 +7,7 @@ no agent calls): plain data in, plain data out.
 * **Request stream** (:class:`Request`, :func:`requests_from`): for each test in run order, the
   partitions it needs.
 * **Node selection** (:class:`AgentInfo`, :func:`score`, :func:`choose_agent`): the agent that
-  holds a partition for the run; a ``pytest_statemigrate_select_node`` hook can override it.
+  holds a partition for the run; a ``pytest_statemigrate_select_node`` hook can choose instead.
 * **The schedule** (:func:`schedule`, :class:`Schedule`): for one agent and its RAM budget,
   what to EVICT and what to load (PREFETCH ahead of the test, from disk, the store or a peer
   agent) before each test. Loads are those of demand paging under Belady's rule (evict the
@@ -209,8 +209,8 @@ def score(
 class SelectNode(Protocol):
     """The ``pytest_statemigrate_select_node`` hook as :func:`choose_agent` calls it (keyword
     arguments, like a pluggy hook caller): the name of the chosen agent (or the AgentInfo),
-    or None to leave the choice to :func:`score`. ``partition`` is None when the choice is
-    not for a known partition."""
+    or None to leave the choice to :func:`best_agent`. ``partition`` is None when the choice
+    is not for a known partition; ``held`` maps agent names to the tier where each has it."""
 
     def __call__(
         self,
@@ -219,38 +219,53 @@ class SelectNode(Protocol):
         partition_bytes: int,
         agents: tuple[AgentInfo, ...],
         client_host: str,
+        held: Mapping[str, str],
     ) -> str | AgentInfo | None: ...
+
+
+def best_agent(
+    agents: Sequence[AgentInfo],
+    partition_bytes: int,
+    client_host: str,
+    held: Mapping[str, str] | None = None,
+) -> AgentInfo:
+    """The agent with the best :func:`score` (ties: the smallest name, whatever the order of
+    ``agents``): the choice of the select-node hook's default implementation."""
+    held = held or {}
+    ordered = sorted(agents, key=lambda a: a.name)
+    return max(ordered, key=lambda a: score(a, partition_bytes, client_host, held.get(a.name)))
 
 
 def choose_agent(
     agents: Sequence[AgentInfo],
     partition_bytes: int,
     client_host: str,
-    override: SelectNode | None = None,
+    select: SelectNode | None = None,
     *,
     partition: int | None = None,
     held: Mapping[str, str] | None = None,
 ) -> AgentInfo:
-    """The agent to hold a partition: ``override``'s answer when it gives one (firstresult),
-    else the best :func:`score`; ties go to the smallest name, whatever the order of
-    ``agents``.
+    """The agent to hold a partition: ``select``'s answer (the hook: a conftest's first, else
+    the plugin's default, :func:`best_agent`), or :func:`best_agent` when it answers None.
 
     :param held: agent name -> the tier where that agent has the partition (``"ram"``,
         ``"disk"`` or ``"store"``), as the location directories know it.
 
-    :raises ValueError: no agents, two agents of one name, or an override naming none of them.
+    :raises ValueError: no agents, two agents of one name, or an answer naming none of them.
     """
     if not agents:
         raise ValueError("no agents to choose from")
     by_name = {a.name: a for a in agents}
     if len(by_name) != len(agents):
         raise ValueError(f"agent names must be unique, got {sorted(a.name for a in agents)}")
-    if override is not None:
-        answer = override(
+    held = held or {}
+    if select is not None:
+        answer = select(
             partition=partition,
             partition_bytes=partition_bytes,
             agents=tuple(agents),
             client_host=client_host,
+            held=dict(held),
         )
         if answer is not None:
             name = answer.name if isinstance(answer, AgentInfo) else answer
@@ -260,9 +275,7 @@ def choose_agent(
                     f"agents ({', '.join(sorted(by_name))})"
                 )
             return by_name[name]
-    held = held or {}
-    ordered = sorted(agents, key=lambda a: a.name)
-    return max(ordered, key=lambda a: score(a, partition_bytes, client_host, held.get(a.name)))
+    return best_agent(agents, partition_bytes, client_host, held)
 
 
 # --------------------------------------------------------------------------- schedule data
@@ -886,7 +899,7 @@ def plan(
     lookahead_tests: int = DEFAULT_LOOKAHEAD_TESTS,
     lookahead_bytes: int | None = None,
     locations: Mapping[int, Mapping[str, str]] | None = None,
-    override: SelectNode | None = None,
+    select: SelectNode | None = None,
 ) -> Plan:
     """Assign every requested partition to an agent, then schedule each agent.
 
@@ -918,7 +931,7 @@ def plan(
     for p in sorted(first, key=lambda p: (first[p], p)):
         where = locations.get(p, {})
         chosen = choose_agent(
-            list(infos.values()), sizes[p], client_host, override, partition=p, held=where
+            list(infos.values()), sizes[p], client_host, select, partition=p, held=where
         )
         if where.get(chosen.name) != "ram":
             infos[chosen.name] = replace(

@@ -148,7 +148,7 @@ class Migrator:
         *,
         policy: str,
         lookahead_bytes: int | None,
-        override: engine.SelectNode | None,
+        select: engine.SelectNode | None,
         on_disk: bool,
         located: Mapping[str, Mapping[str, str]] | None = None,
     ) -> engine.Plan:
@@ -191,7 +191,7 @@ class Migrator:
             locations=locations,
         )
         try:
-            plan = engine.plan(requests, sizes, agents, client_host, override=override, **kwargs)
+            plan = engine.plan(requests, sizes, agents, client_host, select=select, **kwargs)
         except ValueError as exc:  # the hook named no agent: the engine's choice stands
             self.proxy.stats.fallback(f"{exc}; the engine chose instead")
             plan = engine.plan(requests, sizes, agents, client_host, **kwargs)

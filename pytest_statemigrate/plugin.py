@@ -6,14 +6,17 @@ import contextlib
 import os
 import shlex
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
 from . import _spec
 from . import settings as st
+
+if TYPE_CHECKING:
+    from .engine import AgentInfo
 
 SESSION = "statemigrate-session"
 FIXTURE_HOOKS = "statemigrate-fixtures"
@@ -58,6 +61,19 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     from . import hookspecs
 
     pluginmanager.add_hookspecs(hookspecs)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_statemigrate_select_node(
+    partition_bytes: int,
+    agents: Sequence[AgentInfo],
+    client_host: str,
+    held: Mapping[str, str],
+) -> str:
+    """The default choice of the agent for a partition: the best score (engine.py)."""
+    from .engine import best_agent
+
+    return best_agent(agents, partition_bytes, client_host, held).name
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -300,7 +316,7 @@ class _FixtureHooks:
         config = self.hooks.config
         self.hooks.session.plan_run(
             session.items,
-            override=config.hook.pytest_statemigrate_select_node,
+            select=config.hook.pytest_statemigrate_select_node,
             worker=hasattr(config, "workerinput"),
             selection=_selection(config),
         )

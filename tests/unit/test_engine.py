@@ -137,7 +137,13 @@ def test_override_wins_and_none_falls_back() -> None:
 
     assert choose_agent(agents, MiB, "client", pick_b, partition=5).name == "b"
     assert seen == [
-        {"partition": 5, "partition_bytes": MiB, "agents": tuple(agents), "client_host": "client"}
+        {
+            "partition": 5,
+            "partition_bytes": MiB,
+            "agents": tuple(agents),
+            "client_host": "client",
+            "held": {},
+        }
     ]
     assert choose_agent(agents, MiB, "client", lambda **kw: agents[1]).name == "b"
     assert choose_agent(agents, MiB, "client", lambda **kw: None).name == "a"
@@ -514,7 +520,7 @@ def test_plan_override_and_locations() -> None:
         return "b" if partition == 1 else None
 
     locations = {0: {"b": "ram"}, 1: {"a": "ram", "b": "disk"}}
-    p = plan(requests, sizes, [a, b], "client", override=to_b, locations=locations)
+    p = plan(requests, sizes, [a, b], "client", select=to_b, locations=locations)
     assert p.assignment == {0: "a", 1: "b"}
     (load_0,) = p.schedules["a"].loads()
     assert (load_0.source, load_0.peer) == ("migrate", "b")
@@ -544,7 +550,7 @@ def test_plan_places_on_ram_holders_and_spreads_the_rest() -> None:
         check(sch, mine, sizes)
         assert sch.stats.peak_bytes <= 25 * MiB  # every agent's own budget
     # The override puts everything on a: partition 3 comes from c's RAM.
-    moved = plan(requests, sizes, agents, "h1", locations=locations, override=lambda **kw: "a")
+    moved = plan(requests, sizes, agents, "h1", locations=locations, select=lambda **kw: "a")
     assert set(moved.assignment.values()) == {"a"}
     (load_3,) = [ld for ld in moved.schedules["a"].loads() if ld.partition == 3]
     assert (load_3.source, load_3.peer) == ("migrate", "c")

@@ -73,7 +73,7 @@ def test_plan_moves_only_live_keys_each_due_at_its_first_use() -> None:
     tests = [("t0", ["c"]), ("t1", ["a"]), ("t2", []), ("t3", ["b", "c"])]
     agent = engine.AgentInfo("embedded", "h", ram_budget=2_000, ram_free=2_000)
     plan = migrator.make_plan(
-        tests, agent, "h", policy="belady", lookahead_bytes=None, override=None, on_disk=True
+        tests, agent, "h", policy="belady", lookahead_bytes=None, select=None, on_disk=True
     )
     assert migrator.members == {0: ("a", "b"), 1: ("c",)}
     sched = plan.schedules["embedded"]
@@ -97,7 +97,7 @@ def test_a_hook_naming_no_agent_is_one_line_and_the_engine_chooses() -> None:
         "h",
         policy="lru",
         lookahead_bytes=None,
-        override=override,
+        select=override,
         on_disk=True,
     )
     assert plan.assignment == {0: "embedded"}
@@ -116,7 +116,7 @@ def test_loads_come_from_where_the_agent_keeps_values(on_disk: bool, source: str
         "h",
         policy="belady",
         lookahead_bytes=None,
-        override=None,
+        select=None,
         on_disk=on_disk,
     )
     (load,) = plan.schedules["x"].loads()
@@ -182,7 +182,7 @@ def test_several_agents_each_step_goes_to_the_agent_the_plan_names() -> None:
         "h",
         policy="belady",
         lookahead_bytes=None,
-        override=c_on_x,
+        select=c_on_x,
         on_disk=True,
         located=located,
     )

@@ -29,8 +29,8 @@ SCRATCH = ROOT / ".bench" / "scratch" / "timings"
 STEPS = [
     ("nodeagent.launcher", "spawn_agent", "agent spawn (Popen)"),
     ("nodeagent.launcher", "AgentProcess.wait_ready", "agent wait_ready (boot)"),
-    ("pytest_statemigrate.session", "StateMigrateSession.analysis", "fixture analysis"),
-    ("pytest_statemigrate.session", "StateMigrateSession.key_for", "state keys"),
+    ("pytest_statemigrate.fixturekeys", "FixtureKeys.analysis", "fixture analysis"),
+    ("pytest_statemigrate.fixturekeys", "FixtureKeys.key_for", "state keys"),
     ("pytest_statemigrate.proxy", "StateProxy.lookup", "lookup (GET/LEASE + load)"),
     ("pytest_statemigrate.codec", "load", "  unpickle"),
     ("pytest_statemigrate.codec", "verify", "  verify digest"),

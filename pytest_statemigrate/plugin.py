@@ -415,7 +415,7 @@ class _Hooks:
             from .session import StateMigrateSession
 
             self._session = StateMigrateSession(self.settings, self.config.rootpath, self.endpoint)
-            self._session.auto_labels = self.auto_labels
+            self._session.keys.auto_labels = self.auto_labels
         return self._session
 
     def activate(self) -> None:

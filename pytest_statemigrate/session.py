@@ -18,28 +18,18 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from . import codec, coverage_replay, depstate, effects, trees
+from . import coverage_replay, effects, trees
 from . import fixtures as fx
 from .agents.embedded import EmbeddedAgent
 from .agents.link import FIRST_PING_SECONDS, AgentLink
-from .codec import IMMUTABLE, Unpicklable, load_secret, state_digest
+from .codec import load_secret, state_digest
 from .esg import ESGStore, SessionRecord
+from .fixturekeys import FixtureKeys
 from .inputs import BuildRecorder, fingerprint, restore_random, static_paths, value_digest
 from .keys import (
-    PARTS_FILE,
-    KeyParts,
     Unkeyable,
-    code_digest,
-    digest,
-    env_digest,
-    inputs_digest,
-    load_parts,
-    make_key,
-    param_token,
-    part_digests,
-    save_parts,
-    what_changed,
 )
+from .managed import Current, DependencyChecks
 from .proxy import (
     BuildRecord,
     Hit,
@@ -130,36 +120,16 @@ class StateMigrateSession:
             max_value_bytes=settings.max_value_bytes,
             lease_seconds=settings.lease_seconds,
         )
-        self._analysis: dict[Any, fx.Analysis | None] = {}
-        self._keys: dict[Any, str] = {}  # fixturedef → key of its current value
-        self._unmanaged: dict[Any, tuple[str | None, str]] = {}  # fixturedef → (refusal, code)
+        self._current: dict[Any, Current] = {}  # fixturedef → what its current value is
+        self.checks = DependencyChecks(self._current, self.proxy.paths)
+        self.keys = FixtureKeys(settings, rootdir, self.stats, self.proxy.files, self._current)
         self._pending: dict[Any, Any] = {}  # fixturedef → loaded value, for the tryfirst impl
-        self._deps: dict[Any, dict[str, Any]] = {}  # fixturedef → its dependencies' values
-        #: id(value) → (value, digest) of dependencies' values checked in this test's setup
-        #: (emptied whenever code the plugin does not watch may have run: a test, a setup)
-        self._dep_digests: dict[int, tuple[Any, depstate.Snapshot]] = {}
-        self._placed: dict[int, tuple[Any, str]] = {}  # ... their codec.placed_digest
-        #: fixturedefs set up since then: no code the plugin does not watch ran since
-        self._fresh: set[Any] = set()
-        #: fixturedef → the identity of the stored entry its current value is
-        self._entry: dict[Any, str] = {}
-        #: fixturedef → the directories its current value owns (files it built)
-        self._owned: dict[Any, trees.Owned] = {}
-        #: fixturedef → how its current value came: "loaded", "stored" (built and stored in
-        #: this run) or "built" (built in-process only).
-        self._origin: dict[Any, str] = {}
         self._nbytes: dict[str, int] = {}  # key → size of its pickle
         self._exclude = (str(settings.store_dir), _PACKAGE_DIR)
-        #: ``auto``: the fixture labels to manage besides those the patterns select
-        self.auto_labels: frozenset[str] = frozenset()
         #: stats name → ESG label of the fixtures managed setups met (for refusals)
         self._labels: dict[str, str] = {}
         self._project_modules = effects.ProjectModules(str(rootdir), self._exclude)
         self.prefetch: Prefetcher | None = None  # made when there is something to plan
-        #: key → (its variant, its parts' digests), for the keys made in this run
-        self._key_parts: dict[str, tuple[str, dict[str, Any]]] = {}
-        self._parts_then: dict[str, dict[str, Any]] | None = None  # PARTS_FILE, once read
-        self._parts_now: dict[str, dict[str, Any]] = {}  # variant → parts of the key it built
         self.esg = SessionRecord.new()
         #: seconds the managed setups took since the last test report (builds, loads, stores):
         #: not the test's own time, which the shard plan needs apart from the state's
@@ -183,132 +153,11 @@ class StateMigrateSession:
             if local:
                 self.embedded.open_disk()
 
-    # -- analysis --------------------------------------------------------------------------
-    def analysis(self, fixturedef: Any) -> fx.Analysis | None:
-        """The analysis of a managed fixturedef; None when it is not selected."""
-        try:
-            return self._analysis[fixturedef]
-        except KeyError:
-            pass
-        result: fx.Analysis | None = None
-        # (``auto``: the ESG names unmanaged setups by label, stored values by id)
-        chosen = bool(self.auto_labels) and (
-            fixture_label(fixturedef, self.rootdir) in self.auto_labels
-            or fx.id_of(fixturedef.argname, fixturedef.func, self.rootdir) in self.auto_labels
-        )
-        if fx.is_selected(fixturedef.argname, fixturedef.func, self.settings.patterns, chosen):
-            result = fx.analyse(
-                fixturedef.argname, fixturedef.func, fixturedef.argnames, self.rootdir
-            )
-        self._analysis[fixturedef] = result
-        return result
-
-    def _dep_token(
-        self, request: Any, argname: str, seen: frozenset[str], via: str | None = None
-    ) -> str:
-        """Key material for one dependency: its key if managed, else its code and param."""
-        dep = request._get_active_fixturedef(argname)
-        if dep in self._keys:
-            return self._keys[dep]
-        if trees.is_factory(argname, fx.unwrap(dep.func)):
-            if via is not None:  # asked for by a fixture that is not managed
-                raise Unkeyable(
-                    f"depends on {via}, which makes files with {argname} and is not managed: "
-                    f"manage {via} too, and its files are stored with its value"
-                )
-            return argname  # the directories it makes are captured with the value
-        managed = self.analysis(dep)
-        if managed is not None and managed.refused is None:
-            # Selected and manageable, yet this setup found no key for it.
-            why = self.stats.refused.get(managed.fixture_id, "no key")
-            raise Unkeyable(f"depends on {argname}, which runs unmanaged ({why})")
-        # Not selected, or refused by the rules: the rules for unmanaged dependencies apply.
-        static = self._unmanaged.get(dep)
-        if static is None:  # parsing source is costly: once per definition
-            static = self._unmanaged[dep] = (
-                fx.unmanaged_dependency_refusal(argname, dep.func, self.rootdir),
-                # pytest's parametrize stand-in: the same token wherever pytest is installed
-                "direct-param"
-                if fx.is_direct_param(dep.func)
-                else code_digest(fx.unwrap(dep.func), self.rootdir),
-            )
-        refusal, code = static
-        if refusal is not None:
-            raise Unkeyable(refusal)
-        if argname in seen:
-            return "cycle"
-        parts = [code]
-        cached = dep.cached_result
-        if cached is not None and cached[1] is not None:
-            parts.append(param_token(cached[1]))
-        for sub in dep.argnames:
-            if sub != "request":
-                parts.append(self._dep_token(request, sub, seen | {argname}, argname))
-        return digest(*parts)
-
-    def key_for(self, fixturedef: Any, request: Any, analysis: fx.Analysis) -> str:
-        param = fx.param_part(request, fixturedef)
-        deps = tuple(
-            (name, self._dep_token(request, name, frozenset({analysis.name})))
-            for name in fixturedef.argnames
-            if name != "request"
-        )
-        spec = analysis.spec
-        inputs = env = None
-        if spec is not None and spec.inputs:
-            inputs = inputs_digest(spec.inputs, self.rootdir, self.proxy.files)
-        if spec is not None and spec.env:
-            env = env_digest(spec.env)
-        node = request.node.nodeid if analysis.uses_node else None
-        parts = KeyParts(
-            # Where it is registered too: one function may serve under several names, or
-            # under one name in several modules (a factory's fixtures).
-            fixture=f"{analysis.fixture_id}|{fixturedef.argname}|{fixturedef.baseid}",
-            code=analysis.code,
-            param=param,
-            deps=deps,
-            inputs=inputs,
-            env=env,
-            node=node,
-        )
-        key = make_key(parts)
-        if node is None:  # (a key per test: no value of it is rebuilt for another reason)
-            self._key_parts[key] = (self._variant(request, parts), part_digests(parts))
-        return key
-
-    def _variant(self, request: Any, parts: KeyParts) -> str:
-        """Which value of the fixture ``parts`` names, the same from run to run whatever the
-        code: where it is defined, its param, and which value each dependency gave (a
-        dependency's param), so that a changed key is told from another value's."""
-        given = []
-        for name, token in parts.deps:
-            if token in self._key_parts:  # a managed dependency: its own variant
-                given.append(self._key_parts[token][0])
-                continue
-            cached = request._get_active_fixturedef(name).cached_result
-            given.append("" if cached is None else param_token(cached[1]))
-        return digest(parts.fixture, parts.param or "", *given)[:24]
-
-    def _why_rebuilt(self, key: str) -> str | None:
-        """Why ``key`` is built when its fixture's last build had another key (its code
-        changed, a dependency's...), from the parts of the keys last built (PARTS_FILE in the
-        store directory); None when nothing is known or it is the same key."""
-        if key not in self._key_parts or self.settings.refresh:
-            return None
-        if self._parts_then is None:
-            self._parts_then = load_parts(self.settings.store_dir / PARTS_FILE)
-        variant, now = self._key_parts[key]
-        self._parts_now[variant] = {**now, "key": key}
-        then = self._parts_then.get(variant)
-        if then is None or then.get("key") == key:
-            return None
-        return what_changed(then, now)
-
     # -- the setup of one managed fixture --------------------------------------------------
     def setup(self, fixturedef: Any, request: Any) -> Generator[None, Any, Any]:
         """Body of the ``pytest_fixture_setup`` wrapper (see plugin.py)."""
         start, own = time.perf_counter(), self._own_s
-        analysis = self.analysis(fixturedef)
+        analysis = self.keys.analysis(fixturedef)
         managed = analysis is not None
         self._depth += managed
         try:
@@ -344,23 +193,22 @@ class StateMigrateSession:
         # Stats and messages name the fixture by where it is defined (report.py labels it).
         name = self.stats.fixture(analysis.fixture_id, analysis.name)
         self._labels.setdefault(name, fixture_label(fixturedef, self.rootdir))
-        # The key of this setup's value, once known: never the key of an earlier param's value
-        # (a dependent fixture would take that key for this value's).
-        self._keys.pop(fixturedef, None)
+        # A new value: nothing known of an earlier one (an earlier param's key would be
+        # taken by a dependent for this value's).
+        current = self._current[fixturedef] = Current()
         if analysis.refused is not None:
             self.stats.refused[name] = analysis.refused
             return (yield from self._unmanaged_setup(fixturedef, record=False))
         try:
-            key = self.key_for(fixturedef, request, analysis)
+            key = self.keys.key_for(fixturedef, request, analysis)
         except Unkeyable as exc:
             self.stats.refused[name] = str(exc)
             return (yield from self._unmanaged_setup(fixturedef, record=False))
-        self._keys[fixturedef] = key
+        current.key = key
         deps = {n: request.getfixturevalue(n) for n in fixturedef.argnames if n != "request"}
         defs = {n: request._get_active_fixturedef(n) for n in deps}
-        self._deps[fixturedef] = deps
+        current.deps = deps
         label = analysis.fixture_id + _param_label(request, fixturedef)
-        self._origin.pop(fixturedef, None)
         try:
             fresh_dep = self._fresh_dependency(fixturedef, request)
             measured = coverage_replay.measuring()
@@ -375,7 +223,7 @@ class StateMigrateSession:
                     name,
                     deps.__getitem__,
                     _factory(deps),
-                    functools.partial(self._deps_unchanged, defs, deps),
+                    functools.partial(self.checks.unchanged, defs, deps),
                     coverage_replay.checker(measured, self.rootdir, self.proxy.files),
                 )
             else:
@@ -387,10 +235,8 @@ class StateMigrateSession:
                 else:
                     found = Miss(store=False)
                     self.stats.built_instead[name] = f"depends on {dep_name}, built in-process"
-            self._entry.pop(fixturedef, None)
-            self._owned.pop(fixturedef, None)
             if isinstance(found, Miss) and name not in self.stats.stale:
-                why = self._why_rebuilt(key)
+                why = self.keys.why_rebuilt(key)
                 if why is not None:
                     self.stats.stale[name] = why
             if isinstance(found, Hit):
@@ -401,31 +247,22 @@ class StateMigrateSession:
                 if trouble is not None:
                     self.stats.fallback(trouble)
                 self._pending[fixturedef] = found.value
-                self._origin[fixturedef] = "loaded"
-                self._entry[fixturedef] = found.entry
-                if found.owned is not None:
-                    self._owned[fixturedef] = found.owned
+                current.origin, current.entry, current.owned = "loaded", found.entry, found.owned
                 self._element(key, label, fixturedef.scope, found.nbytes, load_s=found.load_s)
-                self._fresh.add(fixturedef)
+                self.checks.fresh.add(fixturedef)
                 return (yield)
             param = getattr(request, "param", fx.NO_PARAM)
             value = yield from self._build(
                 fixturedef, key, name, deps, defs, found, analysis, label, param
             )
             stored = isinstance(found, Miss) and found.store and self.proxy.stored_now(key)
-            self._origin[fixturedef] = "stored" if stored else "built"
+            current.origin = "stored" if stored else "built"
             if stored:
-                self._entry[fixturedef] = self.proxy.entries[key]
-            self._fresh.add(fixturedef)
+                current.entry = self.proxy.entries[key]
+            self.checks.fresh.add(fixturedef)
             return value
         finally:
             self.proxy.close_link()
-
-    def _forget_states(self) -> None:
-        """Code the plugin does not watch may run (a test, a setup): any value may change."""
-        self._dep_digests.clear()
-        self._placed.clear()
-        self._fresh.clear()
 
     def _fresh_dependency(self, fixturedef: Any, request: Any) -> tuple[str, bool] | None:
         """A managed dependency whose current value was built in this setup chain rather
@@ -433,7 +270,8 @@ class StateMigrateSession:
         for argname in fixturedef.argnames:
             if argname == "request":
                 continue
-            origin = self._origin.get(request._get_active_fixturedef(argname))
+            known = self._current.get(request._get_active_fixturedef(argname))
+            origin = known.origin if known is not None else None
             if origin in ("built", "stored"):
                 return argname, origin == "stored"
         return None
@@ -441,7 +279,7 @@ class StateMigrateSession:
     def _unmanaged_setup(self, fixturedef: Any, record: bool = True) -> Generator[None, Any, Any]:
         start = time.perf_counter()
         value = yield from self._fixture_code()
-        self._forget_states()  # it may have changed any value
+        self.checks.forget()  # it may have changed any value
         if not record:
             return value
         with self._recording():
@@ -512,7 +350,7 @@ class StateMigrateSession:
             defs = infos.get(name)
             if not defs:
                 continue
-            analysis = self.analysis(defs[-1])
+            analysis = self.keys.analysis(defs[-1])
             if analysis is None or analysis.refused is not None:
                 continue
             labels.append(analysis.fixture_id + _collected_param_label(callspec, name, defs[-1]))
@@ -533,7 +371,7 @@ class StateMigrateSession:
     @_plugin_time
     def before_test(self, item: Any) -> None:
         """``item`` is about to be set up: send the migrations due now."""
-        self._forget_states()  # the last test ran since
+        self.checks.forget()  # the last test ran since
         if self.prefetch is not None:
             self.prefetch.before_test(item)
 
@@ -541,14 +379,14 @@ class StateMigrateSession:
     @_plugin_time
     def test_ready(self, item: Any) -> None:
         """``item``'s fixtures are set up: note the digests of the values it may mutate."""
-        self._forget_states()  # the test body runs next
+        self.checks.forget()  # the test body runs next
         with self._recording():
             self._note_digests(item)
 
     def _note_digests(self, item: Any) -> None:
         recorder = self.recorder
         for fixturedef in used_fixturedefs(item):
-            key = self._keys.get(fixturedef)
+            key = self._key_of(fixturedef)
             # A function-scoped value is the test's own: what it does to it reaches no one.
             if (
                 key is None
@@ -574,7 +412,7 @@ class StateMigrateSession:
             self.recorder.after_test(
                 item.nodeid,
                 list(used_fixturedefs(item)),
-                self._keys,
+                {fd: c.key for fd, c in self._current.items() if c.key is not None},
                 self._digest_of,
                 self.proxy.refused_keys,
             )
@@ -582,16 +420,17 @@ class StateMigrateSession:
     def fixture_gone(self, fixturedef: Any) -> None:
         """A fixture was torn down: drop what was kept about its value."""
         self.recorder.forget(fixturedef)
-        self._deps.pop(fixturedef, None)
-        self._origin.pop(fixturedef, None)
-        self._keys.pop(fixturedef, None)
-        self._entry.pop(fixturedef, None)
-        self._owned.pop(fixturedef, None)
-        self._fresh.discard(fixturedef)
+        self._current.pop(fixturedef, None)
+        self.checks.fresh.discard(fixturedef)
+
+    def _key_of(self, fixturedef: Any) -> str | None:
+        known = self._current.get(fixturedef)
+        return known.key if known is not None else None
 
     def _digest_of(self, fixturedef: Any) -> tuple[str, int] | None:
         cached = fixturedef.cached_result
-        deps = self._deps.get(fixturedef)
+        known = self._current.get(fixturedef)
+        deps = known.deps if known is not None else None
         if cached is None or cached[2] is not None or deps is None:
             return None
         return state_digest(cached[0], deps)
@@ -619,17 +458,19 @@ class StateMigrateSession:
                 self.proxy.abandon(key, miss)
                 raise
             record = BuildRecord(seconds=time.perf_counter() - start)
-            self._forget_states()  # unchecked: it may have changed a dependency
+            self.checks.forget()  # unchecked: it may have changed a dependency
             self._made(key, files)
             if files is not None:
-                self._owned[fixturedef] = trees.Owned(files.made, None)
+                self._current[fixturedef].owned = trees.Owned(files.made, None)
             return self._built(fixturedef, key, name, label, value, deps, record, miss)
-        before, trouble = self._deps_before(
+        before, trouble = self.checks.before(
             {n: v for n, v in deps.items() if not trees.is_factory_value(v)}
         )
-        entries = self._fresh_entries(defs, deps)
+        entries = self.checks.fresh_entries(defs, deps)
         prints = {
-            n: trees.print_of(self._owned[d].made) for n, d in defs.items() if d in self._owned
+            n: trees.print_of(owned.made)
+            for n, d in defs.items()
+            if (owned := self.checks.owned(d)) is not None
         }
         recorder = BuildRecorder(files, self._project_modules)
         # (Outermost: what coverage reads and writes is not the build's reading or writing.)
@@ -682,9 +523,10 @@ class StateMigrateSession:
         if recorder.effect is not None:  # (effects.py) a hit would not do it
             self.proxy.refuse(key, name, f"its build {recorder.effect}: a hit would not", record)
             return value
-        changed, shares = self._deps_after(deps, before)
+        changed, shares = self.checks.after(deps, before)
         for dep, earlier in prints.items():
-            if changed is None and trees.print_of(self._owned[defs[dep]].made, earlier) != earlier:
+            owned = self.checks.owned(defs[dep])
+            if changed is None and owned and trees.print_of(owned.made, earlier) != earlier:
                 changed = (
                     f"its build changes the files of {dep}: a loaded value would leave them "
                     "as they were"
@@ -692,7 +534,7 @@ class StateMigrateSession:
         if changed is not None or trouble is not None:
             self.proxy.refuse(key, name, trouble or str(changed), record)
             return value
-        states = self._states(defs, deps, before, entries)
+        states = self.checks.states(defs, deps, before, entries)
         tree = None
         if files is not None:
             try:
@@ -700,7 +542,7 @@ class StateMigrateSession:
             except trees.Refused as exc:
                 self.proxy.refuse(key, name, str(exc), record)
                 return value
-            self._owned[fixturedef] = trees.Owned(files.made, tree.digest)
+            self._current[fixturedef].owned = trees.Owned(files.made, tree.digest)
         return self._built(
             fixturedef, key, name, label, value, deps, record, miss, shares, tree, states
         )
@@ -710,151 +552,6 @@ class StateMigrateSession:
         not its value is stored (a dependent's stored value may hold one)."""
         if files is not None and files.made:
             self.proxy.paths.add(key, files.made, trees.basetemp(files.factory))
-
-    def _fresh_entries(self, defs: Mapping[str, Any], deps: Mapping[str, Any]) -> dict[str, str]:
-        """Which stored value each fresh stored dependency is, before a build (for
-        :meth:`_deps_unchanged`)."""
-        return {
-            name: self._entry[defs[name]]
-            for name in deps
-            if defs[name] in self._fresh and defs[name] in self._entry
-        }
-
-    def _states(
-        self,
-        defs: Mapping[str, Any],
-        deps: Mapping[str, Any],
-        before: Mapping[str, depstate.Snapshot],
-        entries: Mapping[str, str],
-    ) -> dict[str, Any]:
-        """What a value was built from, for :meth:`_deps_unchanged`: each dependency's state
-        (its value's digest, with its files' digest), taken after a build that changed none
-        of them, and ``entries`` (:meth:`_fresh_entries`)."""
-        states: dict[str, str] = {}
-        for name, value in deps.items():
-            dep = defs[name]
-            owned = self._owned.get(dep)
-            snap = before.get(name)
-            if snap is None and owned is None:
-                continue  # a number, a string: it cannot change
-            try:
-                states[name] = self._state(dep, value, snap.digest if snap else None)
-            except Unpicklable:
-                entries = {n: e for n, e in entries.items() if n != name}
-                continue  # (then no stored value of it serves: it is built)
-        return {"states": states, "entries": dict(entries)}
-
-    def _state(self, dep: Any, value: Any, value_digest: str | None = None) -> str:
-        """One dependency's state now: its value's digest, and its files' if it has some.
-
-        With files in the session, the value's paths into them are placed (a value holding
-        a path into this session's copy is the same value as one holding a path into the copy
-        it was built with).
-
-        :raises Unpicklable: when the value does not pickle or holds a path that cannot be
-            placed.
-        """
-        paths = self.proxy.paths
-        if isinstance(value, IMMUTABLE):
-            part = "immutable"
-        elif paths.active:
-            known = self._placed.get(id(value))
-            if known is None or known[0] is not value:
-                known = self._placed[id(value)] = (value, codec.placed_digest(value, paths))
-            part = known[1]
-        else:
-            part = value_digest or self._value_digest(value)
-        owned = self._owned.get(dep)
-        if owned is None:
-            return part
-        return digest(part, owned.digest_now())
-
-    def _deps_unchanged(
-        self, defs: Mapping[str, Any], deps: Mapping[str, Any], built_from: Mapping[str, Any]
-    ) -> str | None:
-        """Why a stored value cannot serve now: a dependency differs from the state it was
-        built from (a test changed it, or its files, first); None when none does.
-
-        A dependency set up in this chain from the same stored value needs no check."""
-        states = built_from.get("states") or {}
-        entries = built_from.get("entries") or {}
-        for name, value in deps.items():
-            dep = defs[name]
-            if isinstance(value, IMMUTABLE) and dep not in self._owned:
-                continue
-            if trees.is_factory_value(value):
-                continue
-            if name not in states:
-                return f"it was stored without the state of {name}"
-            entry = entries.get(name)
-            if entry is not None and dep in self._fresh and self._entry.get(dep) == entry:
-                continue
-            try:
-                now = self._state(dep, value)
-            except Unpicklable:
-                return f"{name} does not pickle: whether a test changed it cannot be checked"
-            if now != states[name]:
-                return (
-                    f"{name} is not in the state it was built from (a test changed it or its "
-                    "files, or it was built anew)"
-                )
-        return None
-
-    def _deps_before(
-        self, deps: Mapping[str, Any]
-    ) -> tuple[dict[str, depstate.Snapshot], str | None]:
-        """Snapshots of the mutable dependencies' values before a build (see depstate.py),
-        and why the build cannot be checked, if it cannot."""
-        snaps: dict[str, depstate.Snapshot] = {}
-        for dep, value in deps.items():
-            if isinstance(value, IMMUTABLE):
-                continue
-            known = self._dep_digests.get(id(value))
-            if known is not None and known[0] is value:
-                snaps[dep] = known[1]
-                continue
-            try:
-                snaps[dep] = depstate.snapshot(value, retain=True)
-            except Unpicklable:
-                return snaps, (
-                    f"depends on {dep}, whose value does not pickle: what building changes in "
-                    f"{dep} cannot be checked"
-                )
-        return snaps, None
-
-    def _value_digest(self, value: Any) -> str:
-        """The digest of a dependency's value (depstate.py), once per value while no code
-        the plugin does not watch runs."""
-        known = self._dep_digests.get(id(value))
-        if known is None or known[0] is not value:
-            known = self._dep_digests[id(value)] = (value, depstate.snapshot(value))
-        return known[1].digest
-
-    def _deps_after(
-        self, deps: Mapping[str, Any], before: Mapping[str, depstate.Snapshot]
-    ) -> tuple[str | None, Any]:
-        """After a build: why its value must not be stored (it changed a dependency in place),
-        or None and the check of what the value shares with the dependencies' values (for
-        :meth:`StateProxy.store`)."""
-        snaps: dict[str, depstate.Snapshot] = {}
-        for dep, earlier in before.items():
-            value = deps[dep]
-            try:
-                snap = depstate.unchanged(earlier, value)
-            except Unpicklable:
-                return f"its build leaves {dep} unpicklable", None
-            finally:
-                earlier.release()
-            if snap is None:
-                self._dep_digests.pop(id(value), None)
-                return (
-                    f"its build changes {dep} in place: a loaded value would leave {dep} as it was"
-                ), None
-            self._dep_digests[id(value)] = (value, earlier)
-            snaps[dep] = snap
-        if not snaps:
-            return None, None
-        return None, depstate.SharingCheck(list(deps.values()), snaps)
 
     def _built(
         self,
@@ -961,11 +658,7 @@ class StateMigrateSession:
         self._note_refusals()
         if self.prefetch is not None:
             self.prefetch.report()
-        if self._parts_now:
-            try:
-                save_parts(self.settings.store_dir / PARTS_FILE, self._parts_now)
-            except OSError as exc:  # only the reason a later rebuild is given depends on it
-                self.stats.fallback(f"could not write {PARTS_FILE} ({exc})")
+        self.keys.save_parts()
         self.proxy.check_writes()
         self.proxy.close_link()
         if self.embedded is not None:

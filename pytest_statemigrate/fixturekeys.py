@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import fixtures as fx
 from . import trees
@@ -27,10 +27,12 @@ from .keys import (
     save_parts,
     what_changed,
 )
-from .managed import Current
 from .recorder import fixture_label
 from .report import RunStats
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .managed import Current
 
 __all__ = ["FixtureKeys"]
 

@@ -278,14 +278,14 @@ class _FixtureHooks:
     def pytest_fixture_setup(
         self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
     ) -> Generator[None, Any, Any]:
-        return (yield from self.hooks.session.setup(fixturedef, request))
+        return (yield from self.hooks.session.setups.setup(fixturedef, request))
 
     @pytest.hookimpl(tryfirst=True, specname="pytest_fixture_setup")
     def pytest_fixture_setup_hit(
         self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
     ) -> Any:
         """Hand pytest a loaded value (the wrapper above put it aside) instead of building."""
-        found, value = self.hooks.session.take_pending(fixturedef)
+        found, value = self.hooks.session.setups.take_pending(fixturedef)
         if not found or value is None:
             return None
         fixturedef.cached_result = (value, fixturedef.cache_key(request), None)  # type: ignore[arg-type]
@@ -329,7 +329,7 @@ class _FixtureHooks:
         yield
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.hooks.session.test_report(report.nodeid, report.when, report.duration)
+        self.hooks.session.setups.test_report(report.nodeid, report.when, report.duration)
 
     def pytest_fixture_post_finalizer(self, fixturedef: pytest.FixtureDef[Any]) -> None:
         self.hooks.session.fixture_gone(fixturedef)

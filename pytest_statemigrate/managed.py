@@ -10,7 +10,7 @@ import contextlib
 import functools
 import time
 import warnings
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,42 +281,27 @@ class ManagedSetups:
             self.proxy.abandon(key, miss)
             raise
         self._made(key, files)
-        seen = fingerprint(
-            codes=recorder.codes,
-            opened=recorder.opened
-            if recorder.traced
-            else recorder.opened | static_paths(fx.unwrap(fixturedef.func), self.rootdir),
-            rootdir=self.rootdir,
-            exclude=self._exclude,
-            own_code=analysis.own_code,
-            files=self.proxy.files,
-            dists=self.proxy.dists,
-        )
-        seen.env = dict(recorder.env)
-        declared = analysis.spec.env if analysis.spec is not None else ()
-        if declared:  # in the key already; and they say what of the whole environment counts
-            seen.env = {n: v for n, v in seen.env.items() if n != "*" and n not in declared}
-        seen.cwd = value_digest(recorder.cwd)
-        seen.random = {name: start for name, (start, _) in recorder.random.items()}
-        record = BuildRecord(
-            seconds=seconds,
-            warnings=[warning_to_wire(w) for w in log],
-            fingerprints=seen,
-            random_after={name: left for name, (_, left) in recorder.random.items()},
-            coverage=covered.record,
+        record = _build_record(
+            recorder,
+            log,
+            covered.record,
+            seconds,
+            analysis,
+            fixturedef.func,
+            self.proxy,
+            self._exclude,
         )
         if covered.trouble is not None:
             self.stats.fallback(covered.trouble)
-        shared = fx.identity_refusal(fixturedef.func, value, param)
-        if shared is not None:
-            self.proxy.refuse(key, name, shared, record)
-            return value
-        held = trees.kept_open(files) if files is not None else None
-        if held is not None:  # the more telling reason than the container holding the file
-            self.proxy.refuse(key, name, held, record)
-            return value
-        if recorder.effect is not None:  # (effects.py) a hit would not do it
-            self.proxy.refuse(key, name, f"its build {recorder.effect}: a hit would not", record)
+        # What a hit could not reproduce (a file kept open before the container holding it:
+        # the more telling reason; effects.py for the process).
+        why = (
+            fx.identity_refusal(fixturedef.func, value, param)
+            or (trees.kept_open(files) if files is not None else None)
+            or (f"its build {recorder.effect}: a hit would not" if recorder.effect else None)
+        )
+        if why is not None:
+            self.proxy.refuse(key, name, why, record)
             return value
         changed, shares = self.checks.after(deps, before)
         for dep, earlier in prints.items():
@@ -373,6 +358,44 @@ class ManagedSetups:
         """(True, value) when the wrapper loaded a value for this setup."""
         value = self._pending.pop(fixturedef, _NOTHING)
         return (value is not _NOTHING, value)
+
+
+def _build_record(
+    recorder: BuildRecorder,
+    log: list[warnings.WarningMessage],
+    coverage: dict[str, Any] | None,
+    seconds: float,
+    analysis: fx.Analysis,
+    func: Any,
+    proxy: StateProxy,
+    exclude: Sequence[str],
+) -> BuildRecord:
+    """What a build was seen to run, read and raise, as stored with its value."""
+    rootdir = proxy.rootdir
+    seen = fingerprint(
+        codes=recorder.codes,
+        opened=recorder.opened
+        if recorder.traced
+        else recorder.opened | static_paths(fx.unwrap(func), rootdir),
+        rootdir=rootdir,
+        exclude=exclude,
+        own_code=analysis.own_code,
+        files=proxy.files,
+        dists=proxy.dists,
+    )
+    seen.env = dict(recorder.env)
+    declared = analysis.spec.env if analysis.spec is not None else ()
+    if declared:  # in the key already; and they say what of the whole environment counts
+        seen.env = {n: v for n, v in seen.env.items() if n != "*" and n not in declared}
+    seen.cwd = value_digest(recorder.cwd)
+    seen.random = {name: start for name, (start, _) in recorder.random.items()}
+    return BuildRecord(
+        seconds=seconds,
+        warnings=[warning_to_wire(w) for w in log],
+        fingerprints=seen,
+        random_after={name: left for name, (_, left) in recorder.random.items()},
+        coverage=coverage,
+    )
 
 
 @contextmanager

@@ -414,7 +414,7 @@ def _open_cache(directory: str, **settings: Any) -> diskcache.Cache:
 
 
 #: Where a disk tier whose database is not one goes: a folder in the tier's directory, with
-#: the database and the files of its entries (``esg.py`` moves a bad ESG file aside the same
+#: the database and the files of its entries (``esg/store.py`` moves a bad ESG file aside the same
 #: way). Deleting it loses nothing the new database knows.
 DISK_ASIDE: Final = "cache.bad"
 _DB: Final = "cache.db"  # diskcache's database file; its journal adds -wal and -shm

@@ -403,7 +403,7 @@ class _Hooks:
         if self._recorded is None:
             path = self.settings.store_dir / "esg.sqlite"
             self._recorded = False
-            if path.is_file():  # else no import of esg.py (~15 ms) for a suite with no ESG
+            if path.is_file():  # else no import of the esg package (~15 ms) for a suite with no ESG
                 from .esg import records_state
 
                 self._recorded = records_state(path)

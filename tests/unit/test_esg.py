@@ -21,7 +21,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_statemigrate import esg
 from pytest_statemigrate.esg import (
     Access,
     Element,
@@ -31,6 +30,7 @@ from pytest_statemigrate.esg import (
     SessionRecord,
     Suggestion,
 )
+from pytest_statemigrate.esg import store as esg
 
 
 def rec(

@@ -7,9 +7,10 @@
 1. **Large ESG.** Co-access data for 10,000 elements (tests that each use 3-8 elements of one
    cluster of 50, one test in ten also one element elsewhere) until the graph has 100,000 edges.
    Timed, median of ``--runs``: building the networkx graph from the per-test data (pair counts,
-   then ``add_nodes_from`` / ``add_weighted_edges_from``, as esg/store.py does), building and checking
-   the CSR arrays, METIS, and the whole ``build + partition()``. Target: under 1 s. Twice: with
-   element sizes that make 312 parts of the default 64 MiB target, and ten times smaller (32).
+   then ``add_nodes_from`` / ``add_weighted_edges_from``, as esg/store.py does), building and
+   checking the CSR arrays, METIS, and the whole ``build + partition()``. Target: under 1 s.
+   Twice: with element sizes that make 312 parts of the default 64 MiB target, and ten times
+   smaller (32).
 2. **Clustered ESGs.** Planted groups (:func:`pytest_statemigrate.partition.planted_graph`) of a
    few sizes, as many parts as groups: the edge cut of the planted groups themselves, of a random
    balanced partition, of METIS and of the spectral fallback, with the median time of each and

@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from nodeagent.client import AgentClient, AgentError, Fetched
 from nodeagent.launcher import AgentProcess, start_agent
 from nodeagent.protocol import ERRORS, FIELDS, PROTOCOL_VERSION, Op, decode_reply
-from nodeagent.tiers import _open_cache
+from nodeagent.tiers.disk import open_cache
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -204,7 +204,7 @@ def test_tampered_disk_rows_are_misses_never_errors(tmp_path: Path, mode: str) -
             for key in ("k", "other"):
                 client.put(key, [b"value of " + key.encode(), os.urandom(50_000)], {"m": key})
             client.stats()  # the write-behind is done
-            cache = _open_cache(str(disk))
+            cache = open_cache(str(disk))
             try:
                 raw, other = bytes(cache.get("k")), bytes(cache.get("other"))
                 cache.set("k", TAMPER[mode](raw, other))

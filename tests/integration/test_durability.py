@@ -17,7 +17,7 @@ import pytest
 from nodeagent.client import AgentClient, AgentError
 from nodeagent.launcher import AgentProcess, start_agent
 from nodeagent.protocol import MAX_LEASES_PER_HOLDER
-from nodeagent.tiers import _open_cache
+from nodeagent.tiers.disk import open_cache
 from tests.conftest import Suite
 from tests.integration.conftest import StartAgent, mounted_tmpfs
 
@@ -208,7 +208,7 @@ def dataset():
 
 
 def _garble_rows(directory: Path) -> int:
-    cache = _open_cache(str(directory))
+    cache = open_cache(str(directory))
     try:
         keys = list(cache.iterkeys())
         for key in keys:

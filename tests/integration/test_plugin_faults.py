@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.tiers import _open_cache
+from nodeagent.tiers.disk import open_cache
 from tests.conftest import Suite
 from tests.integration.conftest import StartAgent, mounted_tmpfs
 
@@ -109,7 +109,7 @@ def test_agent_killed_mid_run(suite: Suite, start: StartAgent) -> None:
 
 
 def _entries(directory: str) -> list[str]:
-    cache = _open_cache(directory)
+    cache = open_cache(directory)
     try:
         return list(cache.iterkeys())
     finally:
@@ -118,7 +118,7 @@ def _entries(directory: str) -> list[str]:
 
 def _rewrite(directory: str, change: bytes | None) -> int:
     """Overwrite every disk entry: with ``change`` if given, else flip its last byte."""
-    cache = _open_cache(directory)
+    cache = open_cache(directory)
     try:
         keys = list(cache.iterkeys())
         for key in keys:

@@ -141,17 +141,17 @@ def test_opening_on_the_writer_thread_leaves_the_warning_filters_alone(
     """Filters are process-wide: a writer thread that entered warnings.catch_warnings() before
     a build began recording its warnings (itself a catch_warnings) and left it after undid the
     build's recording, and its warnings were lost (a cold run's summary missed them)."""
-    from nodeagent import tiers
+    from nodeagent.tiers import disk as tiers
 
     started, go = threading.Event(), threading.Event()
-    real_open = tiers._open_cache
+    real_open = tiers.open_cache
 
     def slow_open(*args: Any, **kwargs: Any) -> Any:
         started.set()
         assert go.wait(10)
         return real_open(*args, **kwargs)
 
-    monkeypatch.setattr(tiers, "_open_cache", slow_open)
+    monkeypatch.setattr(tiers, "open_cache", slow_open)
     directory = str(tmp_path / "disk")
     client = DiskClient(lambda: DiskTier(directory, 2**30), directory)
     assert started.wait(10)  # the writer is opening the disk tier...
